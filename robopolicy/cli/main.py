@@ -1,0 +1,39 @@
+"""The `robopolicy` command. Each subcommand lives in its own module with `add_parser` and `run`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> module under robopolicy.cli (imported lazily so `--help` stays fast)
+SUBCOMMANDS = {
+    "info": "Summarize a dataset: format, fps, episodes, frames, features, tasks.",
+    "convert": "Convert a dataset between Zarr (diffusion-policy layout) and LeRobot v3.0.",
+    "stats": "Compute normalization stats (streaming) and print or save them.",
+    "collect": "Collect demonstrations with a scripted expert in simulation.",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="robopolicy", description="Robot learning toolkit.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, help_text in SUBCOMMANDS.items():
+        module = importlib.import_module(f"robopolicy.cli.{name}")
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

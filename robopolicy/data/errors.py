@@ -1,0 +1,17 @@
+"""Dataset errors. Every message names the file, key, episode or timestamp and says what to do."""
+
+
+class DatasetError(Exception):
+    """A dataset on disk is missing, corrupt, partial or inconsistent."""
+
+
+class MissingVideoError(DatasetError, FileNotFoundError):
+    """A video file declared by the metadata is absent or unreadable."""
+
+
+class FrameToleranceError(DatasetError):
+    """A decoded video frame is farther than `tolerance_s` from the requested timestamp."""
+
+
+class DatasetExistsError(DatasetError, FileExistsError):
+    """A writer was pointed at a non-empty directory without `overwrite=True`."""

@@ -1,0 +1,122 @@
+"""Windowed sampling: each item is a window of frames around an anchor frame, never crossing an episode.
+
+The consumer (a policy head) declares delta indices per key, e.g. obs [-1, 0] and actions range(-1, 15).
+Positions outside the anchor's episode are filled with the nearest in-episode frame (edge padding, as
+LeRobot and diffusion_policy do) and flagged in `<key>_is_pad`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from robopolicy.data.dataset import Dataset
+
+
+def delta_timestamps_to_indices(
+    delta_timestamps: Mapping[str, Sequence[float]], fps: float, tolerance_s: float = 1e-4
+) -> dict[str, list[int]]:
+    """Convert second offsets to frame offsets; each must be a multiple of 1/fps within `tolerance_s`."""
+    out = {}
+    for key, deltas in delta_timestamps.items():
+        idx = []
+        for d in deltas:
+            k = round(d * fps)
+            if abs(k / fps - d) > tolerance_s:
+                raise ValueError(
+                    f"delta_timestamps[{key!r}] = {d} s is not a multiple of 1/fps = {1 / fps:.6g} s "
+                    f"within tolerance_s={tolerance_s}"
+                )
+            idx.append(k)
+        out[key] = idx
+    return out
+
+
+class WindowSampler(torch.utils.data.Dataset):
+    """Map-style torch dataset of windows.
+
+    Item i is anchored at global frame `anchors[i]` (all frames of the chosen episodes by default).
+    Returns {key: Tensor (T, ...), key_is_pad: bool Tensor (T,), "episode_index", "frame_index", "task"}.
+    Visual keys come out uint8 (T, C, H, W). Batched access (`__getitems__`) reads each key once per batch.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        delta_indices: Mapping[str, Sequence[int]],
+        episodes: Sequence[int] | None = None,
+    ):
+        self.dataset = dataset
+        self.delta_indices = {k: np.asarray(list(v), dtype=np.int64) for k, v in delta_indices.items()}
+        for key in self.delta_indices:
+            dataset.feature(key)  # raises a clear KeyError for unknown keys
+        eps = range(dataset.num_episodes) if episodes is None else episodes
+        self.episode_ids = np.asarray(list(eps), dtype=np.int64)
+        self.anchors = np.concatenate(
+            [np.arange(dataset.episodes[e].start, dataset.episodes[e].stop) for e in self.episode_ids]
+        ) if len(self.episode_ids) else np.zeros(0, dtype=np.int64)
+        self._starts = np.array([ep.start for ep in dataset.episodes], dtype=np.int64)
+        self._stops = np.array([ep.stop for ep in dataset.episodes], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.anchors)
+
+    def window_indices(self, anchors: np.ndarray, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """Clamped global indices (B, T) and pad mask (B, T) for `key` around global `anchors` (B,)."""
+        ep = self.dataset.episode_of(anchors)
+        query = anchors[:, None] + self.delta_indices[key][None, :]
+        lo, hi = self._starts[ep][:, None], self._stops[ep][:, None] - 1
+        return np.clip(query, lo, hi), (query < lo) | (query > hi)
+
+    def get_batch(self, items: Sequence[int]) -> dict:
+        anchors = self.anchors[np.asarray(items, dtype=np.int64)]
+        ep = self.dataset.episode_of(anchors)
+        batch: dict = {}
+        for key in self.delta_indices:
+            idx, pad = self.window_indices(anchors, key)
+            values = self.dataset.read(key, idx.reshape(-1))
+            batch[key] = torch.from_numpy(np.ascontiguousarray(values.reshape(*idx.shape, *values.shape[1:])))
+            batch[f"{key}_is_pad"] = torch.from_numpy(pad)
+        batch["episode_index"] = torch.from_numpy(np.array([self.dataset.episodes[e].index for e in ep]))
+        batch["frame_index"] = torch.from_numpy(anchors - self._starts[ep])
+        batch["index"] = torch.from_numpy(anchors)
+        batch["task"] = self.dataset.frame_tasks(anchors)
+        return batch
+
+    def __getitems__(self, items: Sequence[int]) -> dict:
+        return self.get_batch(items)
+
+    def __getitem__(self, i: int) -> dict:
+        batch = self.get_batch([i])
+        return {k: (v[0] if isinstance(v, torch.Tensor | list) else v) for k, v in batch.items()}
+
+
+def _keep_batch(batch):
+    return batch
+
+
+def make_dataloader(
+    sampler: WindowSampler,
+    batch_size: int,
+    *,
+    shuffle: bool = True,
+    num_workers: int = 0,
+    drop_last: bool = True,
+    seed: int | None = None,
+    **kwargs,
+) -> torch.utils.data.DataLoader:
+    """A DataLoader that fetches whole batches through `WindowSampler.__getitems__` (one read per key)."""
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    return torch.utils.data.DataLoader(
+        sampler,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        collate_fn=_keep_batch,
+        generator=generator,
+        persistent_workers=num_workers > 0,
+        **kwargs,
+    )
