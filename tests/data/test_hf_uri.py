@@ -31,7 +31,7 @@ def test_hf_uri_resolves_from_local_cache(tmp_path):
     cache = tmp_path / "hub"
     _fake_hub_cache(cache, "someone/demo", COMMIT)
     code = textwrap.dedent(
-        f"""
+        """
         from robopolicy.data.dataset import open_dataset
         for uri in ("hf://someone/demo", "hf://someone/demo@main"):
             ds = open_dataset(uri)

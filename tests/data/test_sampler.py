@@ -37,7 +37,8 @@ def test_pusht_windows_match_raw_arrays(pusht_zarr):
     s = WindowSampler(ds, {"state": OBS, "keypoint": OBS, "action": ACT, "img": OBS})
     assert len(s) == 25650
     # episode starts, ends, interiors and the very last frame
-    anchors = [0, 1, 160, 161, 162, 278, 279, 5000, 25636, 25649] + list(np.random.default_rng(0).integers(0, 25650, 40))
+    rand = np.random.default_rng(0).integers(0, 25650, 40).tolist()
+    anchors = [0, 1, 160, 161, 162, 278, 279, 5000, 25636, 25649, *rand]
     batch = s.get_batch(anchors)
     for j, a in enumerate(anchors):
         for key, deltas in (("state", OBS), ("keypoint", OBS), ("action", ACT)):
