@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from robopolicy.data.errors import DatasetError
+
 # name -> module under robopolicy.cli (imported lazily so `--help` stays fast)
 SUBCOMMANDS = {
     "info": "Summarize a dataset: format, fps, episodes, frames, features, tasks.",
@@ -30,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)
+    except DatasetError as e:
+        print(f"robopolicy {args.command}: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
