@@ -8,7 +8,7 @@ and evaluation must use the same function):
   fixed so that qx >= 0: the gripper points down, |qx| ~ 1, so the sign never flips mid-episode) |
   gripper finger joint positions (m, 2).
 - `observation.environment_state` float32 (10,): robosuite's `object-state` for Lift: cube position (m, 3),
-  cube quaternion xyzw (4), cube position minus end-effector position (m, 3).
+  cube quaternion xyzw (4), vector from the end effector to the cube = cube - eef position (m, 3).
 - `observation.images.<camera>` uint8 (H, W, 3), only when cameras are requested; upright (robosuite renders
   upside down in its default OpenGL convention, we flip it back).
 
@@ -40,7 +40,7 @@ IMAGE_PREFIX = "observation.images."
 STATE_NAMES = ("eef_x", "eef_y", "eef_z", "eef_qx", "eef_qy", "eef_qz", "eef_qw", "gripper_q0", "gripper_q1")
 LIFT_ENV_STATE_NAMES = (
     "cube_x", "cube_y", "cube_z", "cube_qx", "cube_qy", "cube_qz", "cube_qw",
-    "cube_to_eef_x", "cube_to_eef_y", "cube_to_eef_z",
+    "eef_to_cube_x", "eef_to_cube_y", "eef_to_cube_z",
 )  # fmt: skip
 ACTION_NAMES = ("dx", "dy", "dz", "drx", "dry", "drz", "gripper")
 
@@ -67,7 +67,7 @@ class RobosuiteConfig:
 
 
 def parse_env_spec(spec: str) -> str:
-    """"robosuite:Lift" -> "Lift"; raises ValueError for any other backend or an unsupported task."""
+    """Parse "robosuite:Lift" -> "Lift"; raises ValueError for any other backend or an unsupported task."""
     backend, sep, task = spec.partition(":")
     if backend != "robosuite" or not sep or not task:
         raise ValueError(f"unknown env {spec!r}; expected 'robosuite:<Task>', e.g. 'robosuite:Lift'")
@@ -127,6 +127,11 @@ def lift_features(cameras: tuple[str, ...] = (), image_size: int = 84, video: bo
     return feats
 
 
+def make_env(spec: str = "robosuite:Lift", cameras: tuple[str, ...] = (), image_size: int = 84) -> RobosuiteEnv:
+    """Build the environment named by an env spec such as "robosuite:Lift"."""
+    return RobosuiteEnv(RobosuiteConfig(task=parse_env_spec(spec), cameras=tuple(cameras), image_size=image_size))
+
+
 class RobosuiteEnv:
     """One robosuite task with seeded resets, flat features and a success check.
 
@@ -161,7 +166,7 @@ class RobosuiteEnv:
                 ignore_done=True,
                 reward_shaping=False,
             )
-        low, high = self._env.action_spec
+        low, _ = self._env.action_spec
         if low.shape != (len(ACTION_NAMES),):
             raise ValueError(
                 f"robosuite {config.task} with robot {config.robot!r} has a {low.shape[0]}-D action; "
