@@ -8,6 +8,7 @@ directory needs `overwrite=True` (wipe) or `append=True` (continue an existing d
 
 from __future__ import annotations
 
+import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,7 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from robopolicy.data.errors import DatasetError, DatasetExistsError
 from robopolicy.data.features import Feature
+
+# Entries a dataset directory may hold (LeRobot v3 and zarr v2/v3); anything else means "not a dataset".
+_DATASET_ENTRIES = {"meta", "data", "videos", "images", ".zgroup", ".zattrs", ".zmetadata", "zarr.json"}
 
 
 class EpisodeWriter(ABC):
@@ -88,6 +93,38 @@ class EpisodeWriter(ABC):
         else:
             self.discard_episode()
             self.finalize()
+
+
+def prepare_root(root: Path, *, overwrite: bool, append: bool) -> bool:
+    """Check the target directory; returns True when an existing dataset should be continued.
+
+    Empty or missing: fine (created). Non-empty: needs `append=True` (continue) or `overwrite=True` (the
+    old dataset is deleted; refused when the directory does not look like a dataset, so a mistyped path
+    never wipes unrelated files).
+    """
+    if overwrite and append:
+        raise ValueError("pass either overwrite=True or append=True, not both")
+    if root.exists() and not root.is_dir():
+        raise DatasetExistsError(f"{root}: exists and is not a directory")
+    entries = [p for p in root.iterdir()] if root.exists() else []
+    if not entries:
+        root.mkdir(parents=True, exist_ok=True)
+        return False
+    if append:
+        return True
+    if not overwrite:
+        raise DatasetExistsError(
+            f"{root}: directory is not empty; pass overwrite=True to replace it or append=True to add episodes"
+        )
+    foreign = sorted(p.name for p in entries if p.name not in _DATASET_ENTRIES and not p.name.startswith("."))
+    if foreign:
+        raise DatasetError(
+            f"{root}: refusing to overwrite a directory that does not look like a dataset "
+            f"(unexpected entries {foreign[:5]}); delete it yourself or choose another path"
+        )
+    shutil.rmtree(root)
+    root.mkdir(parents=True)
+    return False
 
 
 def create_writer(

@@ -1,0 +1,172 @@
+"""Video encoding with PyAV for the LeRobot v3 writer: one mp4 per episode, then appended to a shared file.
+
+Codec choice ("auto"): AV1 via libsvtav1 (LeRobot's default) when the local PyAV/FFmpeg build has it,
+else H.264 (libx264, then any h264 encoder), else MPEG-4 part 2. Frames are RGB uint8 (H, W, 3) converted
+to `pix_fmt` (yuv420p: even width and height). Every frame of an episode has pts = frame index / fps, and a
+keyframe every `g` frames (g=2 as LeRobot). B-frames are disabled so packets concatenate by timestamp.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+# SVT-AV1 prints a banner per encoder on stderr unless told to log errors only.
+os.environ.setdefault("SVT_LOG", "1")
+
+AUTO_CODECS = ("libsvtav1", "libx264", "h264", "mpeg4")
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    """Encoder settings. crf/preset None = the codec's default below (LeRobot's for AV1)."""
+
+    codec: str = "auto"
+    pix_fmt: str = "yuv420p"
+    g: int = 2
+    crf: int | None = None
+    preset: int | str | None = None
+
+    def encoder_options(self, codec: str) -> dict[str, str]:
+        """FFmpeg options for `codec` (an encoder name)."""
+        opts = {"g": str(self.g), "bf": "0"}
+        if codec == "libsvtav1":
+            opts["crf"] = str(30 if self.crf is None else self.crf)
+            opts["preset"] = str(12 if self.preset is None else self.preset)
+        elif codec in ("libx264", "libx265"):
+            opts["crf"] = str(18 if self.crf is None else self.crf)
+            opts["preset"] = str("medium" if self.preset is None else self.preset)
+        elif codec == "mpeg4":
+            opts["qscale"] = str(2 if self.crf is None else self.crf)
+        elif self.crf is not None:
+            opts["crf"] = str(self.crf)
+        return opts
+
+
+def available_encoder(name: str) -> bool:
+    try:
+        av.codec.Codec(name, "w")
+    except Exception:
+        return False
+    return True
+
+
+def choose_codec(options: VideoOptions, width: int, height: int) -> str:
+    """Encoder name for `options.codec` ("auto" tries AUTO_CODECS in order and keeps the first that opens)."""
+    candidates = AUTO_CODECS if options.codec == "auto" else (options.codec,)
+    errors = []
+    for name in candidates:
+        if not available_encoder(name):
+            errors.append(f"{name}: not in this PyAV/FFmpeg build")
+            continue
+        try:
+            _open_encoder(name, options, width, height, Fraction(10))
+        except Exception as e:
+            errors.append(f"{name}: {e}")
+            continue
+        return name
+    raise RuntimeError(
+        f"no usable video encoder for {width}x{height} {options.pix_fmt} ({'; '.join(errors)}); "
+        "install a PyAV build with libsvtav1 or libx264, or store images losslessly (video=False)"
+    )
+
+
+def _open_encoder(codec: str, options: VideoOptions, width: int, height: int, rate: Fraction):
+    ctx = av.codec.CodecContext.create(codec, "w")
+    ctx.width, ctx.height, ctx.pix_fmt = width, height, options.pix_fmt
+    ctx.time_base = 1 / rate
+    ctx.framerate = rate
+    ctx.options = options.encoder_options(codec)
+    ctx.open()
+    return ctx
+
+
+def fps_fraction(fps: float) -> Fraction:
+    return Fraction(fps).limit_denominator(1001)
+
+
+def encode_video(frames: np.ndarray, path: Path, fps: float, codec: str, options: VideoOptions) -> None:
+    """Write uint8 RGB frames (N, H, W, 3) to a new mp4 at `path`; frame i has pts i / fps."""
+    n, h, w, c = frames.shape
+    if c != 3:
+        raise ValueError(f"{path}: video frames must be RGB (H, W, 3), got {c} channels")
+    if options.pix_fmt == "yuv420p" and (h % 2 or w % 2):
+        raise ValueError(
+            f"{path}: yuv420p video needs even width and height, got {w}x{h}; "
+            "use pix_fmt='yuv444p' or store images losslessly (video=False)"
+        )
+    rate = fps_fraction(fps)
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream(codec, rate=rate, options=options.encoder_options(codec))
+        stream.width, stream.height, stream.pix_fmt = w, h, options.pix_fmt
+        stream.codec_context.time_base = 1 / rate
+        for i in range(n):
+            frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
+            frame.pts = i
+            frame.time_base = 1 / rate
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def append_video(existing: Path | None, keep_s: float, episode: Path, out: Path, episode_duration_s: float) -> None:
+    """Write `out` = the first `keep_s` seconds of `existing` (if any) followed by `episode`.
+
+    Packets are copied, not re-encoded; the episode's packets are shifted by `keep_s`. Packets of
+    `existing` at or after `keep_s` (left by an interrupted save) are dropped.
+    """
+    with av.open(str(episode)) as ep_in, av.open(str(out), "w", format="mp4") as dst:
+        ep_stream = ep_in.streams.video[0]
+        out_stream = dst.add_stream_from_template(ep_stream, opaque=True)
+        if existing is not None:
+            with av.open(str(existing)) as old_in:
+                old_stream = old_in.streams.video[0]
+                tb = old_stream.time_base
+                for packet in old_in.demux(old_stream):
+                    if packet.pts is None or float(packet.pts * tb) >= keep_s - 1e-9:
+                        continue
+                    packet.stream = out_stream
+                    dst.mux(packet)
+        tb = ep_stream.time_base
+        offset = round(Fraction(keep_s).limit_denominator(10**6) / tb)
+        for packet in ep_in.demux(ep_stream):
+            if packet.pts is None:
+                continue
+            if float(packet.pts * tb) >= episode_duration_s - 1e-9:
+                continue
+            packet.pts += offset
+            packet.dts = packet.pts if packet.dts is None else packet.dts + offset
+            packet.stream = out_stream
+            dst.mux(packet)
+
+
+def channels_of(pix_fmt: str) -> int:
+    if pix_fmt.startswith(("gray", "y8", "y16")):
+        return 1
+    if pix_fmt.startswith(("yuva", "rgba", "bgra", "argb", "abgr", "gbrap")):
+        return 4
+    return 3
+
+
+def probe_video(path: Path) -> dict:
+    """LeRobot-style `info` of a video file, read from its first video stream."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        rate = stream.average_rate or stream.guessed_rate
+        return {
+            "video.height": int(ctx.height),
+            "video.width": int(ctx.width),
+            "video.codec": ctx.codec.canonical_name if hasattr(ctx.codec, "canonical_name") else ctx.codec.name,
+            "video.pix_fmt": ctx.pix_fmt,
+            "video.is_depth_map": False,
+            "video.fps": int(rate) if rate is not None and rate.denominator == 1 else float(rate or 0),
+            "video.channels": channels_of(ctx.pix_fmt or ""),
+            "has_audio": len(container.streams.audio) > 0,
+        }
