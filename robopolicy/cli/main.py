@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "convert": "Convert a dataset between Zarr (diffusion-policy layout) and LeRobot v3.0.",
     "stats": "Compute normalization stats (streaming) and print or save them.",
     "collect": "Collect demonstrations with a scripted expert in simulation.",
+    "train": "Train a policy head on a dataset from a YAML preset with --section.field=value overrides.",
 }
 
 
@@ -29,7 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "train":  # dotted overrides look like options to argparse
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args._run(args) or 0)
     except DatasetError as e:

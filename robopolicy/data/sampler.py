@@ -120,3 +120,40 @@ def make_dataloader(
         persistent_workers=num_workers > 0,
         **kwargs,
     )
+
+
+class EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Shuffled batches as a pure function of (seed, step): epoch e is a permutation seeded by (seed, e).
+
+    Resuming at `start_step` yields exactly the batches the uninterrupted run would have seen from there.
+    With `world_size` > 1 each rank takes every world_size-th item of the global batch.
+    """
+
+    def __init__(
+        self, n: int, batch_size: int, *, seed: int = 0, start_step: int = 0, num_steps: int | None = None,
+        rank: int = 0, world_size: int = 1,
+    ):
+        if n < batch_size:
+            raise ValueError(f"dataset has {n} windows, fewer than one batch of {batch_size}")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.start_step, self.num_steps = start_step, num_steps
+        self.rank, self.world_size = rank, world_size
+        self.batches_per_epoch = n // batch_size
+
+    def batch(self, step: int) -> list[int]:
+        epoch, pos = divmod(step, self.batches_per_epoch)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        perm = torch.randperm(self.n, generator=g)
+        items = perm[pos * self.batch_size : (pos + 1) * self.batch_size]
+        return items[self.rank :: self.world_size].tolist()
+
+    def __iter__(self):
+        step = self.start_step
+        while self.num_steps is None or step < self.start_step + self.num_steps:
+            yield self.batch(step)
+            step += 1
+
+    def __len__(self) -> int:
+        if self.num_steps is None:
+            raise TypeError("an endless EpochBatchSampler has no length")
+        return self.num_steps

@@ -1,0 +1,131 @@
+"""Observation encoders shared by every head: a ResNet per camera (timm) and the low-dim state vector.
+
+Input: normalized obs windows {key: (B, T_o, D)} for state keys and float images {key: (B, T_o, C, H, W)} in [0, 1].
+Output: per-step features (B, T_o, F); `ObsEncoder.out_dim` = F.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robopolicy.policies.base import FeatureSpec
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """backbone: timm model name; pretrained loads ImageNet weights (needs the hub: off by default).
+    group_norm replaces BatchNorm (EMA breaks BatchNorm); spatial_softmax_keypoints > 0 replaces global average pooling
+    with a spatial softmax over that many keypoints; crop_shape: random crop at train time, centre crop at eval.
+    """
+
+    backbone: str = "resnet18"
+    pretrained: bool = False
+    group_norm: bool = True
+    spatial_softmax_keypoints: int = 32
+    crop_shape: tuple[int, int] | None = None
+    image_feature_dim: int = 64
+    shared_backbone: bool = False
+
+
+class SpatialSoftmax(nn.Module):
+    """Feature map (B, C, H, W) -> expected (x, y) image coordinates of K learned keypoints, (B, K * 2)."""
+
+    def __init__(self, channels: int, num_keypoints: int):
+        super().__init__()
+        self.proj = nn.Conv2d(channels, num_keypoints, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x)
+        b, k, h, w = x.shape
+        ys = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=x.dtype)
+        xs = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=x.dtype)
+        attn = F.softmax(x.flatten(2), dim=-1).view(b, k, h, w)
+        ex = (attn.sum(dim=2) * xs).sum(-1)
+        ey = (attn.sum(dim=3) * ys).sum(-1)
+        return torch.stack([ex, ey], dim=-1).flatten(1)
+
+
+def _group_norm(channels: int, **_ignored) -> nn.GroupNorm:
+    return nn.GroupNorm(max(1, channels // 16), channels)
+
+
+class ImageEncoder(nn.Module):
+    """One camera: crop, ImageNet-normalize, ResNet trunk, pooling, linear -> (N, image_feature_dim)."""
+
+    def __init__(self, spec: FeatureSpec, cfg: EncoderConfig):
+        super().__init__()
+        import timm
+
+        self.cfg = cfg
+        kwargs = {"norm_layer": _group_norm} if cfg.group_norm else {}
+        self.trunk = timm.create_model(
+            cfg.backbone, pretrained=cfg.pretrained, num_classes=0, global_pool="", **kwargs
+        )
+        c, h, w = spec.shape
+        crop = cfg.crop_shape or (h, w)
+        with torch.no_grad():
+            fmap = self.trunk(torch.zeros(1, c, *crop))
+        channels = fmap.shape[1]
+        if cfg.spatial_softmax_keypoints > 0:
+            self.pool = SpatialSoftmax(channels, cfg.spatial_softmax_keypoints)
+            pooled = cfg.spatial_softmax_keypoints * 2
+        else:
+            self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            pooled = channels
+        self.out = nn.Sequential(nn.Linear(pooled, cfg.image_feature_dim), nn.ReLU())
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def crop(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.crop_shape is None:
+            return x
+        ch, cw = self.cfg.crop_shape
+        h, w = x.shape[-2:]
+        if self.training:
+            top = int(torch.randint(0, h - ch + 1, ()).item())
+            left = int(torch.randint(0, w - cw + 1, ()).item())
+        else:
+            top, left = (h - ch) // 2, (w - cw) // 2
+        return x[..., top : top + ch, left : left + cw]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, C, H, W) float in [0, 1] -> (N, image_feature_dim)."""
+        x = self.crop(x)
+        if x.shape[1] == 3:
+            x = (x - self.mean) / self.std
+        return self.out(self.pool(self.trunk(x)))
+
+
+class ObsEncoder(nn.Module):
+    """Concatenate normalized state vectors and per-camera image features at every observation step."""
+
+    def __init__(self, input_features: dict[str, FeatureSpec], cfg: EncoderConfig):
+        super().__init__()
+        self.state_keys = sorted(k for k, f in input_features.items() if f.kind != "image")
+        self.image_keys = sorted(k for k, f in input_features.items() if f.kind == "image")
+        self.state_dim = sum(int(torch.tensor(input_features[k].shape).prod()) for k in self.state_keys)
+        if cfg.shared_backbone and self.image_keys:
+            shared = ImageEncoder(input_features[self.image_keys[0]], cfg)
+            self.cameras = nn.ModuleDict({_mod(k): shared for k in self.image_keys})
+        else:
+            self.cameras = nn.ModuleDict({_mod(k): ImageEncoder(input_features[k], cfg) for k in self.image_keys})
+        self.out_dim = self.state_dim + len(self.image_keys) * cfg.image_feature_dim
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        parts = [obs[k].flatten(2) for k in self.state_keys]
+        for k in self.image_keys:
+            img = obs[k]
+            b, t = img.shape[:2]
+            parts.append(self.cameras[_mod(k)](img.flatten(0, 1)).view(b, t, -1))
+        return torch.cat(parts, dim=-1)
+
+
+def _mod(key: str) -> str:
+    return key.replace(".", "__")

@@ -1,0 +1,115 @@
+"""Conditional 1-D UNet over action chunks with FiLM conditioning (Diffusion Policy's CNN backbone).
+
+Input x (B, H, D) -> output (B, H, D); conditioning = concat(timestep embedding, global obs features).
+Every residual block predicts a per-channel scale and bias from the conditioning (FiLM).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+from torch import nn
+
+
+class SinusoidalEmbedding(nn.Module):
+    """t (B,) float -> (B, dim) sin/cos features with geometric frequencies (period up to 10k)."""
+
+    def __init__(self, dim: int, max_period: float = 10_000.0):
+        super().__init__()
+        self.dim, self.max_period = dim, max_period
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.dim // 2
+        freqs = torch.exp(-math.log(self.max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        args = t.float()[:, None] * freqs[None]
+        return torch.cat([args.sin(), args.cos()], dim=-1)
+
+
+class ConvNormMish(nn.Sequential):
+    def __init__(self, c_in: int, c_out: int, kernel: int, groups: int):
+        super().__init__(nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2), nn.GroupNorm(groups, c_out), nn.Mish())
+
+
+class FiLMResBlock(nn.Module):
+    """Two conv blocks; the conditioning sets a per-channel scale and bias between them."""
+
+    def __init__(self, c_in: int, c_out: int, cond_dim: int, kernel: int, groups: int, predict_scale: bool):
+        super().__init__()
+        self.conv1 = ConvNormMish(c_in, c_out, kernel, groups)
+        self.conv2 = ConvNormMish(c_out, c_out, kernel, groups)
+        self.predict_scale = predict_scale
+        self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, c_out * (2 if predict_scale else 1)))
+        self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(x)
+        film = self.film(cond)[:, :, None]
+        if self.predict_scale:
+            scale, bias = film.chunk(2, dim=1)
+            h = scale * h + bias
+        else:
+            h = h + film
+        return self.conv2(h) + self.skip(x)
+
+
+class ConditionalUnet1D(nn.Module):
+    """UNet over the chunk's time axis. `down_dims` sets channels per level; H must divide by 2**(levels-1)."""
+
+    def __init__(
+        self,
+        action_dim: int,
+        cond_dim: int,
+        down_dims: tuple[int, ...] = (256, 512, 1024),
+        kernel_size: int = 5,
+        n_groups: int = 8,
+        step_embed_dim: int = 128,
+        predict_scale: bool = True,
+    ):
+        super().__init__()
+        self.step_embed = nn.Sequential(
+            SinusoidalEmbedding(step_embed_dim),
+            nn.Linear(step_embed_dim, step_embed_dim * 4),
+            nn.Mish(),
+            nn.Linear(step_embed_dim * 4, step_embed_dim),
+        )
+        c = step_embed_dim + cond_dim
+        dims = (action_dim, *down_dims)
+
+        def block(i, o):
+            return FiLMResBlock(i, o, c, kernel_size, n_groups, predict_scale)
+
+        self.down = nn.ModuleList()
+        for level, (d_in, d_out) in enumerate(itertools.pairwise(dims)):
+            last = level == len(down_dims) - 1
+            down = nn.Conv1d(d_out, d_out, 3, stride=2, padding=1) if not last else nn.Identity()
+            self.down.append(nn.ModuleList([block(d_in, d_out), block(d_out, d_out), down]))
+        self.mid = nn.ModuleList([block(down_dims[-1], down_dims[-1]), block(down_dims[-1], down_dims[-1])])
+        self.up = nn.ModuleList()
+        for d_out, d_in in zip(reversed(down_dims[:-1]), reversed(down_dims[1:])):
+            up = nn.ConvTranspose1d(d_out, d_out, 4, stride=2, padding=1)
+            self.up.append(nn.ModuleList([block(d_in * 2, d_out), block(d_out, d_out), up]))
+        self.final = nn.Sequential(
+            ConvNormMish(down_dims[0], down_dims[0], kernel_size, n_groups), nn.Conv1d(down_dims[0], action_dim, 1)
+        )
+        self.levels = len(down_dims)
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """x (B, H, D) noisy chunk, timestep (B,) float or int, cond (B, cond_dim) -> (B, H, D)."""
+        if x.shape[1] % 2 ** (self.levels - 1):
+            raise ValueError(f"horizon {x.shape[1]} must be divisible by {2 ** (self.levels - 1)} for this UNet")
+        c = torch.cat([self.step_embed(timestep.expand(x.shape[0])), cond], dim=-1)
+        h = x.transpose(1, 2)
+        skips = []
+        for res1, res2, down in self.down:
+            h = res2(res1(h, c), c)
+            skips.append(h)
+            h = down(h)
+        for res in self.mid:
+            h = res(h, c)
+        skips.pop(0)  # the full-resolution skip is not reused (as in Diffusion Policy)
+        for res1, res2, up in self.up:
+            h = torch.cat([h, skips.pop()], dim=1)
+            h = up(res2(res1(h, c), c))
+        return self.final(h).transpose(1, 2)
