@@ -23,7 +23,7 @@ def register_policy(cls: type[PolicyConfig]) -> type[PolicyConfig]:
 
 
 # Heads that ship with robopolicy; imported on first lookup so `import robopolicy` stays light.
-BUILTIN_HEADS = ("diffusion", "flow")
+BUILTIN_HEADS = ("diffusion", "flow", "act")
 
 
 def available_policies() -> list[str]:

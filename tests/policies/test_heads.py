@@ -15,6 +15,8 @@ from robopolicy.policies.registry import available_policies, config_from_dict, c
 TINY = {
     "diffusion": {"denoiser": {"unet": {"down_dims": (32, 64), "step_embed_dim": 32}}},
     "flow": {"denoiser": {"unet": {"down_dims": (32, 64), "step_embed_dim": 32}}},
+    "act": {"horizon": 10, "n_action_steps": 10, "dim_model": 32, "n_heads": 4, "dim_feedforward": 64,
+            "n_encoder_layers": 2, "n_vae_encoder_layers": 2, "dropout": 0.0},
 }
 HEADS = [h for h in ("diffusion", "flow", "act") if h in available_policies()]
 FEATURES = {"observation.state": FeatureSpec((5,), "state"), "observation.image": FeatureSpec((3, 32, 32), "image")}

@@ -56,23 +56,54 @@ def _group_norm(channels: int, **_ignored) -> nn.GroupNorm:
     return nn.GroupNorm(max(1, channels // 16), channels)
 
 
+def image_trunk(cfg: EncoderConfig) -> nn.Module:
+    """A timm CNN without pooling or classifier: (N, C, H, W) -> feature map (N, C', H', W')."""
+    import timm
+
+    kwargs = {"norm_layer": _group_norm} if cfg.group_norm else {}
+    return timm.create_model(cfg.backbone, pretrained=cfg.pretrained, num_classes=0, global_pool="", **kwargs)
+
+
+@torch.no_grad()
+def feature_map_shape(trunk: nn.Module, in_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """(C', H', W') of the trunk's output for one (C, H, W) input (probed in eval mode: BatchNorm-safe)."""
+    was_training = trunk.training
+    trunk.eval()
+    shape = tuple(trunk(torch.zeros(1, *in_shape)).shape[1:])
+    trunk.train(was_training)
+    return shape
+
+
+def imagenet_normalize(x: torch.Tensor) -> torch.Tensor:
+    """Float images (N, 3, H, W) in [0, 1] -> ImageNet-normalized."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def crop_images(x: torch.Tensor, shape: tuple[int, int] | None, train: bool) -> torch.Tensor:
+    """Random crop (one offset per batch) when training, centre crop otherwise; x (..., H, W)."""
+    if shape is None:
+        return x
+    ch, cw = shape
+    h, w = x.shape[-2:]
+    if train:
+        top = int(torch.randint(0, h - ch + 1, ()).item())
+        left = int(torch.randint(0, w - cw + 1, ()).item())
+    else:
+        top, left = (h - ch) // 2, (w - cw) // 2
+    return x[..., top : top + ch, left : left + cw]
+
+
 class ImageEncoder(nn.Module):
     """One camera: crop, ImageNet-normalize, ResNet trunk, pooling, linear -> (N, image_feature_dim)."""
 
     def __init__(self, spec: FeatureSpec, cfg: EncoderConfig):
         super().__init__()
-        import timm
-
         self.cfg = cfg
-        kwargs = {"norm_layer": _group_norm} if cfg.group_norm else {}
-        self.trunk = timm.create_model(
-            cfg.backbone, pretrained=cfg.pretrained, num_classes=0, global_pool="", **kwargs
-        )
+        self.trunk = image_trunk(cfg)
         c, h, w = spec.shape
-        crop = cfg.crop_shape or (h, w)
-        with torch.no_grad():
-            fmap = self.trunk(torch.zeros(1, c, *crop))
-        channels = fmap.shape[1]
+        channels = feature_map_shape(self.trunk, (c, *(cfg.crop_shape or (h, w))))[0]
         if cfg.spatial_softmax_keypoints > 0:
             self.pool = SpatialSoftmax(channels, cfg.spatial_softmax_keypoints)
             pooled = cfg.spatial_softmax_keypoints * 2
@@ -80,26 +111,12 @@ class ImageEncoder(nn.Module):
             self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
             pooled = channels
         self.out = nn.Sequential(nn.Linear(pooled, cfg.image_feature_dim), nn.ReLU())
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-
-    def crop(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cfg.crop_shape is None:
-            return x
-        ch, cw = self.cfg.crop_shape
-        h, w = x.shape[-2:]
-        if self.training:
-            top = int(torch.randint(0, h - ch + 1, ()).item())
-            left = int(torch.randint(0, w - cw + 1, ()).item())
-        else:
-            top, left = (h - ch) // 2, (w - cw) // 2
-        return x[..., top : top + ch, left : left + cw]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, C, H, W) float in [0, 1] -> (N, image_feature_dim)."""
-        x = self.crop(x)
+        x = crop_images(x, self.cfg.crop_shape, self.training)
         if x.shape[1] == 3:
-            x = (x - self.mean) / self.std
+            x = imagenet_normalize(x)
         return self.out(self.pool(self.trunk(x)))
 
 

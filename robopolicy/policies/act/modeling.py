@@ -1,0 +1,137 @@
+"""ACT head: L = L1(a_hat, a) on unpadded steps + kl_weight * KL(q(z | a, s) || N(0, I)); z = 0 at inference.
+
+Tokens into the transformer encoder: [proj(z), proj(state), camera feature-map cells]; a DETR-style decoder
+turns `horizon` learned queries into the action chunk (B, H, D).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robopolicy.policies.act.configuration import ACTConfig
+from robopolicy.policies.base import LossOutput, PolicyHead
+from robopolicy.policies.common.encoders import crop_images, feature_map_shape, image_trunk, imagenet_normalize
+
+
+def sinusoid_table(n: int, dim: int) -> torch.Tensor:
+    """(n, dim) fixed 1-D sinusoidal position table."""
+    pos = torch.arange(n, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10_000.0) / dim))
+    table = torch.zeros(n, dim)
+    table[:, 0::2] = torch.sin(pos * div)
+    table[:, 1::2] = torch.cos(pos * div[: dim // 2])
+    return table
+
+
+def sinusoid_2d(h: int, w: int, dim: int) -> torch.Tensor:
+    """(h * w, dim) 2-D sinusoidal positions: half the channels encode y, half x."""
+    ty, tx = sinusoid_table(h, dim // 2), sinusoid_table(w, dim // 2)
+    return torch.cat([ty[:, None].expand(h, w, -1), tx[None].expand(h, w, -1)], dim=-1).reshape(h * w, dim)
+
+
+class ACTHead(PolicyHead):
+    config_class = ACTConfig
+
+    def __init__(self, config: ACTConfig):
+        super().__init__(config)
+        c = config
+        d = c.dim_model
+        self.state_keys = sorted(k for k, f in c.input_features.items() if f.kind != "image")
+        self.image_keys = sorted(k for k, f in c.input_features.items() if f.kind == "image")
+        state_dim = sum(math.prod(c.input_features[k].shape) for k in self.state_keys)
+
+        def encoder_stack(layers: int) -> nn.TransformerEncoder:
+            layer = nn.TransformerEncoderLayer(d, c.n_heads, c.dim_feedforward, c.dropout, batch_first=True)
+            return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+        # CVAE posterior q(z | state, actions), training only
+        if c.use_vae:
+            self.vae_cls = nn.Parameter(torch.zeros(1, 1, d))
+            self.vae_action_in = nn.Linear(c.action_dim, d)
+            self.vae_state_in = nn.Linear(state_dim, d) if state_dim else None
+            self.vae_encoder = encoder_stack(c.n_vae_encoder_layers)
+            self.vae_out = nn.Linear(d, 2 * c.latent_dim)
+            self.register_buffer("vae_pos", sinusoid_table(2 + c.horizon, d), persistent=False)
+
+        # observation tokens
+        self.latent_in = nn.Linear(c.latent_dim, d)
+        self.state_in = nn.Linear(state_dim, d) if state_dim else None
+        self.token_pos = nn.Parameter(torch.zeros(2, d))
+        if self.image_keys:
+            self.backbone = image_trunk(c.encoder)
+            cin, h, w = c.input_features[self.image_keys[0]].shape
+            fc, fh, fw = feature_map_shape(self.backbone, (cin, *(c.encoder.crop_shape or (h, w))))
+            self.image_proj = nn.Conv2d(fc, d, 1)
+            self.register_buffer("image_pos", sinusoid_2d(fh, fw, d), persistent=False)
+        self.encoder = encoder_stack(c.n_encoder_layers)
+        dec = nn.TransformerDecoderLayer(d, c.n_heads, c.dim_feedforward, c.dropout, batch_first=True)
+        self.decoder = nn.TransformerDecoder(dec, c.n_decoder_layers)
+        self.queries = nn.Parameter(torch.zeros(c.horizon, d))
+        self.action_out = nn.Linear(d, c.action_dim)
+        nn.init.normal_(self.token_pos, std=0.02)
+        nn.init.normal_(self.queries, std=0.02)
+
+    def _state(self, obs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        if not self.state_keys:
+            return None
+        return torch.cat([obs[k][:, -1].flatten(1) for k in self.state_keys], dim=-1)  # (B, S)
+
+    def _posterior(self, state: torch.Tensor | None, actions: torch.Tensor, pad: torch.Tensor | None):
+        b = actions.shape[0]
+        tokens = [self.vae_cls.expand(b, -1, -1)]
+        if state is not None:
+            tokens.append(self.vae_state_in(state)[:, None])
+        tokens.append(self.vae_action_in(actions))
+        x = torch.cat(tokens, dim=1)
+        x = x + self.vae_pos[: x.shape[1]]
+        mask = None
+        if pad is not None:
+            lead = torch.zeros(b, x.shape[1] - actions.shape[1], dtype=torch.bool, device=x.device)
+            mask = torch.cat([lead, pad], dim=1)
+        out = self.vae_encoder(x, src_key_padding_mask=mask)[:, 0]
+        mu, logvar = self.vae_out(out).chunk(2, dim=-1)
+        return mu, logvar
+
+    def _decode(self, obs: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+        b = z.shape[0]
+        tokens = [self.latent_in(z)[:, None] + self.token_pos[0]]
+        state = self._state(obs)
+        if state is not None:
+            tokens.append(self.state_in(state)[:, None] + self.token_pos[1])
+        for key in self.image_keys:
+            img = crop_images(obs[key][:, -1], self.config.encoder.crop_shape, self.training)
+            img = imagenet_normalize(img) if img.shape[1] == 3 else img
+            fmap = self.image_proj(self.backbone(img))  # (B, d, h, w)
+            tokens.append(fmap.flatten(2).transpose(1, 2) + self.image_pos)
+        memory = self.encoder(torch.cat(tokens, dim=1))
+        out = self.decoder(self.queries.expand(b, -1, -1), memory)
+        return self.action_out(out)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
+        c = self.config
+        actions = batch[c.action_key]
+        pad = batch.get(f"{c.action_key}_is_pad")
+        b = actions.shape[0]
+        if c.use_vae:
+            mu, logvar = self._posterior(self._state(batch), actions, pad)
+            z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+            kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1)  # (B,)
+        else:
+            z = torch.zeros(b, c.latent_dim, device=actions.device)
+            kl = torch.zeros(b, device=actions.device)
+        pred = self._decode(batch, z)
+        l1 = F.l1_loss(pred, actions, reduction="none").mean(-1)  # (B, H)
+        if pad is not None:
+            l1 = l1 * (~pad).float()
+        per_step = l1 + c.kl_weight * kl[:, None]
+        return LossOutput(per_step, {"l1": float(l1.mean().detach()), "kl": float(kl.mean().detach())})
+
+    @torch.no_grad()
+    def sample(self, obs: dict[str, torch.Tensor], *, generator: torch.Generator | None = None) -> torch.Tensor:
+        b = next(iter(obs.values())).shape[0]
+        z = torch.zeros(b, self.config.latent_dim, device=next(self.parameters()).device)
+        return self._decode(obs, z)
