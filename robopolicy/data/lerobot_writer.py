@@ -567,7 +567,7 @@ class LeRobotWriter(EpisodeWriter):
                 info["video.encoder"] = self._codecs[key]
                 info.update(
                     {
-                        f"video.{k}": v
+                        f"video.{k}": int(v) if v.lstrip("-").isdigit() else v  # ints, as LeRobot writes them
                         for k, v in self.video_options.encoder_options(self._codecs[key]).items()
                         if k in ("g", "crf", "preset", "qscale")
                     }

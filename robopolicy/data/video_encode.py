@@ -9,6 +9,8 @@ keyframe every `g` frames (g=2 as LeRobot). B-frames are disabled so packets con
 from __future__ import annotations
 
 import os
+import threading
+import warnings
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -90,7 +92,7 @@ def fps_fraction(fps: float) -> Fraction:
     return Fraction(fps).limit_denominator(1001)
 
 
-def encode_video(frames: np.ndarray, path: Path, fps: float, codec: str, options: VideoOptions) -> None:
+def _encode_once(frames: np.ndarray, path: Path, fps: float, codec: str, options: VideoOptions) -> None:
     """Write uint8 RGB frames (N, H, W, 3) to a new mp4 at `path`; frame i has pts i / fps."""
     n, h, w, c = frames.shape
     if c != 3:
@@ -113,6 +115,55 @@ def encode_video(frames: np.ndarray, path: Path, fps: float, codec: str, options
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+
+
+def encode_video(
+    frames: np.ndarray,
+    path: Path,
+    fps: float,
+    codec: str,
+    options: VideoOptions,
+    *,
+    attempts: int = 3,
+    timeout_s: float | None = None,
+) -> None:
+    """Write uint8 RGB frames (N, H, W, 3) to a new mp4 at `path`; frame i has pts i / fps.
+
+    The encoder runs under a watchdog: libsvtav1 3.x occasionally deadlocks inside send_picture (seen here once
+    in ~150 episodes; upstream SVT-AV1 issues 2300/2311). A stuck attempt is abandoned (its thread idles) and the
+    episode is encoded again into a fresh file; after `attempts` stuck attempts the error names the file.
+    """
+    n, h, w = frames.shape[:3]
+    if timeout_s is None:
+        timeout_s = 60.0 + n * max(1.0, h * w / (640 * 480)) * 0.5
+    errors: list[BaseException] = []
+    for attempt in range(attempts):
+        # every attempt writes its own file, so a stuck encoder that wakes up later cannot clobber the result
+        target = path.with_name(f"{path.stem}.attempt{attempt}{path.suffix}")
+        worker = threading.Thread(
+            target=_run_capturing, args=(errors, _encode_once, frames, target, fps, codec, options), daemon=True
+        )
+        worker.start()
+        worker.join(timeout_s)
+        if worker.is_alive():
+            warnings.warn(f"{path}: {codec} encoder stuck for {timeout_s:.0f} s (attempt {attempt + 1}); retrying",
+                          stacklevel=2)
+            continue
+        if errors:
+            raise errors[0]
+        os.replace(target, path)
+        return
+    raise RuntimeError(
+        f"{path}: the {codec} encoder hung {attempts} times; encode with another codec "
+        "(VideoOptions(codec='libx264')) or store images losslessly (video=False)"
+    )
+
+
+def _run_capturing(errors: list[BaseException], fn, *args) -> None:
+    try:
+        fn(*args)
+    except BaseException as e:  # re-raised in the calling thread
+        errors.append(e)
 
 
 def append_video(existing: Path | None, keep_s: float, episode: Path, out: Path, episode_duration_s: float) -> None:

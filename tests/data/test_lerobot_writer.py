@@ -301,3 +301,32 @@ print(json.dumps({{"frames": ds.num_frames, "episodes": ds.num_episodes, "image"
     assert got["frames"] == n and got["episodes"] == 2 and got["image"] == [3, 96, 96] and got["task"] == TASK
     np.testing.assert_allclose(got["action"], pusht3[1]["action"][-1])
     assert got["success"] == [True, False]
+
+
+def test_stuck_encoder_is_retried_into_a_fresh_file(tmp_path, monkeypatch):
+    """libsvtav1 can deadlock in send_picture; the watchdog abandons the stuck attempt and encodes again."""
+    import threading
+
+    import av
+
+    from robopolicy.data import video_encode
+
+    real = video_encode._encode_once
+    calls = []
+    never = threading.Event()
+
+    def flaky(frames, path, *args):
+        calls.append(path.name)
+        if len(calls) == 1:
+            never.wait()  # hang like the deadlocked encoder
+        real(frames, path, *args)
+
+    monkeypatch.setattr(video_encode, "_encode_once", flaky)
+    frames = np.random.default_rng(0).integers(0, 255, (6, 16, 16, 3), dtype=np.uint8)
+    out = tmp_path / "ep.mp4"
+    with pytest.warns(UserWarning, match="encoder stuck"):
+        video_encode.encode_video(frames, out, 10, "mpeg4", video_encode.VideoOptions(), timeout_s=0.5)
+    assert calls == ["ep.attempt0.mp4", "ep.attempt1.mp4"]
+    with av.open(str(out)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 6
+    never.set()

@@ -1,0 +1,614 @@
+"""Reader for LeRobot v3.0 datasets, and the machinery the v2.1 reader shares.
+
+v3.0 layout (docs/lerobot.md): meta/info.json, meta/stats.json, meta/tasks.parquet,
+meta/episodes/chunk-*/file-*.parquet (one row per episode), data/chunk-*/file-*.parquet (one row per
+frame, several episodes per file), videos/<key>/chunk-*/file-*.mp4 (several episodes per file).
+
+Global frame order: episodes sorted by episode_index, each a contiguous range. The episodes metadata's
+`dataset_from_index` / `dataset_to_index` are values of the global `index` column (end exclusive), i.e. row
+positions in the concatenation of all data files — not row offsets inside the episode's own file:
+lerobot_v3_open50 stores one episode per data file and its episode 1 (file-001, row 0) has
+dataset_from_index 427. Rows are therefore located by their `index` values.
+
+What is checked when a dataset is opened (cheap, metadata and bookkeeping columns only): info.json,
+the episodes metadata, tasks, that every data file exists and holds every declared non-video feature, and
+that its rows agree with the episodes metadata (row counts, index ranges, episode_index). Missing video
+files are recorded, not fatal: tabular features still load, `missing_videos()` lists the affected
+episodes, and asking for their frames raises MissingVideoError. Deeper checks (NaN/inf, timestamps, video
+readability and coverage) are in `robopolicy.data.validate`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from robopolicy.data.dataset import Dataset, Episode
+from robopolicy.data.errors import DatasetError, FrameToleranceError, MissingVideoError
+from robopolicy.data.features import Feature, infer_kind
+from robopolicy.data.video import DecoderConfig, VideoFile, decode_png
+
+DEFAULT_TOLERANCE_S = 1e-4
+
+# Decoders a forked worker inherited from its parent; never freed in the child (see LeRobotReader._video).
+_INHERITED_FROM_PARENT: list = []
+
+
+@dataclass(frozen=True)
+class VideoSegment:
+    """Where one episode of one camera lives: `path`, starting `from_timestamp` seconds into the file."""
+
+    path: Path
+    from_timestamp: float = 0.0
+
+
+@dataclass(frozen=True)
+class EpisodeSource:
+    """Where one episode lives on disk.
+
+    index_range: global `index` values [from, to) of its rows (v3.0), or None to take every row of
+      `data_file` whose episode_index equals `index` (v2.1, one file per episode).
+    """
+
+    index: int
+    length: int
+    tasks: tuple[str, ...]
+    data_file: Path
+    index_range: tuple[int, int] | None
+    videos: Mapping[str, VideoSegment] = field(default_factory=dict)
+
+
+# ----- small readers shared by v3.0 and v2.1 --------------------------------------------------------
+
+
+def read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise DatasetError(f"{path}: missing; restore it from the dataset's source")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: not valid JSON ({e}); restore it from the dataset's source") from e
+
+
+def parse_features(raw: Mapping[str, Any], where: Path) -> dict[str, Feature]:
+    """info.json `features` -> {name: Feature}."""
+    if not isinstance(raw, Mapping) or not raw:
+        raise DatasetError(f"{where}: `features` is missing or empty")
+    out = {}
+    for name, spec in raw.items():
+        try:
+            dtype, shape = str(spec["dtype"]), tuple(int(s) for s in spec["shape"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise DatasetError(f"{where}: feature {name!r} needs `dtype` and an integer `shape` ({e})") from e
+        if dtype in ("video", "image") and len(shape) != 3:
+            raise DatasetError(f"{where}: visual feature {name!r} must have shape [H, W, C], got {list(shape)}")
+        if dtype in ("video", "image") and spec.get("names") and list(spec["names"])[:1] == ["channels"]:
+            shape = (shape[1], shape[2], shape[0])  # some old datasets declare [C, H, W]
+        kind = infer_kind(name, dtype, shape)
+        out[name] = Feature(name, dtype, shape, kind, names=spec.get("names"), info=dict(spec.get("info") or {}))
+    return out
+
+
+def load_stats(path: Path) -> dict[str, dict[str, np.ndarray]] | None:
+    """meta/stats.json -> {feature: {stat: array}}; None when the file is absent."""
+    if not path.is_file():
+        return None
+    raw = read_json(path)
+    return {key: {stat: np.asarray(v) for stat, v in stats.items()} for key, stats in raw.items()}
+
+
+def arrow_to_numpy(array: pa.Array | pa.ChunkedArray, feature: Feature, where: str) -> np.ndarray:
+    """A parquet column -> numpy (N, *feature.shape) in the feature's dtype.
+
+    Handles scalar columns, fixed_size_list and (large_)list columns, nested for 2-D+ features.
+    """
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    n = len(array)
+    if feature.dtype in ("string", "language") or not (
+        pa.types.is_integer(_leaf_type(array.type))
+        or pa.types.is_floating(_leaf_type(array.type))
+        or pa.types.is_boolean(_leaf_type(array.type))
+    ):
+        return np.array(array.to_pylist(), dtype=object)
+    values, level = array, 0
+    while pa.types.is_list(values.type) or pa.types.is_large_list(values.type) or pa.types.is_fixed_size_list(
+        values.type
+    ):
+        if values.null_count:
+            raise DatasetError(f"{where}: {values.null_count} null rows in {feature.name!r}")
+        if not pa.types.is_fixed_size_list(values.type) and level < len(feature.shape):
+            lengths = pc.list_value_length(values).to_numpy(zero_copy_only=False)
+            bad = np.nonzero(lengths != feature.shape[level])[0]
+            if bad.size:
+                raise DatasetError(
+                    f"{where}: {feature.name!r} row {int(bad[0])} has {int(lengths[bad[0]])} values at "
+                    f"dimension {level}, info.json declares shape {list(feature.shape)}"
+                )
+        values = values.flatten()
+        level += 1
+    if values.null_count:
+        raise DatasetError(f"{where}: {values.null_count} null values in {feature.name!r}")
+    flat = values.to_numpy(zero_copy_only=False)
+    size = int(np.prod(feature.shape))
+    if flat.size != n * size:
+        raise DatasetError(
+            f"{where}: {feature.name!r} holds {flat.size} values for {n} rows, expected shape "
+            f"{list(feature.shape)} per row as declared in meta/info.json"
+        )
+    return flat.reshape(n, *feature.shape).astype(feature.dtype, copy=False)
+
+
+def _leaf_type(t: pa.DataType) -> pa.DataType:
+    while pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        t = t.value_type
+    return t
+
+
+# ----- the shared reader ------------------------------------------------------------------------------
+
+
+class LeRobotReader(Dataset):
+    """Common reader for LeRobot v3.0 and v2.1 directories (subclasses list the episodes' sources).
+
+    tolerance_s: max distance between a frame's requested timestamp and the decoded frame's (seconds).
+    decoder: PyAV settings; max_open_videos: open video files kept (LRU) per process.
+    """
+
+    format = "lerobot"
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        cache_mb: float = 0.0,
+        tolerance_s: float = DEFAULT_TOLERANCE_S,
+        decoder: DecoderConfig | None = None,
+        max_open_videos: int = 16,
+    ):
+        super().__init__(Path(root), cache_mb=cache_mb)
+        self.tolerance_s = float(tolerance_s)
+        self.decoder = decoder or DecoderConfig()
+        self.max_open_videos = int(max_open_videos)
+        self.info = read_json(self.root / "meta" / "info.json")
+        where = self.root / "meta" / "info.json"
+        if "fps" not in self.info:
+            raise DatasetError(f"{where}: `fps` is missing")
+        self.fps = self.info["fps"]
+        self.features = parse_features(self.info.get("features"), where)
+        self.tasks = self._load_tasks()
+        self._stats = self._load_stats()
+        sources = sorted(self._episode_sources(), key=lambda s: s.index)
+        self._check_totals(sources)
+        starts = np.concatenate([[0], np.cumsum([s.length for s in sources])[:-1]]).astype(np.int64)
+        self.episodes = [Episode(s.index, s.length, int(st), s.tasks) for s, st in zip(sources, starts)]
+        self.sources = sources
+        self._columns: dict[str, np.ndarray] = {}
+        self._map_rows(sources)
+        self._map_videos(sources)
+        self._videos: OrderedDict[Path, VideoFile] = OrderedDict()
+        self._images: OrderedDict[tuple[str, int], pa.Array] = OrderedDict()
+        self._pid = os.getpid()
+
+    # ----- what subclasses provide -------------------------------------------------------------
+    def _episode_sources(self) -> list[EpisodeSource]:
+        raise NotImplementedError
+
+    def _load_tasks(self) -> list[str]:
+        raise NotImplementedError
+
+    def _load_stats(self) -> dict[str, dict[str, np.ndarray]] | None:
+        return load_stats(self.root / "meta" / "stats.json")
+
+    @property
+    def stats(self) -> dict[str, dict[str, np.ndarray]] | None:
+        return self._stats
+
+    @property
+    def video_keys(self) -> list[str]:
+        return [k for k, f in self.features.items() if f.dtype == "video"]
+
+    @property
+    def tabular_keys(self) -> list[str]:
+        return [k for k, f in self.features.items() if not f.is_visual]
+
+    # ----- checks and row mapping at open --------------------------------------------------------
+    def _check_totals(self, sources: list[EpisodeSource]) -> None:
+        where = self.root / "meta" / "info.json"
+        total_eps, total_frames = self.info.get("total_episodes"), self.info.get("total_frames")
+        frames = sum(s.length for s in sources)
+        if total_eps is not None and int(total_eps) != len(sources):
+            raise DatasetError(
+                f"{where}: total_episodes={total_eps} but the episodes metadata lists {len(sources)} episodes; "
+                "the dataset was not finalized or was partially copied"
+            )
+        if total_frames is not None and int(total_frames) != frames:
+            raise DatasetError(
+                f"{where}: total_frames={total_frames} but the episodes metadata lengths sum to {frames}; "
+                "the dataset was not finalized or was partially copied"
+            )
+        seen = [s.index for s in sources]
+        if len(set(seen)) != len(seen):
+            raise DatasetError(f"{self.root}: the episodes metadata lists some episode_index more than once")
+
+    def _map_rows(self, sources: list[EpisodeSource]) -> None:
+        """Locate every episode's rows in its data file; check them against the episodes metadata."""
+        n = self.num_frames
+        self._row_file = np.empty(n, dtype=np.int32)  # data file id of each global frame
+        self._row_in_file = np.empty(n, dtype=np.int64)  # its row inside that file
+        self._data_files = sorted({s.data_file for s in sources})
+        file_id = {p: i for i, p in enumerate(self._data_files)}
+        by_file: dict[Path, list[int]] = {}
+        for pos, s in enumerate(sources):
+            by_file.setdefault(s.data_file, []).append(pos)
+        declared = [k for k, f in self.features.items() if f.dtype != "video"]
+        timestamps = np.empty(n, dtype=np.float64)
+        has_ts = "timestamp" in self.features
+        for path, positions in by_file.items():
+            if not path.is_file():
+                eps = [sources[p].index for p in positions]
+                raise DatasetError(f"{path}: data file of episodes {_short(eps)} is missing; restore it")
+            try:
+                schema = pq.read_schema(path)
+            except (pa.ArrowException, OSError) as e:
+                raise DatasetError(f"{path}: not a readable parquet file ({e}); restore it") from e
+            absent = [k for k in declared if k not in schema.names]
+            if absent:
+                raise DatasetError(
+                    f"{path}: features {absent} are declared in meta/info.json but absent from this data file; "
+                    "remove them from info.json or re-export the dataset"
+                )
+            cols = [c for c in ("episode_index", "index", "timestamp") if c in schema.names]
+            table = pq.read_table(path, columns=cols)
+            if "episode_index" not in cols:
+                raise DatasetError(f"{path}: no `episode_index` column; this is not a LeRobot data file")
+            ep_col = table.column("episode_index").to_numpy().astype(np.int64)
+            idx_col = table.column("index").to_numpy().astype(np.int64) if "index" in cols else None
+            order = np.argsort(idx_col, kind="stable") if idx_col is not None else None
+            ts_col = table.column("timestamp").to_numpy().astype(np.float64) if has_ts else None
+            for pos in positions:
+                src, ep = sources[pos], self.episodes[pos]
+                rows = self._episode_rows(path, src, ep_col, idx_col, order)
+                self._row_file[ep.start : ep.stop] = file_id[path]
+                self._row_in_file[ep.start : ep.stop] = rows
+                if ts_col is not None:
+                    timestamps[ep.start : ep.stop] = ts_col[rows]
+        if not has_ts:
+            for ep in self.episodes:
+                timestamps[ep.start : ep.stop] = np.arange(ep.length) / float(self.fps)
+        self._timestamps = timestamps
+
+    def _episode_rows(
+        self, path: Path, src: EpisodeSource, ep_col: np.ndarray, idx_col: np.ndarray | None, order
+    ) -> np.ndarray:
+        if src.index_range is None:
+            rows = np.nonzero(ep_col == src.index)[0]
+            what = f"rows with episode_index == {src.index}"
+        else:
+            lo, hi = src.index_range
+            if hi - lo != src.length:
+                raise DatasetError(
+                    f"{self.root}/meta/episodes: episode {src.index} has length {src.length} but "
+                    f"dataset_from_index={lo}, dataset_to_index={hi} span {hi - lo} frames; the metadata is corrupt"
+                )
+            if idx_col is None:
+                raise DatasetError(f"{path}: no `index` column; cannot locate episode {src.index}")
+            sorted_idx = idx_col[order]
+            a, b = np.searchsorted(sorted_idx, lo), np.searchsorted(sorted_idx, hi)
+            rows = order[a:b]  # in `index` order, whatever the row order in the file
+            what = f"rows with index in [{lo}, {hi})"
+        if len(rows) != src.length:
+            raise DatasetError(
+                f"{path}: episode {src.index} has length {src.length} in the episodes metadata but the data file "
+                f"has {len(rows)} {what}; the data and metadata disagree — re-export the dataset"
+            )
+        wrong = np.nonzero(ep_col[rows] != src.index)[0]
+        if wrong.size:
+            raise DatasetError(
+                f"{path}: {what} (episode {src.index} in the episodes metadata) include {wrong.size} rows with "
+                f"episode_index {int(ep_col[rows][wrong[0]])}; the data and metadata disagree — re-export the dataset"
+            )
+        return rows
+
+    def _map_videos(self, sources: list[EpisodeSource]) -> None:
+        """Per video key: file id and start time of each episode, and which files are missing."""
+        self._video_files: dict[str, list[Path]] = {}
+        self._video_file_of: dict[str, np.ndarray] = {}
+        self._video_from: dict[str, np.ndarray] = {}
+        self._video_missing: dict[str, np.ndarray] = {}
+        for key in self.video_keys:
+            paths = sorted({s.videos[key].path for s in sources if key in s.videos})
+            if len(paths) == 0 and sources:
+                raise DatasetError(f"{self.root}: the episodes metadata has no video location for {key!r}")
+            ids = {p: i for i, p in enumerate(paths)}
+            file_of = np.full(len(sources), -1, dtype=np.int64)
+            start = np.zeros(len(sources), dtype=np.float64)
+            for pos, s in enumerate(sources):
+                seg = s.videos.get(key)
+                if seg is None:
+                    raise DatasetError(f"{self.root}: episode {s.index} has no video location for {key!r}")
+                file_of[pos], start[pos] = ids[seg.path], seg.from_timestamp
+            self._video_files[key] = paths
+            self._video_file_of[key] = file_of
+            self._video_from[key] = start
+            self._video_missing[key] = np.array([not p.is_file() for p in paths], dtype=bool)
+
+    # ----- public extras -------------------------------------------------------------------------
+    def missing_videos(self) -> dict[str, list[int]]:
+        """{video key: episode indices whose video file is absent}; keys with every file present are left out."""
+        out = {}
+        for key, missing in self._video_missing.items():
+            eps = [self.episodes[p].index for p in np.nonzero(missing[self._video_file_of[key]])[0]]
+            if eps:
+                out[key] = eps
+        return out
+
+    def video_path(self, key: str, episode: int) -> Path:
+        """The video file holding `episode` (position in `self.episodes`) of camera `key`."""
+        return self._video_files[key][int(self._video_file_of[key][episode])]
+
+    def video_segment(self, key: str, episode: int) -> VideoSegment:
+        return VideoSegment(self.video_path(key, episode), float(self._video_from[key][episode]))
+
+    def timestamps(self, indices: np.ndarray) -> np.ndarray:
+        """Per-frame timestamps in seconds relative to the episode start, float64."""
+        return self._timestamps[np.asarray(indices, dtype=np.int64)]
+
+    def open_video(self, key: str, episode: int) -> VideoFile:
+        """The (cached) open decoder of the file holding `episode`; MissingVideoError names key and episodes."""
+        return self._video(key, int(self._video_file_of[key][episode]), [self.episodes[episode].index])
+
+    def prefill_cache(self, keys: list[str] | None = None, chunk_frames: int = 4096) -> list[str]:
+        """Decode every frame of the visual `keys` (default: all) once, sequentially, into the RAM cache.
+
+        Returns the keys that fit in `cache_mb`. Prefill before creating DataLoader workers so they share it.
+        """
+        filled = []
+        for key in keys if keys is not None else [k for k, f in self.features.items() if f.is_visual]:
+            h, w, c = self.feature(key).shape
+            if self._cache.enabled_for(key, self.num_frames, (c, h, w)):
+                for _ in self.iter_chunks(key, chunk_frames):
+                    pass
+                filled.append(key)
+        return filled
+
+    # ----- reading -------------------------------------------------------------------------------
+    def _column(self, key: str) -> np.ndarray:
+        col = self._columns.get(key)
+        if col is None:
+            feat = self.feature(key)
+            col = None
+            for fid, path in enumerate(self._data_files):
+                dest = np.nonzero(self._row_file == fid)[0]
+                if dest.size == 0:
+                    continue
+                values = arrow_to_numpy(pq.read_table(path, columns=[key]).column(0), feat, f"{path}")
+                if col is None:
+                    col = np.empty((self.num_frames, *values.shape[1:]), dtype=values.dtype)
+                col[dest] = values[self._row_in_file[dest]]
+            if col is None:
+                col = np.empty((0, *feat.shape), dtype=feat.dtype if feat.is_numeric else object)
+            self._columns[key] = col
+        return col
+
+    def _read_numeric(self, key: str, indices: np.ndarray) -> np.ndarray:
+        return self._column(key)[indices]
+
+    def _read_visual(self, key: str, indices: np.ndarray) -> np.ndarray:
+        feat = self.feature(key)
+        if feat.dtype == "image":
+            return self._read_images(key, indices)
+        h, w, c = feat.shape
+        out = np.empty((len(indices), c, h, w), dtype=np.uint8)
+        if not len(indices):
+            return out
+        ep_pos = self.episode_of(indices)
+        file_of = self._video_file_of[key][ep_pos]
+        rel = self._timestamps[indices]
+        t = self._video_from[key][ep_pos] + rel
+        for fid in np.unique(file_of):
+            sel = np.nonzero(file_of == fid)[0]
+            eps = sorted({self.episodes[p].index for p in ep_pos[sel]})
+            video = self._video(key, int(fid), eps)
+            frames, err = video.nearest(t[sel])
+            bad = np.nonzero(err > self.tolerance_s)[0]
+            if bad.size:
+                b = sel[bad[0]]
+                msg = self._tolerance_message(key, video, int(ep_pos[b]), rel[b], t[b], err[bad[0]])
+                raise FrameToleranceError(msg)
+            if (video.height, video.width) != (h, w):
+                raise DatasetError(
+                    f"{video.path}: frames are {video.width}x{video.height} but meta/info.json declares {key!r} "
+                    f"as {w}x{h}; fix info.json (shape [H, W, C]) or re-encode the video"
+                )
+            out[sel] = video.decode(frames, channels=c)
+        return out
+
+    def _tolerance_message(self, key: str, video: VideoFile, pos: int, rel: float, t: float, err: float) -> str:
+        ep = self.episodes[pos].index
+        msg = (
+            f"{video.path}: episode {ep}, key {key!r}: no frame within tolerance_s={self.tolerance_s} of timestamp "
+            f"{rel:.6f} s (file time {t:.6f} s); the nearest frame is {err:.6f} s away. "
+        )
+        if t > video.times[-1]:
+            return msg + f"The video ends at {video.times[-1]:.6f} s: it is shorter than the episode (truncated?)."
+        return msg + "The parquet timestamps and the video disagree: re-encode the episode or raise tolerance_s."
+
+    def _video(self, key: str, fid: int, episodes: list[int]) -> VideoFile:
+        if os.getpid() != self._pid:  # forked into a DataLoader worker: never share decoders across processes
+            # Freeing the parent's decoders here would wait forever on FFmpeg thread-pool locks whose threads
+            # did not survive the fork; keep them referenced (a few KB) instead.
+            _INHERITED_FROM_PARENT.append(self._videos)
+            self._videos = OrderedDict()
+            self._images = OrderedDict()
+            self._pid = os.getpid()
+        path = self._video_files[key][fid]
+        video = self._videos.get(path)
+        if video is not None:
+            self._videos.move_to_end(path)
+            return video
+        if self._video_missing[key][fid] and not path.is_file():
+            affected = [self.episodes[p].index for p in np.nonzero(self._video_file_of[key] == fid)[0]]
+            raise MissingVideoError(
+                f"{path}: video file of key {key!r} is missing (requested episodes {_short(episodes)}; the file holds "
+                f"episodes {_short(affected)}). Restore the videos/ folder, read only tabular keys "
+                f"({', '.join(self.tabular_keys)}), or skip these episodes; ds.missing_videos() lists them all."
+            )
+        try:
+            video = VideoFile(path, self.decoder)
+        except MissingVideoError as e:
+            raise MissingVideoError(f"{e} [key {key!r}, episodes {_short(episodes)}]") from e
+        self._videos[path] = video
+        if len(self._videos) > self.max_open_videos:
+            self._videos.popitem(last=False)[1].close()
+        return video
+
+    def _read_images(self, key: str, indices: np.ndarray) -> np.ndarray:
+        """`image` features: PNG bytes stored in the parquet ({bytes, path} struct or plain binary)."""
+        h, w, c = self.feature(key).shape
+        out = np.empty((len(indices), c, h, w), dtype=np.uint8)
+        files = self._row_file[indices]
+        for fid in np.unique(files):
+            sel = np.nonzero(files == fid)[0]
+            column = self._image_column(key, int(fid))
+            path = self._data_files[fid]
+            for j in sel:
+                row = int(self._row_in_file[indices[j]])
+                data = column[row].as_py()
+                if data is None:
+                    raise DatasetError(f"{path}: {key!r} row {row} has no image bytes")
+                img = decode_png(data, c, where=f"{path}: {key!r} row {row}")
+                if img.shape != (c, h, w):
+                    raise DatasetError(
+                        f"{path}: {key!r} row {row} is {img.shape[2]}x{img.shape[1]}x{img.shape[0]} (WxHxC), "
+                        f"meta/info.json declares {w}x{h}x{c}"
+                    )
+                out[j] = img
+        return out
+
+    def _image_column(self, key: str, fid: int) -> pa.Array:
+        hit = self._images.get((key, fid))
+        if hit is None:
+            col = pq.read_table(self._data_files[fid], columns=[key]).column(0).combine_chunks()
+            hit = col.field("bytes") if pa.types.is_struct(col.type) else col
+            self._images[(key, fid)] = hit
+            if len(self._images) > 4:
+                self._images.popitem(last=False)
+        return hit
+
+    def close(self) -> None:
+        for video in self._videos.values():
+            video.close()
+        self._videos.clear()
+        self._images.clear()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_videos"] = OrderedDict()
+        state["_images"] = OrderedDict()
+        return state
+
+
+def _short(items: list[int], limit: int = 12) -> str:
+    items = list(items)
+    if len(items) <= limit:
+        return str(items)
+    return f"[{', '.join(map(str, items[:limit]))}, ... ({len(items)} in total)]"
+
+
+# ----- v3.0 --------------------------------------------------------------------------------------------
+
+
+class LeRobotDataset(LeRobotReader):
+    """A LeRobot v3.0 directory (`open_dataset(path)` picks it when info.json says codebase_version v3.x)."""
+
+    format = "lerobot_v3"
+
+    def _load_tasks(self) -> list[str]:
+        path = self.root / "meta" / "tasks.parquet"
+        if not path.is_file():
+            if self.info.get("total_tasks", 0):
+                raise DatasetError(f"{path}: missing although info.json declares {self.info['total_tasks']} tasks")
+            return []
+        table = pq.read_table(path)
+        names = table.column_names
+        meta = table.schema.pandas_metadata or {}
+        index_cols = [c for c in meta.get("index_columns", []) if isinstance(c, str)]
+        # LeRobot writes the task string as the pandas index ("__index_level_0__"); others write a `task` column.
+        text_col = "task" if "task" in names else next((c for c in index_cols if c in names), None)
+        if text_col is None or "task_index" not in names:
+            raise DatasetError(f"{path}: expected columns `task_index` and `task` (or a pandas index), got {names}")
+        return _ordered_tasks(table.column("task_index").to_pylist(), table.column(text_col).to_pylist(), path)
+
+    def _episode_sources(self) -> list[EpisodeSource]:
+        meta_dir = self.root / "meta" / "episodes"
+        files = sorted(meta_dir.glob("chunk-*/file-*.parquet"))
+        if not files:
+            raise DatasetError(
+                f"{meta_dir}: no episodes metadata (chunk-*/file-*.parquet); the dataset was not finalized — "
+                "run the writer's finalize() or restore meta/episodes/"
+            )
+        data_tpl = self.info.get("data_path") or "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+        video_tpl = self.info.get("video_path")
+        if self.video_keys and not video_tpl:
+            raise DatasetError(f"{self.root}/meta/info.json: video features but no `video_path` template")
+        sources = []
+        for path in files:
+            schema = pq.read_schema(path)
+            cols = [c for c in schema.names if not c.startswith("stats/")]
+            need = ["episode_index", "length", "data/chunk_index", "data/file_index"]
+            need += ["dataset_from_index", "dataset_to_index"]
+            for key in self.video_keys:
+                need += [f"videos/{key}/chunk_index", f"videos/{key}/file_index", f"videos/{key}/from_timestamp"]
+            absent = [c for c in need if c not in cols]
+            if absent:
+                raise DatasetError(f"{path}: episodes metadata lacks columns {absent}; re-export the dataset")
+            rows = pq.read_table(path, columns=cols).to_pylist()
+            for r in rows:
+                videos = {
+                    key: VideoSegment(
+                        self.root
+                        / video_tpl.format(
+                            video_key=key,
+                            chunk_index=int(r[f"videos/{key}/chunk_index"]),
+                            file_index=int(r[f"videos/{key}/file_index"]),
+                        ),
+                        float(r[f"videos/{key}/from_timestamp"]),
+                    )
+                    for key in self.video_keys
+                }
+                data_file = self.root / data_tpl.format(
+                    chunk_index=int(r["data/chunk_index"]), file_index=int(r["data/file_index"])
+                )
+                sources.append(
+                    EpisodeSource(
+                        index=int(r["episode_index"]),
+                        length=int(r["length"]),
+                        tasks=tuple(r.get("tasks") or ()),
+                        data_file=data_file,
+                        index_range=(int(r["dataset_from_index"]), int(r["dataset_to_index"])),
+                        videos=videos,
+                    )
+                )
+        return sources
+
+
+def _ordered_tasks(task_index: list, text: list, where: Path) -> list[str]:
+    """Tasks as a list indexed by task_index (which must be 0..T-1, each once)."""
+    ti = [int(t) for t in task_index]
+    if sorted(ti) != list(range(len(ti))):
+        raise DatasetError(f"{where}: task_index values must be 0..{len(ti) - 1}, each once; got {sorted(ti)}")
+    out = [""] * len(ti)
+    for i, t in zip(ti, text):
+        out[i] = str(t)
+    return out
