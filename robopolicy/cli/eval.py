@@ -1,0 +1,104 @@
+"""`robopolicy eval`: run a trained policy checkpoint in simulation and report its success rate."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from robopolicy.runtime.executors import EXECUTOR_KINDS
+from robopolicy.sim.envs import ENV_HELP
+from robopolicy.sim.evaluate import DEFAULT_SEED
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = (
+        "Episode i starts from env seed SEED+i, so the same --seed gives the same initial states whatever "
+        "--n-envs is; evaluate on seeds the demonstrations did not use. Writes OUT/eval_info.json and "
+        "OUT/videos/eval_episode_<i>.mp4; the last line printed is `success rate: NN.N% (k/N)`. "
+        "Example: robopolicy eval --checkpoint outputs/train/pusht/checkpoints/last --env pusht --episodes 50"
+    )
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        type=Path,
+        help="policy checkpoint directory (config.json, model.safetensors, stats.json)",
+    )
+    p.add_argument("--env", required=True, help=f"environment: {ENV_HELP}")
+    p.add_argument("--episodes", type=int, default=50, help="number of episodes (default 50)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help=f"env seed of episode 0; episode i uses SEED+i (default {DEFAULT_SEED})",
+    )
+    p.add_argument(
+        "--n-envs", type=int, default=1, help="environments run in parallel, one worker process each (default 1)"
+    )
+    p.add_argument("--out", type=Path, default=None, help="output directory (default: outputs/eval/<time>_<env>)")
+    p.add_argument("--videos", type=int, default=2, help="record videos of the first K episodes, 0 = none (default 2)")
+    p.add_argument(
+        "--max-steps", type=int, default=None, help="episode length limit in steps (default: PushT 300, robosuite 400)"
+    )
+    p.add_argument(
+        "--executor",
+        choices=EXECUTOR_KINDS,
+        default="auto",
+        help="how chunks become actions; auto = temporal ensembling if the policy is configured for it, "
+        "else receding horizon with the policy's n_action_steps (default auto)",
+    )
+    p.add_argument("--n-action-steps", type=int, default=None, help="override the policy's n_action_steps")
+    p.add_argument("--device", default="cpu", help="torch device for the policy (default cpu)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing eval_info.json in --out")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def default_out_dir(env: str) -> Path:
+    return Path("outputs") / "eval" / f"{time.strftime('%Y%m%d-%H%M%S')}_{env.replace(':', '-')}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from robopolicy.sim.envs import parse_env_spec
+    from robopolicy.sim.evaluate import EVAL_INFO_FILE, evaluate
+
+    try:
+        parse_env_spec(args.env)
+    except ValueError as e:
+        return _fail(str(e))
+    if args.episodes < 1:
+        return _fail(f"--episodes must be >= 1, got {args.episodes}")
+    out = args.out if args.out is not None else default_out_dir(args.env)
+    if (out / EVAL_INFO_FILE).exists() and not args.overwrite:
+        return _fail(f"{out / EVAL_INFO_FILE} exists; pass --overwrite or choose another --out")
+    if not args.checkpoint.is_dir():
+        return _fail(f"checkpoint directory {args.checkpoint} does not exist")
+    from robopolicy.policies.policy import load_policy
+
+    try:
+        policy = load_policy(args.checkpoint, map_location=args.device)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        return _fail(f"cannot load the policy from {args.checkpoint}: {e}")
+    if hasattr(policy, "to"):
+        policy = policy.to(args.device)
+    print(f"evaluating {args.checkpoint} on {args.env}: {args.episodes} episodes from seed {args.seed} -> {out}")
+    evaluate(
+        policy,
+        args.env,
+        n_episodes=args.episodes,
+        seed=args.seed,
+        out_dir=out,
+        n_envs=args.n_envs,
+        max_steps=args.max_steps,
+        video_episodes=max(0, min(args.videos, args.episodes)),
+        executor=args.executor,
+        n_action_steps=args.n_action_steps,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"robopolicy eval: error: {message}", file=sys.stderr)
+    return 2

@@ -1,0 +1,194 @@
+"""Simulation environments for evaluation, built from a spec string: "pusht" or "robosuite:<Task>".
+
+Every environment has the same gymnasium-style interface (numpy in, numpy out):
+  reset(seed=..., options=...) -> (obs, info)
+  step(action) -> (obs, reward, terminated, truncated, info) with info["is_success"]
+  render() -> uint8 RGB frame (H, W, 3); close(); attributes fps and max_episode_steps.
+Observations are {dataset key: array} with images (H, W, 3) uint8, exactly as the datasets record them.
+An episode terminates at the first success.
+
+`EnvSpec` is a small picklable description that worker processes turn into an environment with `make()`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+ENV_HELP = "'pusht' (gym-pusht PushT-v0) or 'robosuite:<Task>' (e.g. 'robosuite:Lift')"
+ROBOSUITE_MAX_STEPS = 400  # robomimic / Diffusion Policy rollout length for Lift, Can and Square
+ROBOSUITE_VIDEO_CAMERA = "agentview"
+
+
+def parse_env_spec(spec: str) -> tuple[str, str]:
+    """Split an env spec: "pusht" -> ("pusht", "PushT"), "robosuite:Lift" -> ("robosuite", "Lift"); else an error."""
+    if spec == "pusht":
+        return "pusht", "PushT"
+    backend, sep, task = spec.partition(":")
+    if backend == "robosuite" and sep and task:
+        from robopolicy.sim.robosuite_env import parse_env_spec as parse_robosuite
+
+        return "robosuite", parse_robosuite(spec)
+    raise ValueError(f"unknown env {spec!r}; expected {ENV_HELP}")
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What to build.
+
+    name: "pusht" or "robosuite:<Task>".
+    obs_shapes: {dataset key: shape} the policy needs (images (C, H, W)); empty = the env's default features.
+    video_size: side (px) of frames from `render()` (robosuite: rendered only in episodes reset with
+    options={"video": True}, since an offscreen renderer costs about 1 s per reset on CPU).
+    """
+
+    name: str
+    obs_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    video_size: int = 0
+
+    def __post_init__(self):
+        parse_env_spec(self.name)
+        object.__setattr__(self, "obs_shapes", {k: tuple(int(s) for s in v) for k, v in self.obs_shapes.items()})
+
+    @property
+    def backend(self) -> str:
+        return parse_env_spec(self.name)[0]
+
+    @property
+    def task(self) -> str:
+        return parse_env_spec(self.name)[1]
+
+    @property
+    def fps(self) -> float:
+        if self.backend == "pusht":
+            from robopolicy.sim.pusht_env import PUSHT_FPS
+
+            return float(PUSHT_FPS)
+        from robopolicy.sim.robosuite_env import RobosuiteConfig
+
+        return float(RobosuiteConfig().control_freq)
+
+    @property
+    def max_episode_steps(self) -> int:
+        if self.backend == "pusht":
+            from robopolicy.sim.pusht_env import PUSHT_MAX_STEPS
+
+            return PUSHT_MAX_STEPS
+        return ROBOSUITE_MAX_STEPS
+
+    @property
+    def action_dim(self) -> int:
+        if self.backend == "pusht":
+            from robopolicy.sim.pusht_env import ACTION_DIM
+
+            return ACTION_DIM
+        from robopolicy.sim.robosuite_env import ACTION_NAMES
+
+        return len(ACTION_NAMES)
+
+    def make(self):
+        if self.backend == "pusht":
+            from robopolicy.sim.pusht_env import PushTEnv
+
+            return PushTEnv(self.obs_shapes or None, video_size=self.video_size or 384)
+        return RobosuiteGymEnv(self.task, self.obs_shapes, video_size=self.video_size)
+
+
+def env_spec_for_policy(name: str, input_features: Mapping[str, Any], video_size: int = 0) -> EnvSpec:
+    """The EnvSpec that provides a policy's inputs: {key: spec with .shape} from `policy.config.input_features`."""
+    return EnvSpec(name, {k: tuple(f.shape) for k, f in input_features.items()}, video_size)
+
+
+class RobosuiteGymEnv:
+    """A robosuite task (see robopolicy.sim.robosuite_env) with the gymnasium-style interface above.
+
+    obs_shapes: the policy's keys: observation.state (9,), observation.environment_state (10,) and
+    observation.images.<camera> (3, S, S), which turns on that camera at S x S. Reward: robosuite's sparse
+    task reward (1.0 when solved); terminated = info["is_success"] = solved.
+    video_size > 0: reset(options={"video": True}) builds an offscreen renderer for that episode and `render()`
+    returns the `agentview` camera at video_size x video_size (MUJOCO_GL=egl unless already set).
+    """
+
+    def __init__(self, task: str = "Lift", obs_shapes: Mapping[str, Sequence[int]] | None = None, video_size: int = 0):
+        from robopolicy.sim.robosuite_env import (
+            ENV_STATE_KEY,
+            IMAGE_PREFIX,
+            LIFT_ENV_STATE_NAMES,
+            STATE_KEY,
+            STATE_NAMES,
+            RobosuiteConfig,
+            RobosuiteEnv,
+        )
+
+        obs_shapes = {k: tuple(int(s) for s in v) for k, v in (obs_shapes or {}).items()}
+        expected = {STATE_KEY: (len(STATE_NAMES),), ENV_STATE_KEY: (len(LIFT_ENV_STATE_NAMES),)}
+        cameras, sizes = [], set()
+        for key, shape in obs_shapes.items():
+            if key.startswith(IMAGE_PREFIX):
+                if len(shape) != 3 or shape[0] != 3 or shape[1] != shape[2]:
+                    raise ValueError(f"robosuite camera {key!r} must be square (3, S, S), the policy expects {shape}")
+                cameras.append(key[len(IMAGE_PREFIX) :])
+                sizes.add(shape[1])
+            elif key in expected:
+                if shape != expected[key]:
+                    raise ValueError(f"robosuite {task}: {key!r} has shape {expected[key]}, the policy expects {shape}")
+            else:
+                raise KeyError(
+                    f"robosuite {task} cannot provide observation {key!r}; it provides {sorted(expected)} and "
+                    f"{IMAGE_PREFIX}<camera>"
+                )
+        if len(sizes) > 1:
+            raise ValueError(f"robosuite renders all cameras at one size; the policy asks for {sorted(sizes)}")
+        if cameras or video_size:
+            os.environ.setdefault("MUJOCO_GL", "egl")  # before mujoco is first imported
+        self._keys = list(obs_shapes) or [STATE_KEY, ENV_STATE_KEY]
+        self.video_size = int(video_size)
+        self._env = RobosuiteEnv(
+            RobosuiteConfig(task=task, cameras=tuple(cameras), image_size=sizes.pop() if sizes else 84)
+        )
+        self.fps = self._env.fps
+        self.max_episode_steps = ROBOSUITE_MAX_STEPS
+        self._video = False
+        self._has_cameras = bool(cameras)
+
+    @property
+    def raw(self):
+        return self._env
+
+    def reset(self, *, seed: int | None = None, options: Mapping[str, Any] | None = None):
+        video = bool((options or {}).get("video", False))
+        if video and not self.video_size:
+            raise ValueError("reset(options={'video': True}) needs RobosuiteGymEnv(video_size=...) > 0")
+        # An offscreen renderer is (re)built at every hard reset when requested; only video episodes pay for it.
+        self._env.raw.has_offscreen_renderer = self._has_cameras or video
+        self._video = video
+        obs = self._env.reset(seed)
+        return self._observe(obs), {"is_success": False}
+
+    def step(self, action):
+        action = np.asarray(action, dtype=np.float64).reshape(-1)
+        if not np.all(np.isfinite(action)):
+            raise ValueError(f"robosuite action must be finite, got {action}")
+        obs, reward, success = self._env.step(action)
+        return self._observe(obs), reward, success, False, {"is_success": success}
+
+    def render(self) -> np.ndarray:
+        if not self._video:
+            raise RuntimeError("render() is only available in an episode reset with options={'video': True}")
+        frame = self._env.raw.sim.render(
+            width=self.video_size, height=self.video_size, camera_name=ROBOSUITE_VIDEO_CAMERA
+        )
+        from robopolicy.sim.robosuite_env import _images_upside_down
+
+        return np.ascontiguousarray(frame[::-1] if _images_upside_down() else frame)
+
+    def close(self) -> None:
+        self._env.close()
+
+    def _observe(self, obs) -> dict[str, np.ndarray]:
+        features = self._env.features(obs)
+        return {k: features[k] for k in self._keys}
