@@ -34,11 +34,11 @@ def summarize(uri: str) -> dict:
                 k: {"dtype": f.dtype, "shape": list(f.shape), "kind": f.kind} for k, f in ds.features.items()
             },
         }
-        success = getattr(ds, "episode_success", None)
+        success = ds.episode_success
         if success is not None:
             flags = [bool(s) for s in success if s is not None]
             summary["episode_success"] = {"successful": sum(flags), "recorded": len(flags)}
-        missing = ds.missing_videos() if hasattr(ds, "missing_videos") else {}
+        missing = ds.missing_videos() if hasattr(ds, "missing_videos") else {}  # video formats only
         if any(missing.values()):
             summary["missing_videos"] = {k: v for k, v in missing.items() if v}
     return summary

@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "info": "Summarize a dataset: format, fps, episodes, frames, features, tasks.",
     "convert": "Convert a dataset between Zarr (diffusion-policy layout) and LeRobot v3.0.",
     "stats": "Compute normalization stats (streaming) and print or save them.",
+    "validate": "Check a dataset for missing files, NaN/inf, bad timestamps and inconsistent metadata.",
     "collect": "Collect demonstrations with a scripted expert in simulation.",
     "eval": "Evaluate a policy checkpoint in simulation (PushT, robosuite): success rate, videos.",
     "train": "Train a policy head on a dataset from a YAML preset with --section.field=value overrides.",

@@ -87,6 +87,11 @@ class Dataset(ABC):
         return None
 
     @property
+    def episode_success(self) -> list[bool | None] | None:
+        """Per-episode success flags when the recorder stored them (robopolicy writers do), else None."""
+        return None
+
+    @property
     def num_frames(self) -> int:
         return sum(ep.length for ep in self.episodes)
 

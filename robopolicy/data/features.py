@@ -10,6 +10,9 @@ Kind = Literal["state", "action", "image", "video", "language", "reward", "done"
 # Per-frame bookkeeping columns every LeRobot dataset carries.
 INDEX_KEYS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 
+# Episodes-metadata column (LeRobot v3) holding robopolicy's per-episode success flag; LeRobot ignores it.
+SUCCESS_COLUMN = "success"
+
 
 @dataclass(frozen=True)
 class Feature:

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from robopolicy.data.dataset import Dataset, Episode
 from robopolicy.data.errors import DatasetError, FrameToleranceError, MissingVideoError
-from robopolicy.data.features import Feature, infer_kind
+from robopolicy.data.features import SUCCESS_COLUMN, Feature, infer_kind
 from robopolicy.data.video import DecoderConfig, VideoFile, decode_png
 
 DEFAULT_TOLERANCE_S = 1e-4
@@ -550,6 +550,13 @@ class LeRobotDataset(LeRobotReader):
             raise DatasetError(f"{path}: expected columns `task_index` and `task` (or a pandas index), got {names}")
         return _ordered_tasks(table.column("task_index").to_pylist(), table.column(text_col).to_pylist(), path)
 
+    @property
+    def episode_success(self) -> list[bool | None] | None:
+        """Per-episode success flags written by robopolicy (episodes-metadata column `success`), else None."""
+        if not self._success:
+            return None
+        return [self._success.get(ep.index) for ep in self.episodes]
+
     def _episode_sources(self) -> list[EpisodeSource]:
         meta_dir = self.root / "meta" / "episodes"
         files = sorted(meta_dir.glob("chunk-*/file-*.parquet"))
@@ -563,6 +570,7 @@ class LeRobotDataset(LeRobotReader):
         if self.video_keys and not video_tpl:
             raise DatasetError(f"{self.root}/meta/info.json: video features but no `video_path` template")
         sources = []
+        self._success: dict[int, bool | None] = {}
         for path in files:
             schema = pq.read_schema(path)
             cols = [c for c in schema.names if not c.startswith("stats/")]
@@ -575,6 +583,8 @@ class LeRobotDataset(LeRobotReader):
                 raise DatasetError(f"{path}: episodes metadata lacks columns {absent}; re-export the dataset")
             rows = pq.read_table(path, columns=cols).to_pylist()
             for r in rows:
+                if SUCCESS_COLUMN in r:
+                    self._success[int(r["episode_index"])] = r[SUCCESS_COLUMN]
                 videos = {
                     key: VideoSegment(
                         self.root

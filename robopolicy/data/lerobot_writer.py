@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from robopolicy.data.errors import DatasetError
-from robopolicy.data.features import INDEX_KEYS, Feature
+from robopolicy.data.features import INDEX_KEYS, SUCCESS_COLUMN, Feature
 from robopolicy.data.stats import DEFAULT_BINS, STAT_NAMES, RunningStats, array_stats, stats_to_json
 from robopolicy.data.video_encode import VideoOptions, append_video, choose_codec, encode_video, probe_video
 from robopolicy.data.writer import EpisodeWriter, prepare_root
@@ -42,7 +42,6 @@ CODEBASE_VERSION = "v3.0"
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
-SUCCESS_COLUMN = "success"
 SKETCH_FILE = "meta/robopolicy_stats_sketch.npz"  # mergeable stats state, so append keeps exact stats
 INDEX_DTYPES = {
     "timestamp": "float32",

@@ -44,3 +44,14 @@ def test_info_on_bad_path_exits_with_message(tmp_path):
     out = _run("info", str(tmp_path / "missing"))
     assert out.returncode != 0
     assert "no such dataset" in out.stderr
+
+
+def test_validate_reports_missing_videos(so101_record, capsys):
+    assert main(["validate", str(so101_record)]) == 1
+    out = capsys.readouterr().out
+    assert "observation.images.front" in out and "problem(s)" in out
+
+
+def test_validate_clean_zarr(pusht_zarr, capsys):
+    assert main(["validate", str(pusht_zarr)]) == 0
+    assert "no problems found" in capsys.readouterr().out

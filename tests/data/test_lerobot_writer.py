@@ -14,8 +14,8 @@ import pytest
 
 from robopolicy.data.dataset import open_dataset
 from robopolicy.data.errors import DatasetError, DatasetExistsError
-from robopolicy.data.features import Feature
-from robopolicy.data.lerobot_writer import SUCCESS_COLUMN, LeRobotWriter
+from robopolicy.data.features import SUCCESS_COLUMN, Feature
+from robopolicy.data.lerobot_writer import LeRobotWriter
 from robopolicy.data.stats import STAT_NAMES
 from robopolicy.data.writer import create_writer
 from tests.data.test_zarr_writer import run_crash_script

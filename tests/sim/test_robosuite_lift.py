@@ -57,13 +57,8 @@ def run_cli(*argv: str) -> int:
 
 
 def episode_success(ds) -> list:
-    flags = getattr(ds, "episode_success", None)
-    if flags is None:  # LeRobot reader without the accessor: read the writer's episodes-metadata column
-        import pyarrow.parquet as pq
-
-        tables = [pq.read_table(p) for p in sorted((ds.root / "meta" / "episodes").rglob("*.parquet"))]
-        flags = [f for t in tables for f in t.column("success").to_pylist()]
-    return list(flags)
+    assert ds.episode_success is not None, f"{ds.root}: no per-episode success flags"
+    return list(ds.episode_success)
 
 
 # ----- env adapter ------------------------------------------------------------------------------------

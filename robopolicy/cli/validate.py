@@ -1,0 +1,21 @@
+"""`robopolicy validate URI`: every problem found in a dataset, one per line (exit 1 if any)."""
+
+from __future__ import annotations
+
+import argparse
+
+from robopolicy.data.validate import validate_dataset
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("uri", help="local zarr store, local LeRobot v3.0/v2.1 directory, or hf://<repo_id>[@rev]")
+    p.add_argument("--no-videos", action="store_true", help="skip the video-file checks")
+    p.add_argument("--decode", action="store_true", help="also decode the first and last frame of every episode")
+
+
+def run(args: argparse.Namespace) -> int:
+    problems = validate_dataset(args.uri, videos=not args.no_videos, decode=args.decode)
+    for p in problems:
+        print(f"[{p.check}] {p.message}")
+    print(f"{args.uri}: {len(problems)} problem(s)" if problems else f"{args.uri}: no problems found")
+    return 1 if problems else 0
