@@ -23,9 +23,16 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	MUJOCO_GL=egl $(PY) -m pytest -q -m slow
 
+# The embedded default: scripted robosuite Lift demos -> low-dim Diffusion Policy -> 50 unseen-seed episodes.
+DEMO := outputs/demo
 demo: $(STAMP)
-	MUJOCO_GL=egl $(VENV)/bin/robopolicy collect --env robosuite:Lift --episodes 20 --out outputs/demo/lift.zarr --overwrite
-	$(VENV)/bin/robopolicy info outputs/demo/lift.zarr
+	MUJOCO_GL=egl $(VENV)/bin/robopolicy collect --env robosuite:Lift --episodes $(or $(DEMO_EPISODES),100) \
+		--out $(DEMO)/lift.zarr --overwrite
+	$(VENV)/bin/robopolicy train --config configs/diffusion_lift_lowdim.yaml --data.uri=$(DEMO)/lift.zarr \
+		--train.output_dir=$(DEMO)/train --train.overwrite=true
+	MUJOCO_GL=egl $(VENV)/bin/robopolicy eval --checkpoint $(DEMO)/train --env robosuite:Lift --episodes 50 \
+		--seed 100000 --n-envs 2 --max-steps 200 --out $(DEMO)/eval --overwrite
+	@echo "checkpoint: $$(cat $(DEMO)/train/checkpoints/last) in $(DEMO)/train/checkpoints/   videos: $(DEMO)/eval/videos/"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check robopolicy tests benchmarks

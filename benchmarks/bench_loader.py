@@ -79,12 +79,31 @@ def prefill(ds: Dataset, key: str) -> float:
     return time.perf_counter() - t0
 
 
+def measure_lerobot(python: str, root: Path, batches: int, runs: int) -> dict[str, float]:
+    """LeRobot 0.4.4's PyAV loader, 0 and 2 workers, via benchmarks/lerobot_loader_reference.py in its venv."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).with_name("lerobot_loader_reference.py")
+    out = subprocess.run(
+        [python, str(script), "--root", str(root), "--batches", str(batches), "--runs", str(runs)],
+        capture_output=True, text=True, check=True, stdin=subprocess.DEVNULL,
+    )
+    res = json.loads(out.stdout.strip().splitlines()[-1])["num_workers"]
+    print(out.stderr.strip(), file=sys.stderr)
+    return {"pyav_1proc": res["0"]["samples_per_s"], "pyav_2workers": res["2"]["samples_per_s"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="few batches per run (a smoke run, noisier)")
     parser.add_argument("--data", type=Path, default=DATA, help="folder holding lerobot_v3_pusht and the zarr")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--lerobot-python", default=os.environ.get("LEROBOT_PYTHON"),
+        help="python of a LeRobot 0.4.4 venv (benchmarks/setup_lerobot_venv.sh): measure LeRobot in the same run",
+    )
     args = parser.parse_args()
     lerobot_dir, zarr_dir = args.data / "lerobot_v3_pusht", args.data / "pusht_cchi_v7_replay.zarr"
     for p in (lerobot_dir, zarr_dir):
@@ -95,6 +114,9 @@ def main() -> None:
           f"action 0..15; median of {args.runs} runs; {stream_batches} batches per streaming run")
 
     results: dict[str, dict] = {}
+    if args.lerobot_python:  # side by side: LeRobot first, on the same machine state, same windows and batch
+        LEROBOT.update(measure_lerobot(args.lerobot_python, lerobot_dir, stream_batches // 2, args.runs))
+        print(f"LeRobot 0.4.4 measured in this run: {LEROBOT}")
 
     def report(name: str, value: float, runs: list[float], ref: dict[str, float] | None = None) -> None:
         ratios = {k: value / v for k, v in (ref or {}).items()}

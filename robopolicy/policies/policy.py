@@ -99,7 +99,8 @@ class Policy(nn.Module):
 
     @classmethod
     def load(cls, directory: str | Path, map_location: str = "cpu") -> Policy:
-        directory = Path(directory)
+        """Load a checkpoint directory, or a training run directory (its checkpoints/last)."""
+        directory = resolve_checkpoint(directory)
         for name in (CONFIG_FILE, WEIGHTS_FILE, STATS_FILE):
             if not (directory / name).exists():
                 raise FileNotFoundError(f"{directory}: checkpoint file {name} is missing")
@@ -131,6 +132,15 @@ def make_normalizer(config: PolicyConfig, stats: Mapping[str, Mapping]) -> Norma
     modes = {k: config.state_norm for k, f in config.input_features.items() if f.kind != "image"}
     modes[config.action_key] = config.action_norm
     return Normalizer({k: stats[k] for k in modes if k in stats}, modes)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint dir as given, or for a run dir the one named in <run>/checkpoints/last."""
+    path = Path(path)
+    last = path / "checkpoints" / "last"
+    if not (path / CONFIG_FILE).exists() and last.exists():
+        return last.parent / last.read_text().strip()
+    return path
 
 
 def load_policy(directory: str | Path, map_location: str = "cpu") -> Policy:

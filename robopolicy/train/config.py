@@ -54,6 +54,7 @@ class TrainLoopConfig:
     save_every: int = 1000
     eval_every: int = 0
     output_dir: str = "outputs/train"
+    overwrite: bool = False  # replace an existing run in output_dir (otherwise refuse, or use --resume)
     tensorboard: bool = True
     progress: bool = True
 

@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -60,6 +61,16 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None = No
                                             and torch.cuda.is_bf16_supported()) else "no"
     acc = Accelerator(mixed_precision=mixed)
     run_dir = Path(tc.output_dir)
+    if not resume and (run_dir / "checkpoints").exists():
+        if not tc.overwrite:
+            raise FileExistsError(
+                f"{run_dir} already holds a training run; pass --resume to continue it, "
+                "--train.overwrite=true to replace it, or choose another --train.output_dir"
+            )
+        if acc.is_main_process:
+            shutil.rmtree(run_dir / "checkpoints")
+            (run_dir / "metrics.csv").unlink(missing_ok=True)
+        acc.wait_for_everyone()
     torch.manual_seed(tc.seed + acc.process_index)
 
     # ------------------------------------------------------------------ data + policy

@@ -54,6 +54,15 @@ def test_resume_without_checkpoint_is_clear(pusht_zarr, tmp_path):
         train(cfg, resume=True)
 
 
+def test_existing_run_is_not_overwritten_without_asking(pusht_zarr, tmp_path):
+    args = [*TINY, f"--data.uri={pusht_zarr}", "--data.episodes=[0,1]", "--train.steps=2"]
+    args.append(f"--train.output_dir={tmp_path}")
+    train(load_config(None, args))
+    with pytest.raises(FileExistsError, match="already holds a training run"):
+        train(load_config(None, args))
+    assert train(load_config(None, [*args, "--train.overwrite=true"])).name == "step_000002"
+
+
 def test_lr_schedule_warmup_then_cosine():
     assert lr_at(0, 1.0, 4, 104) == pytest.approx(0.25)
     assert lr_at(3, 1.0, 4, 104) == pytest.approx(1.0)
