@@ -23,7 +23,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -645,12 +644,7 @@ class LeRobotWriter(EpisodeWriter):
         """Flush; files are already complete after every save_episode. Idempotent."""
         if self._finalized:
             return
-        if self.frames_in_episode:
-            warnings.warn(
-                f"{self.root}: finalize() dropped {self.frames_in_episode} frames never saved with save_episode()",
-                stacklevel=2,
-            )
-            self.discard_episode()
+        self._drop_unsaved()
         for tmp in self.root.rglob(".*.tmp"):
             tmp.unlink()
         self._finalized = True

@@ -67,6 +67,17 @@ class EpisodeWriter(ABC):
             v.clear()
         self._task = None
 
+    def _drop_unsaved(self) -> None:
+        """At finalize: warn about and drop frames added since the last save_episode."""
+        if self.frames_in_episode:
+            import warnings
+
+            warnings.warn(
+                f"{self.root}: finalize() dropped {self.frames_in_episode} frames never saved with save_episode()",
+                stacklevel=3,
+            )
+            self.discard_episode()
+
     def _take_episode(self) -> tuple[dict[str, np.ndarray], str | None]:
         n = self.frames_in_episode
         if n == 0:

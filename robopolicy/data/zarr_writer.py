@@ -11,7 +11,6 @@ episode_ends; `ZarrWriter(..., append=True)` trims them back to the last committ
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -171,12 +170,7 @@ class ZarrWriter(EpisodeWriter):
     def finalize(self) -> None:
         if self._finalized:
             return
-        if self.frames_in_episode:
-            warnings.warn(
-                f"{self.root}: finalize() dropped {self.frames_in_episode} frames never saved with save_episode()",
-                stacklevel=2,
-            )
-            self.discard_episode()
+        self._drop_unsaved()
         self._finalized = True
 
 

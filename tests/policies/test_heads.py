@@ -112,3 +112,14 @@ def test_flow_time_distribution_and_integration_direction():
     # with the exact velocity, Euler integration from noise (t=1) lands on the data (t=0)
     out = euler_integrate(lambda x, tt: noise - actions, noise, steps=10)
     torch.testing.assert_close(out, actions)
+
+
+@pytest.mark.parametrize("name", ["diffusion", "flow"])
+def test_level2_minibatching_keeps_per_sample_shape_and_masks_pads(name):
+    cfg = _config(name, features={"observation.state": FEATURES["observation.state"]}, minibatch_k=3, mask_padding=True)
+    policy = Policy(cfg, make_normalizer(cfg, _stats()))
+    batch = cfg.fake_batch(4, torch.Generator().manual_seed(0))
+    batch["action_is_pad"][:, -5:] = True
+    out = policy.head.loss(batch)
+    assert out.per_sample.shape == (4, cfg.horizon)
+    assert (out.per_sample[:, -5:] == 0).all() and (out.per_sample[:, :-5] > 0).all()

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from robopolicy.policies.base import PolicyConfig
+from robopolicy.policies.base import LossOutput, PolicyConfig
 from robopolicy.policies.common.encoders import EncoderConfig, ObsEncoder
 from robopolicy.policies.common.transformer1d import TransformerDenoiser
 from robopolicy.policies.common.unet1d import ConditionalUnet1D
@@ -45,6 +46,22 @@ class DenoiserConfig:
     unet: UnetConfig = field(default_factory=UnetConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+
+
+def repeat_for_minibatch(cond: torch.Tensor, actions: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Level-2 minibatching: reuse each encoded observation for k noised action samples (B -> B*k)."""
+    if k == 1:
+        return cond, actions
+    return cond.repeat_interleave(k, 0), actions.repeat_interleave(k, 0)
+
+
+def chunk_mse(pred: torch.Tensor, target: torch.Tensor, pad: torch.Tensor | None, k: int) -> LossOutput:
+    """Per-step MSE (B, H) averaged over D and the k samples of each observation; `pad` (B, H) zeroes padded steps."""
+    per_step = F.mse_loss(pred, target, reduction="none").mean(-1)  # (B*k, H)
+    if pad is not None:
+        per_step = per_step * (~pad).repeat_interleave(k, 0).float()
+    per_step = per_step.view(-1, k, per_step.shape[-1]).mean(1)
+    return LossOutput(per_step, {"mse": float(per_step.mean().detach())})
 
 
 class ChunkDenoiser(nn.Module):

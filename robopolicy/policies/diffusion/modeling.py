@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from robopolicy.policies.base import LossOutput, PolicyHead
-from robopolicy.policies.common.denoiser import ChunkDenoiser
+from robopolicy.policies.common.denoiser import ChunkDenoiser, chunk_mse, repeat_for_minibatch
 from robopolicy.policies.diffusion.configuration import DiffusionConfig
 
 
@@ -37,21 +36,14 @@ class DiffusionHead(PolicyHead):
     def loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
         cfg = self.config
         cond = self.model.condition({k: batch[k] for k in cfg.input_features})
-        actions = batch[cfg.action_key]  # (B, H, D), normalized
-        b, k = actions.shape[0], cfg.minibatch_k
-        if k > 1:  # Level-2 minibatching: one encoding, K noised samples
-            cond, actions = cond.repeat_interleave(k, 0), actions.repeat_interleave(k, 0)
+        cond, actions = repeat_for_minibatch(cond, batch[cfg.action_key], cfg.minibatch_k)  # (B*K, H, D)
         noise = torch.randn_like(actions)
         steps = torch.randint(0, cfg.num_train_timesteps, (actions.shape[0],), device=actions.device)
         noisy = self.train_scheduler.add_noise(actions, noise, steps)
         pred = self.model(noisy, steps, cond)
         target = noise if cfg.prediction_type == "epsilon" else actions
-        per_step = F.mse_loss(pred, target, reduction="none").mean(-1)  # (B*K, H)
-        if cfg.mask_padding and f"{cfg.action_key}_is_pad" in batch:
-            keep = (~batch[f"{cfg.action_key}_is_pad"]).repeat_interleave(k, 0).float()
-            per_step = per_step * keep
-        per_step = per_step.view(b, k, -1).mean(1)
-        return LossOutput(per_step, {"mse": float(per_step.mean().detach())})
+        pad = batch.get(f"{cfg.action_key}_is_pad") if cfg.mask_padding else None
+        return chunk_mse(pred, target, pad, cfg.minibatch_k)
 
     @torch.no_grad()
     def sample(self, obs: dict[str, torch.Tensor], *, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from robopolicy.policies.base import LossOutput, PolicyHead
-from robopolicy.policies.common.denoiser import ChunkDenoiser
+from robopolicy.policies.common.denoiser import ChunkDenoiser, chunk_mse, repeat_for_minibatch
 from robopolicy.policies.common.flow_matching import euler_integrate, interpolate, sample_time
 from robopolicy.policies.flow.configuration import FlowConfig
 
@@ -24,18 +23,12 @@ class FlowHead(PolicyHead):
     def loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
         cfg = self.config
         cond = self.model.condition({k: batch[k] for k in cfg.input_features})
-        actions = batch[cfg.action_key]
-        b, k = actions.shape[0], cfg.minibatch_k
-        if k > 1:
-            cond, actions = cond.repeat_interleave(k, 0), actions.repeat_interleave(k, 0)
+        cond, actions = repeat_for_minibatch(cond, batch[cfg.action_key], cfg.minibatch_k)  # (B*K, H, D)
         noise = torch.randn_like(actions)
         t = sample_time(actions.shape[0], cfg.time_beta_a, cfg.time_beta_b, device=actions.device)
         x_t, target = interpolate(actions, noise, t)
-        per_step = F.mse_loss(self.model(x_t, t, cond), target, reduction="none").mean(-1)  # (B*K, H)
-        if cfg.mask_padding and f"{cfg.action_key}_is_pad" in batch:
-            per_step = per_step * (~batch[f"{cfg.action_key}_is_pad"]).repeat_interleave(k, 0).float()
-        per_step = per_step.view(b, k, -1).mean(1)
-        return LossOutput(per_step, {"mse": float(per_step.mean().detach())})
+        pad = batch.get(f"{cfg.action_key}_is_pad") if cfg.mask_padding else None
+        return chunk_mse(self.model(x_t, t, cond), target, pad, cfg.minibatch_k)
 
     @torch.no_grad()
     def sample(self, obs: dict[str, torch.Tensor], *, generator: torch.Generator | None = None) -> torch.Tensor:
