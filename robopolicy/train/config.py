@@ -108,5 +108,5 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     unknown = set(data) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
         raise ValueError(f"{path}: unknown sections {sorted(unknown)}; expected policy, data, optim, train, eval")
-    data.setdefault("policy", {"type": "diffusion"})
+    data.setdefault("policy", {}).setdefault("type", "diffusion")
     return _from_plain(TrainConfig, data)

@@ -59,7 +59,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None = No
     tc = cfg.train
     mixed = "bf16" if tc.amp == "bf16" or (tc.amp == "auto" and torch.cuda.is_available()
                                             and torch.cuda.is_bf16_supported()) else "no"
-    acc = Accelerator(mixed_precision=mixed)
+    # cpu=True when there is no GPU: accelerate then runs DDP over gloo across the launched processes
+    acc = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
     run_dir = Path(tc.output_dir)
     if not resume and (run_dir / "checkpoints").exists():
         if not tc.overwrite:
@@ -98,6 +99,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None = No
         generator=torch.Generator().manual_seed(tc.seed),  # keeps the loader off the global RNG (exact resume)
     )
     model, optimizer = acc.prepare(policy, optimizer)
+    acc.print(
+        f"training {cfg.policy['type']} on {cfg.data.uri}: {len(windows)} windows, steps {start}..{end}, "
+        f"global batch {tc.batch_size} over {acc.num_processes} process(es) on {acc.device}"
+    )
 
     # ------------------------------------------------------------------ logging
     if acc.is_main_process:
