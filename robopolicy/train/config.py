@@ -56,6 +56,7 @@ class TrainLoopConfig:
     output_dir: str = "outputs/train"
     overwrite: bool = False  # replace an existing run in output_dir (otherwise refuse, or use --resume)
     tensorboard: bool = True
+    wandb_project: str | None = None  # log to Weights & Biases too (needs `pip install wandb`)
     progress: bool = True
 
 

@@ -117,6 +117,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None = No
             from torch.utils.tensorboard import SummaryWriter
 
             tb = SummaryWriter(str(run_dir / "tensorboard"))
+        wandb_run = _start_wandb(tc.wandb_project, run_dir, cfg) if tc.wandb_project else None
     bar = tqdm(total=end, initial=start, disable=not (tc.progress and acc.is_main_process), desc="train",
                dynamic_ncols=True)
     last_ckpt = None
@@ -152,6 +153,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None = No
                     tb.add_scalar("train/loss", loss, done)
                     tb.add_scalar("train/lr", lr, done)
                     tb.add_scalar("train/samples_per_s", rate, done)
+                if wandb_run is not None:
+                    wandb_run.log({"train/loss": loss, "train/lr": lr, "train/samples_per_s": rate}, step=done)
                 t_log, seen = time.perf_counter(), 0
         if done % tc.save_every == 0 or done == end:
             acc.wait_for_everyone()
@@ -165,8 +168,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None = No
         metrics_file.close()
         if tb is not None:
             tb.close()
+        if wandb_run is not None:
+            wandb_run.finish()
     acc.wait_for_everyone()
     return last_ckpt or latest_checkpoint(run_dir)
+
+
+def _start_wandb(project: str, run_dir: Path, cfg: TrainConfig):
+    try:
+        import wandb
+    except ImportError:
+        raise SystemExit("train.wandb_project is set but wandb is not installed: pip install wandb") from None
+    return wandb.init(project=project, name=run_dir.name, dir=str(run_dir), config=cfg.to_dict(), resume="allow")
 
 
 def _periodic_eval(cfg: TrainConfig, policy: Policy, ema: EMA | None, out_dir: Path, tb, step: int) -> None:

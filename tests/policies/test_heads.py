@@ -115,6 +115,17 @@ def test_flow_time_distribution_and_integration_direction():
 
 
 @pytest.mark.parametrize("name", ["diffusion", "flow"])
+def test_transformer_backbone(name):
+    tiny = {"backbone": "transformer", "transformer": {"n_layer": 2, "n_head": 2, "n_emb": 32}}
+    cfg = _config(name, features={"observation.state": FEATURES["observation.state"]}, denoiser=tiny)
+    policy = Policy(cfg, make_normalizer(cfg, _stats()))
+    out = policy.head.loss(cfg.fake_batch(3, torch.Generator().manual_seed(0)))
+    assert out.per_sample.shape == (3, cfg.horizon) and torch.isfinite(out.per_sample).all()
+    chunk = policy.head.sample(cfg.fake_obs(2), generator=torch.Generator().manual_seed(0))
+    assert chunk.shape == (2, cfg.horizon, 2)
+
+
+@pytest.mark.parametrize("name", ["diffusion", "flow"])
 def test_level2_minibatching_keeps_per_sample_shape_and_masks_pads(name):
     cfg = _config(name, features={"observation.state": FEATURES["observation.state"]}, minibatch_k=3, mask_padding=True)
     policy = Policy(cfg, make_normalizer(cfg, _stats()))
