@@ -69,10 +69,10 @@ def _to_plain(obj: Any) -> Any:
 def config_from_dict(data: dict[str, Any]) -> PolicyConfig:
     data = dict(data)
     cls = get_config_class(data.pop("type"))
-    return _from_plain(cls, data)
+    return from_plain(cls, data)
 
 
-def _from_plain(cls: type, data: dict[str, Any]) -> Any:
+def from_plain(cls: type, data: dict[str, Any]) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - known
@@ -90,7 +90,7 @@ def _coerce(hint: Any, value: Any) -> Any:
     if value is None:
         return None
     if dataclasses.is_dataclass(hint):
-        return _from_plain(hint, value)
+        return from_plain(hint, value)
     if origin is dict and len(args) == 2:
         return {k: _coerce(args[1], v) for k, v in value.items()}
     if origin is tuple:

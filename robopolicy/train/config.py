@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from robopolicy.policies.registry import _from_plain
+from robopolicy.policies.registry import from_plain
 
 
 @dataclass(frozen=True)
@@ -110,4 +110,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if unknown:
         raise ValueError(f"{path}: unknown sections {sorted(unknown)}; expected policy, data, optim, train, eval")
     data.setdefault("policy", {}).setdefault("type", "diffusion")
-    return _from_plain(TrainConfig, data)
+    return from_plain(TrainConfig, data)

@@ -23,7 +23,7 @@ from robopolicy.data.dataset import open_dataset
 from robopolicy.data.sampler import EpochBatchSampler, WindowSampler, _keep_batch
 from robopolicy.data.stats import compute_stats
 from robopolicy.policies.policy import Policy
-from robopolicy.policies.registry import _from_plain, get_config_class
+from robopolicy.policies.registry import from_plain, get_config_class
 from robopolicy.train.checkpoint import latest_checkpoint, load_train_state, save_checkpoint
 from robopolicy.train.config import TrainConfig
 from robopolicy.train.ema import EMA
@@ -46,7 +46,7 @@ def build_policy(cfg: TrainConfig, dataset) -> Policy:
     ]
     numeric = [k for k in [*input_keys, cfg.data.action_key] if not dataset.feature(k).is_visual]
     stats = compute_stats(dataset, numeric, episodes=cfg.data.episodes)
-    overrides = _from_plain(config_cls, fields)  # typed (nested dataclasses, tuples) from the YAML dict
+    overrides = from_plain(config_cls, fields)  # typed (nested dataclasses, tuples) from the YAML dict
     kwargs = {f.name: getattr(overrides, f.name) for f in dataclasses.fields(config_cls)
               if f.name in fields}
     return Policy.from_dataset(

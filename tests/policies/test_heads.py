@@ -24,11 +24,11 @@ ACTION = {"action": FeatureSpec((2,), "action")}
 
 
 def _config(name, features=FEATURES, **extra):
-    from robopolicy.policies.registry import _from_plain
+    from robopolicy.policies.registry import from_plain
 
     cls = get_config_class(name)
     fields = {**TINY.get(name, {}), **extra}
-    typed = _from_plain(cls, fields)
+    typed = from_plain(cls, fields)
     kwargs = {k: getattr(typed, k) for k in fields}
     return cls(input_features=features, output_features=ACTION, **kwargs)
 
