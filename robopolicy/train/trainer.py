@@ -191,12 +191,15 @@ def _periodic_eval(cfg: TrainConfig, policy: Policy, ema: EMA | None, out_dir: P
         policy.head.load_state_dict(ema.state_dict())
     policy.eval()
     try:
-        info = evaluate(
+        result = evaluate(
             policy, cfg.eval.env, n_episodes=cfg.eval.episodes, seed=cfg.eval.seed, out_dir=out_dir,
             n_envs=cfg.eval.n_envs, max_steps=cfg.eval.max_steps, video_episodes=cfg.eval.videos,
+            overwrite=True, progress=False,
         )
         if tb is not None:
-            tb.add_scalar("eval/pc_success", info["aggregated"]["pc_success"], step)
+            tb.add_scalar("eval/pc_success", result.pc_success, step)
+            if result.avg_max_coverage is not None:
+                tb.add_scalar("eval/avg_max_coverage", result.avg_max_coverage, step)
     finally:
         policy.head.load_state_dict(live)
         policy.train()

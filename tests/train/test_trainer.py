@@ -77,3 +77,17 @@ def test_overrides_and_unknown_fields(tmp_path):
         load_config(None, ["--train.stepz=7"])
     with pytest.raises(ValueError, match="must look like"):
         load_config(None, ["--train.steps"])
+
+
+def test_periodic_eval_writes_eval_info(pusht_zarr, tmp_path):
+    import json
+
+    cfg = load_config(None, [
+        *TINY, f"--data.uri={pusht_zarr}", "--data.episodes=[0,1]", "--train.steps=2", "--train.eval_every=2",
+        "--eval.env=pusht", "--eval.episodes=1", "--eval.max_steps=5", "--eval.videos=0",
+        f"--train.output_dir={tmp_path}",
+    ])
+    train(cfg)
+    info = json.loads((tmp_path / "eval/step_000002/eval_info.json").read_text())
+    assert info["env"] == "pusht" and len(info["per_episode"]) == 1
+    assert 0.0 <= info["aggregated"]["avg_max_coverage"] <= 1.0
