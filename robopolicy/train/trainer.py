@@ -111,7 +111,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None = No
         metrics_file = (run_dir / "metrics.csv").open("a", newline="")
         metrics_csv = csv.writer(metrics_file)
         if start == 0:
-            metrics_csv.writerow(["step", "loss", "lr", "grad_norm", "samples_per_s"])
+            metrics_csv.writerow(["step", "loss", "lr", "grad_norm", "samples_per_s", "train_s"])
         tb = None
         if tc.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -122,6 +122,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None = No
                dynamic_ncols=True)
     last_ckpt = None
     t_log, seen = time.perf_counter(), 0
+    train_s = 0.0  # wall time of data loading + steps since this process started; evals and checkpoints excluded
+    t_mark = time.perf_counter()
 
     # ------------------------------------------------------------------ the loop
     model.train()
@@ -140,6 +142,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None = No
             ema.update(acc.unwrap_model(model).head)
         seen += tc.batch_size
         done = step + 1
+        train_s += time.perf_counter() - t_mark
 
         loss = acc.reduce(out.loss.detach(), "mean").item()
         if acc.is_main_process:
@@ -147,7 +150,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None = No
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{rate:.0f}", refresh=False)
             if done % tc.log_every == 0 or done == end:
-                metrics_csv.writerow([done, f"{loss:.6f}", f"{lr:.3e}", f"{float(grad_norm):.4f}", f"{rate:.1f}"])
+                metrics_csv.writerow(
+                    [done, f"{loss:.6f}", f"{lr:.3e}", f"{float(grad_norm):.4f}", f"{rate:.1f}", f"{train_s:.2f}"]
+                )
                 metrics_file.flush()
                 if tb is not None:
                     tb.add_scalar("train/loss", loss, done)
@@ -162,6 +167,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None = No
                 last_ckpt = save_checkpoint(run_dir, done, acc.unwrap_model(model), optimizer, ema, cfg.to_dict())
         if tc.eval_every and cfg.eval.env and (done % tc.eval_every == 0 or done == end) and acc.is_main_process:
             _periodic_eval(cfg, acc.unwrap_model(model), ema, run_dir / "eval" / f"step_{done:06d}", tb, done)
+        t_mark = time.perf_counter()
 
     bar.close()
     if acc.is_main_process:
