@@ -44,6 +44,8 @@ PIP=("$VENV/bin/pip" install --disable-pip-version-check)
     "imageio>=2.34.0,<3.0.0" \
     "accelerate>=1.10.0,<2.0.0" \
     "setuptools>=77.0.3,<81.0.0" \
-    "pandas>=2.2.2,<2.4.0"
+    "pandas>=2.2.2,<2.4.0" \
+    "diffusers==0.35.2" \
+    "pyserial==3.5"
 
 "$VENV/bin/python" -c 'import torch, lerobot.datasets.lerobot_dataset; print("LeRobot venv ready; torch", torch.__version__, "from", torch.__file__)'

@@ -10,6 +10,7 @@ import itertools
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -27,9 +28,50 @@ class SinusoidalEmbedding(nn.Module):
         return torch.cat([args.sin(), args.cos()], dim=-1)
 
 
+class GemmConv1d(nn.Conv1d):
+    """nn.Conv1d (same parameters and state dict) computed as im2col + one GEMM: (B*L_out, C*K) @ W(O, C*K)^T.
+
+    The same sums in another order (results agree to float rounding). On CPU this beats the default kernels for
+    the UNet's shapes (wide channels, short chunks): at batch 1 the default path is a GEMM with N = L <= 16 columns
+    (3x slower than this one, which streams the weights once), and in training oneDNN's weight gradient for
+    2048 channels at length 4 is 3x slower than the GEMM autograd derives here.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.groups != 1 or self.dilation != (1,) or self.padding_mode != "zeros" or isinstance(self.padding, str):
+            return super().forward(x)
+        (k,), (stride,), (pad,) = self.kernel_size, self.stride, self.padding
+        b = x.shape[0]
+        cols = F.pad(x, (pad, pad)).unfold(2, k, stride)  # (B, C, L_out, K)
+        l_out = cols.shape[2]
+        cols = cols.permute(0, 2, 1, 3).reshape(b * l_out, -1)  # (B * L_out, C * K), C-major like the weight
+        out = F.linear(cols, self.weight.view(self.out_channels, -1), self.bias)  # (B * L_out, O)
+        return out.view(b, l_out, self.out_channels).transpose(1, 2)
+
+
+class GemmConvTranspose1d(nn.ConvTranspose1d):
+    """nn.ConvTranspose1d (same parameters) as one GEMM (B*L, C) @ W(C, O*K) followed by an overlap-add (fold).
+
+    Same sums in another order; on CPU 3-5x faster than the default kernel for the UNet's upsampling layers.
+    """
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if (output_size is not None or self.groups != 1 or self.dilation != (1,) or self.output_padding != (0,)
+                or self.padding_mode != "zeros"):
+            return super().forward(x, output_size)
+        (k,), (stride,), (pad,) = self.kernel_size, self.stride, self.padding
+        b, c, length = x.shape
+        cols = x.transpose(1, 2).reshape(b * length, c) @ self.weight.view(c, -1)  # (B * L, O * K)
+        cols = cols.view(b, length, -1).transpose(1, 2)  # (B, O * K, L), O-major like the weight
+        full = (length - 1) * stride + k
+        out = F.fold(cols, (1, full), (1, k), stride=(1, stride)).view(b, self.out_channels, full)
+        out = out[:, :, pad : full - pad]
+        return out + self.bias[:, None] if self.bias is not None else out
+
+
 class ConvNormMish(nn.Sequential):
     def __init__(self, c_in: int, c_out: int, kernel: int, groups: int):
-        super().__init__(nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2), nn.GroupNorm(groups, c_out), nn.Mish())
+        super().__init__(GemmConv1d(c_in, c_out, kernel, padding=kernel // 2), nn.GroupNorm(groups, c_out), nn.Mish())
 
 
 class FiLMResBlock(nn.Module):
@@ -41,7 +83,7 @@ class FiLMResBlock(nn.Module):
         self.conv2 = ConvNormMish(c_out, c_out, kernel, groups)
         self.predict_scale = predict_scale
         self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, c_out * (2 if predict_scale else 1)))
-        self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        self.skip = GemmConv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         h = self.conv1(x)
@@ -83,15 +125,15 @@ class ConditionalUnet1D(nn.Module):
         self.down = nn.ModuleList()
         for level, (d_in, d_out) in enumerate(itertools.pairwise(dims)):
             last = level == len(down_dims) - 1
-            down = nn.Conv1d(d_out, d_out, 3, stride=2, padding=1) if not last else nn.Identity()
+            down = GemmConv1d(d_out, d_out, 3, stride=2, padding=1) if not last else nn.Identity()
             self.down.append(nn.ModuleList([block(d_in, d_out), block(d_out, d_out), down]))
         self.mid = nn.ModuleList([block(down_dims[-1], down_dims[-1]), block(down_dims[-1], down_dims[-1])])
         self.up = nn.ModuleList()
         for d_out, d_in in zip(reversed(down_dims[:-1]), reversed(down_dims[1:])):
-            up = nn.ConvTranspose1d(d_out, d_out, 4, stride=2, padding=1)
+            up = GemmConvTranspose1d(d_out, d_out, 4, stride=2, padding=1)
             self.up.append(nn.ModuleList([block(d_in * 2, d_out), block(d_out, d_out), up]))
         self.final = nn.Sequential(
-            ConvNormMish(down_dims[0], down_dims[0], kernel_size, n_groups), nn.Conv1d(down_dims[0], action_dim, 1)
+            ConvNormMish(down_dims[0], down_dims[0], kernel_size, n_groups), GemmConv1d(down_dims[0], action_dim, 1)
         )
         self.levels = len(down_dims)
 
