@@ -107,6 +107,15 @@ def _group_by_episode(ds: Dataset, frames: np.ndarray) -> list[tuple[int, int, i
     return out
 
 
+def _frames_problem(ds: Dataset, check: str, key: str, frames: np.ndarray, item: str, message: str) -> Problem:
+    """One Problem for bad global `frames`: `item` formats each episode's group ({e} episode, {n} frames,
+    {f} first frame in it) and the joined list replaces "{detail}" in `message`."""
+    groups = _group_by_episode(ds, frames)
+    detail = _episode_list([item.format(e=e, n=n, f=f) for e, n, f in groups])
+    # replace, not format: paths and keys in `message` may contain braces
+    return Problem(check, message.replace("{detail}", detail), key, tuple(e for e, _, _ in groups))
+
+
 # ----- checks ------------------------------------------------------------------------------------------
 
 
@@ -118,15 +127,11 @@ def _check_non_finite(ds: Dataset) -> list[Problem]:
         values = _all(ds, key).reshape(ds.num_frames, -1)
         bad = np.nonzero(~np.isfinite(values).all(axis=1))[0]
         if bad.size:
-            groups = _group_by_episode(ds, bad)
-            detail = _episode_list([f"episode {e}: {n} frames from frame {f}" for e, n, f in groups])
             problems.append(
-                Problem(
-                    "non_finite",
-                    f"{ds.root}: {key!r} has NaN/inf in {bad.size} frames ({detail}); "
+                _frames_problem(
+                    ds, "non_finite", key, bad, "episode {e}: {n} frames from frame {f}",
+                    f"{ds.root}: {key!r} has NaN/inf in {bad.size} frames ({{detail}}); "
                     "drop those episodes or fix the recording",
-                    key,
-                    tuple(e for e, _, _ in groups),
                 )
             )
     return problems
@@ -141,30 +146,22 @@ def _check_timestamps(ds: Dataset) -> list[Problem]:
     problems = []
     back = np.nonzero(same & (diffs <= 0))[0] + 1
     if back.size:
-        groups = _group_by_episode(ds, back)
-        detail = _episode_list([f"episode {e} at frame {f}" for e, _, f in groups])
         problems.append(
-            Problem(
-                "timestamps",
-                f"{ds.root}: timestamps are not increasing within episodes ({detail}); "
+            _frames_problem(
+                ds, "timestamps", "timestamp", back, "episode {e} at frame {f}",
+                f"{ds.root}: timestamps are not increasing within episodes ({{detail}}); "
                 "video frames cannot be located — re-export those episodes",
-                "timestamp",
-                tuple(e for e, _, _ in groups),
             )
         )
     if ds.fps:
         tol = getattr(ds, "tolerance_s", 1e-4)
         off = np.nonzero(same & (diffs > 0) & (np.abs(diffs - 1.0 / ds.fps) > tol))[0] + 1
         if off.size:
-            groups = _group_by_episode(ds, off)
-            detail = _episode_list([f"episode {e}: {n} gaps from frame {f}" for e, n, f in groups])
             problems.append(
-                Problem(
-                    "timestamps",
+                _frames_problem(
+                    ds, "timestamps", "timestamp", off, "episode {e}: {n} gaps from frame {f}",
                     f"{ds.root}: timestamp steps differ from 1/fps={1 / ds.fps:.6g} s by more than "
-                    f"tolerance_s={tol} ({detail}); frames were dropped or the fps is wrong",
-                    "timestamp",
-                    tuple(e for e, _, _ in groups),
+                    f"tolerance_s={tol} ({{detail}}); frames were dropped or the fps is wrong",
                 )
             )
     return problems
@@ -178,14 +175,10 @@ def _check_frame_index(ds: Dataset) -> list[Problem]:
     bad = np.nonzero(fi != expected)[0]
     if not bad.size:
         return []
-    groups = _group_by_episode(ds, bad)
-    detail = _episode_list([f"episode {e} from frame {f}" for e, _, f in groups])
     return [
-        Problem(
-            "frame_index",
-            f"{ds.root}: frame_index is not 0..length-1 ({detail}); rows are missing or out of order",
-            "frame_index",
-            tuple(e for e, _, _ in groups),
+        _frames_problem(
+            ds, "frame_index", "frame_index", bad, "episode {e} from frame {f}",
+            f"{ds.root}: frame_index is not 0..length-1 ({{detail}}); rows are missing or out of order",
         )
     ]
 
