@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e ".[dev,sim]"
+	$(PY) -m pip install -q -e ".[dev,sim,real]"
 	touch $(STAMP)
 
 test: $(STAMP)
