@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "collect": "Collect demonstrations with a scripted expert in simulation.",
     "eval": "Evaluate a policy checkpoint in simulation (PushT, robosuite): success rate, videos.",
     "train": "Train a policy head on a dataset from a YAML preset with --section.field=value overrides.",
+    "record": "Teleoperate a robot and record episodes (LeRobot v3 / Zarr); --emulate for emulated hardware.",
 }
 
 

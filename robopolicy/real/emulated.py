@@ -1,0 +1,171 @@
+"""Emulated hardware for robot descriptions: servo emulators on ptys, a simulated follower arm, a scripted operator.
+
+`emulate_arm(config)` starts a `ServoEmulator` speaking the config's protocol with its motor ids and models and
+returns the pty path to use as the robot's port, so `make_robot(config, port=rig.port)` runs the real driver
+stack (codec, bus, calibration, normalization, safety) against it. The follower can be backed by the MuJoCo arm
+(`MujocoArmBackend`); a leader arm by a `FirstOrderBackend` whose joints a `ScriptedOperator` moves "by hand".
+
+`ScriptedOperator` demonstrates the simulated arm's reach task on a leader arm: in every reset phase it moves the
+leader to a random start pose, in every episode it moves it to an inverse-kinematics solution of the task's
+target (minimum-jerk, `move_s` seconds) and holds it. Poses are joint angles in rad, converted to servo ticks the
+way the simulated arm maps them, so the follower mirrors the leader through both arms' calibrations.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from robopolicy.real.motors.emulator import Faults, ServoEmulator
+from robopolicy.real.motors.motion import FirstOrderBackend, MotionBackend, rad_to_ticks
+from robopolicy.real.robots.config import RobotConfig, resolve_config
+
+
+@dataclass
+class EmulatedArm:
+    """A running emulator for one robot description; `port` is the pty path the driver opens."""
+
+    config: RobotConfig
+    emulator: ServoEmulator
+    backend: MotionBackend
+
+    @property
+    def port(self) -> str:
+        return self.emulator.port
+
+    def stop(self) -> None:
+        self.emulator.stop()
+
+    def __enter__(self) -> EmulatedArm:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def emulate_arm(config: RobotConfig | str | Mapping, *, backend: MotionBackend | None = None, pace: bool = False,
+                faults: Faults | None = None, seed: int = 0) -> EmulatedArm:
+    """Start a servo emulator for every motor of `config` (ids, models, baud rate) and return it running."""
+    cfg = resolve_config(config)
+    servos = {m.id: m.model for m in cfg.motors}
+    if backend is None:
+        backend = FirstOrderBackend(initial=dict.fromkeys(servos, 2048.0))
+    emulator = ServoEmulator(cfg.protocol, servos, baudrate=cfg.baudrate, pace=pace, faults=faults or Faults(),
+                             backend=backend, seed=seed)
+    emulator.start()
+    return EmulatedArm(cfg, emulator, backend)
+
+
+class ScriptedOperator:
+    """Moves an emulated leader arm (FirstOrderBackend, torque off) along time-based joint trajectories.
+
+    leader: the leader's backend; ids: servo ids in joint order; task: a `ReachTask` of the simulated follower
+    (targets and IK); start_box: half-width (rad) of the random start poses around `home` (rad, joint order).
+    The operator thread writes the hand-held positions at `rate_hz`.
+    """
+
+    def __init__(self, leader: FirstOrderBackend, ids: list[int], task, *, home: np.ndarray, move_s: float = 1.5,
+                 start_box: float = 0.5, seed: int = 0, rate_hz: float = 200.0):
+        self.leader, self.ids, self.task = leader, list(ids), task
+        self.home = np.asarray(home, dtype=float)
+        self.move_s, self.start_box = move_s, start_box
+        self.rng = np.random.default_rng(seed)
+        self._q = self.home.copy()
+        self._from, self._to, self._t0, self._duration = self._q, self._q, time.perf_counter(), 0.0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._period = 1.0 / rate_hz
+        self._thread = threading.Thread(target=self._run, name="scripted-operator", daemon=True)
+        self._write(self._q)
+        self._thread.start()
+
+    def _write(self, q: np.ndarray) -> None:
+        for motor_id, rad in zip(self.ids, q):
+            self.leader.set_position(motor_id, rad_to_ticks(float(rad)))
+
+    def _current(self) -> np.ndarray:
+        s = 1.0 if self._duration <= 0 else min(1.0, (time.perf_counter() - self._t0) / self._duration)
+        blend = 10 * s**3 - 15 * s**4 + 6 * s**5
+        return self._from + (self._to - self._from) * blend
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._period):
+            with self._lock:
+                self._q = self._current()
+                q = self._q.copy()
+            self._write(q)
+
+    def move_to(self, q: np.ndarray, duration_s: float) -> None:
+        """Start a minimum-jerk move from the current pose to `q` (rad, joint order)."""
+        with self._lock:
+            self._from, self._to = self._q.copy(), np.asarray(q, dtype=float)
+            self._t0, self._duration = time.perf_counter(), float(duration_s)
+
+    def random_start(self) -> np.ndarray:
+        q = self.home.copy()
+        q[:4] += self.rng.uniform(-self.start_box, self.start_box, size=4)
+        return q
+
+    def on_phase(self, phase: str, episode: int) -> None:
+        """Record-loop hook: reset -> go to a random start pose; episode -> reach for the task's target."""
+        if phase == "reset":
+            self.move_to(self.random_start(), self.move_s)
+        else:
+            goal = self.task.solve(self._q)
+            self.move_to(goal, self.move_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1.0)
+
+
+class SimArmRig:
+    """The simulated arm (MuJoCo, sim/so101_arm) behind an emulated servo bus, for record/deploy without hardware.
+
+    follower: description of the robot whose servos are emulated (6 motors, ids 1..6, as the sim arm's joints);
+    leader: optional leader-arm description, emulated with a `ScriptedOperator` demonstrating the reach task;
+    camera: optional (width, height) of a `SimCamera` "front" rendering the arm (MUJOCO_GL=egl headless).
+    The task is `ReachTask` with a fixed target (the target of its episode 0): reach it from random start poses.
+    """
+
+    def __init__(self, follower: RobotConfig | str | Mapping, leader: RobotConfig | str | Mapping | None = None, *,
+                 seed: int = 0, pace: bool = False, faults: Faults | None = None,
+                 camera: tuple[int, int] | None = None, fps: float = 30.0, tolerance_m: float = 0.02):
+        from robopolicy.real.cameras.sim import SimCamera
+        from robopolicy.real.sim_arm import MujocoArmBackend, ReachTask
+
+        self.arm = MujocoArmBackend()
+        self.task = ReachTask(self.arm, seed=seed, tolerance_m=tolerance_m)
+        self.task.reset(0)
+        self.follower = emulate_arm(follower, backend=self.arm, pace=pace, faults=faults, seed=seed)
+        self.leader: EmulatedArm | None = None
+        self.operator: ScriptedOperator | None = None
+        if leader is not None:
+            self.leader = emulate_arm(leader, seed=seed + 1)
+            ids = sorted(self.arm.joints)
+            self.operator = ScriptedOperator(self.leader.backend, ids, self.task, home=self.arm.qpos, seed=seed)
+        self.cameras = {}
+        if camera is not None:
+            self.cameras["front"] = SimCamera(self.arm.render, width=camera[0], height=camera[1], fps=fps, name="front")
+
+    def on_phase(self, phase: str, episode: int) -> None:
+        if self.operator is not None:
+            self.operator.on_phase(phase, episode)
+
+    def stop(self) -> None:
+        if self.operator is not None:
+            self.operator.stop()
+        for rig in (self.leader, self.follower):
+            if rig is not None:
+                rig.stop()
+        self.arm.close()
+
+    def __enter__(self) -> SimArmRig:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
