@@ -1,0 +1,1 @@
+"""Real robots without ROS: servo buses, robots, cameras, teleoperation."""
