@@ -105,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
         if listener is not None:
             listener.stop()
         if rig is not None:
+            for line in rig.emulator_errors():
+                print(line, file=sys.stderr)
             rig.stop()
     loop = result.loop_report
     print(json.dumps({"root": str(result.root), "episodes_saved": result.saved, "rerecorded": result.rerecorded,

@@ -8,11 +8,16 @@ normalization lives in the policy wrapper, so heads see normalized tensors only.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 from torch import nn
+
+# Sampling guidance hook (real-time chunking, robopolicy.runtime.rtc): guide(fn, x, t) returns what the head
+# uses instead of fn(x) at denoising time t, where fn(x) evaluates the network (velocity or noise) at t.
+Guide = Callable[[Callable[[torch.Tensor], torch.Tensor], torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)

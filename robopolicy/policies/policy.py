@@ -78,12 +78,17 @@ class Policy(nn.Module):
         return self.loss(batch)
 
     @torch.no_grad()
-    def predict_chunk(self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
-        """Raw observation windows {key: (B, T_o, ...)} -> unnormalized action chunk (B, H, D)."""
+    def predict_chunk(
+        self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None, *, guide=None
+    ) -> torch.Tensor:
+        """Raw observation windows {key: (B, T_o, ...)} -> unnormalized action chunk (B, H, D).
+
+        guide: sampling guidance for flow / diffusion heads (see robopolicy.runtime.rtc), in normalized units."""
         missing = [k for k in self.config.input_features if k not in obs]
         if missing:
             raise KeyError(f"observation lacks {missing}; the policy was trained on {list(self.config.input_features)}")
-        chunk = self.head.sample(self.prepare(obs), generator=generator)
+        extra = {} if guide is None else {"guide": guide}
+        chunk = self.head.sample(self.prepare(obs), generator=generator, **extra)
         return self.normalizer.unnormalize(self.config.action_key, chunk)
 
     # ----- persistence ---------------------------------------------------------------------------

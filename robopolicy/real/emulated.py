@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from robopolicy.real.motors.calibration import normalize
 from robopolicy.real.motors.emulator import Faults, ServoEmulator
 from robopolicy.real.motors.motion import FirstOrderBackend, MotionBackend, rad_to_ticks
 from robopolicy.real.robots.config import RobotConfig, resolve_config
@@ -58,6 +59,13 @@ def emulate_arm(config: RobotConfig | str | Mapping, *, backend: MotionBackend |
                              backend=backend, seed=seed)
     emulator.start()
     return EmulatedArm(cfg, emulator, backend)
+
+
+def random_start_pose(home: np.ndarray, rng: np.random.Generator, box: float = 0.5) -> np.ndarray:
+    """A start pose (rad): `home` with the four arm joints (pan, lift, elbow, wrist flex) moved by U(-box, box)."""
+    q = np.asarray(home, dtype=float).copy()
+    q[:4] += rng.uniform(-box, box, size=4)
+    return q
 
 
 class ScriptedOperator:
@@ -106,9 +114,7 @@ class ScriptedOperator:
             self._t0, self._duration = time.perf_counter(), float(duration_s)
 
     def random_start(self) -> np.ndarray:
-        q = self.home.copy()
-        q[:4] += self.rng.uniform(-self.start_box, self.start_box, size=4)
-        return q
+        return random_start_pose(self.home, self.rng, self.start_box)
 
     def on_phase(self, phase: str, episode: int) -> None:
         """Record-loop hook: reset -> go to a random start pose; episode -> reach for the task's target."""
@@ -139,6 +145,8 @@ class SimArmRig:
         from robopolicy.real.sim_arm import MujocoArmBackend, ReachTask
 
         self.arm = MujocoArmBackend()
+        self.seed = seed
+        self.home = self.arm.qpos.copy()
         self.task = ReachTask(self.arm, seed=seed, tolerance_m=tolerance_m)
         self.task.reset(0)
         self.follower = emulate_arm(follower, backend=self.arm, pace=pace, faults=faults, seed=seed)
@@ -147,14 +155,30 @@ class SimArmRig:
         if leader is not None:
             self.leader = emulate_arm(leader, seed=seed + 1)
             ids = sorted(self.arm.joints)
-            self.operator = ScriptedOperator(self.leader.backend, ids, self.task, home=self.arm.qpos, seed=seed)
+            self.operator = ScriptedOperator(self.leader.backend, ids, self.task, home=self.home, seed=seed)
         self.cameras = {}
         if camera is not None:
             self.cameras["front"] = SimCamera(self.arm.render, width=camera[0], height=camera[1], fps=fps, name="front")
 
+    def start_pose(self, robot, episode: int, box: float = 0.5) -> dict[str, float]:
+        """A random start pose for deployment episode `episode` (seeded by (seed, episode)) in the robot's
+        normalized units {"<joint>.pos": value}, converted through the robot's calibration."""
+        q = random_start_pose(self.home, np.random.default_rng([self.seed, episode]), box)
+        calibration = robot.bus.calibration
+        pose = {}
+        for motor_id, rad in zip(sorted(self.arm.joints), q):
+            m = next(m for m in robot.config.motors if m.id == motor_id)
+            pose[f"{m.name}.pos"] = float(normalize(round(rad_to_ticks(float(rad))), calibration[m.name], m.norm_mode))
+        return pose
+
     def on_phase(self, phase: str, episode: int) -> None:
         if self.operator is not None:
             self.operator.on_phase(phase, episode)
+
+    def emulator_errors(self) -> list[str]:
+        """Exceptions raised inside the emulators' threads (a crashed emulator looks like an unplugged bus)."""
+        rigs = [("follower", self.follower), ("leader", self.leader)]
+        return [f"{name} emulator: {exc!r}" for name, rig in rigs if rig is not None for exc in rig.emulator.errors]
 
     def stop(self) -> None:
         if self.operator is not None:

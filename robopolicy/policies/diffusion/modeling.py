@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from robopolicy.policies.base import LossOutput, PolicyHead
+from robopolicy.policies.base import Guide, LossOutput, PolicyHead
 from robopolicy.policies.common.denoiser import ChunkDenoiser, chunk_mse, repeat_for_minibatch
 from robopolicy.policies.diffusion.configuration import DiffusionConfig
 
@@ -46,7 +46,11 @@ class DiffusionHead(PolicyHead):
         return chunk_mse(pred, target, pad, cfg.minibatch_k)
 
     @torch.no_grad()
-    def sample(self, obs: dict[str, torch.Tensor], *, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self, obs: dict[str, torch.Tensor], *, generator: torch.Generator | None = None, guide: Guide | None = None
+    ) -> torch.Tensor:
+        """guide(denoise, x, t) -> model output replaces the network's prediction at each scheduler step t
+        (real-time chunking); denoise(x) evaluates the network at t."""
         cfg = self.config
         cond = self.model.condition({k: obs[k] for k in cfg.input_features})
         b = cond.shape[0]
@@ -54,6 +58,10 @@ class DiffusionHead(PolicyHead):
         sched = self.infer_scheduler
         sched.set_timesteps(cfg.num_inference_steps)
         for t in sched.timesteps:
-            out = self.model(x, t.to(cond.device).expand(b), cond)
+            steps = t.to(cond.device).expand(b)
+            if guide is None:
+                out = self.model(x, steps, cond)
+            else:
+                out = guide(lambda x_, steps=steps: self.model(x_, steps, cond), x, t)
             x = sched.step(out, t, x, generator=generator).prev_sample
         return x

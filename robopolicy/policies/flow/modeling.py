@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from robopolicy.policies.base import LossOutput, PolicyHead
+from robopolicy.policies.base import Guide, LossOutput, PolicyHead
 from robopolicy.policies.common.denoiser import ChunkDenoiser, chunk_mse, repeat_for_minibatch
 from robopolicy.policies.common.flow_matching import euler_integrate, interpolate, sample_time
 from robopolicy.policies.flow.configuration import FlowConfig
@@ -31,10 +31,20 @@ class FlowHead(PolicyHead):
         return chunk_mse(self.model(x_t, t, cond), target, pad, cfg.minibatch_k)
 
     @torch.no_grad()
-    def sample(self, obs: dict[str, torch.Tensor], *, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self, obs: dict[str, torch.Tensor], *, generator: torch.Generator | None = None, guide: Guide | None = None
+    ) -> torch.Tensor:
+        """guide(velocity, x, t) -> v replaces the velocity at each Euler step (real-time chunking); velocity(x)
+        evaluates the network at the step's time t (B,)."""
         cfg = self.config
         cond = self.model.condition({k: obs[k] for k in cfg.input_features})
         noise = torch.randn(
             (cond.shape[0], cfg.horizon, cfg.action_dim), generator=generator, device=cond.device, dtype=cond.dtype
         )
-        return euler_integrate(lambda x, t: self.model(x, t, cond), noise, cfg.num_inference_steps)
+
+        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            if guide is None:
+                return self.model(x, t, cond)
+            return guide(lambda x_: self.model(x_, t, cond), x, t)
+
+        return euler_integrate(velocity, noise, cfg.num_inference_steps)

@@ -262,6 +262,33 @@ class Arm(Robot):
         if failures:
             raise failures[0]
 
+    # ------------------------------------------------------------------ e-stop (runtime.safety.Stoppable)
+    def hold(self, torque_fraction: float | None = None) -> None:
+        """Hold where the arm is: goal = present position for every torqued motor (one sync read + one sync
+        write); `torque_fraction` (0..1) also lowers the torque limit (Feetech Torque_Limit, Dynamixel
+        Goal_Current / Goal_PWM where the model has them) so the arm can be moved by hand safely."""
+        self._require_connected()
+        names = [m.name for m in self.config.motors if m.torque]
+        present = self.bus.sync_read("Present_Position", names, normalize=False)
+        self.bus.sync_write("Goal_Position", present, normalize=False)
+        held = self.bus.sync_read("Present_Position", self._joints, normalize=True)
+        self._last_commanded = np.array([float(held[j]) for j in self._joints])
+        if torque_fraction is not None:
+            fraction = min(1.0, max(0.0, float(torque_fraction)))
+            for m in self.config.motors:
+                if not m.torque:
+                    continue
+                registers = model_spec(m.model).registers
+                register = next((r for r in ("Torque_Limit", "Goal_PWM") if r in registers), None)
+                if register is not None:
+                    full = 1000 if register == "Torque_Limit" else 885
+                    self.bus.write(register, m.name, round(full * fraction))
+
+    def torque_off(self) -> None:
+        """Cut torque on every motor (the arm falls under gravity: prefer `hold`)."""
+        self._require_connected()
+        self.bus.disable_torque()
+
     # ------------------------------------------------------------------ per tick
     def read_positions(self) -> dict[str, float]:
         """``{"<joint>.pos": value}`` in normalized units, one sync read."""

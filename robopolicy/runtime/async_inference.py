@@ -1,0 +1,367 @@
+"""Asynchronous inference: the next chunk is computed while the current one executes.
+
+Chunk sources (same interface; every call the control loop makes is non-blocking):
+- `ProcessChunkSource(checkpoint)`: a worker process (spawn, torch threads = 1) loads the policy and answers
+  over a pipe in the wire format of `robopolicy.runtime.policy_server` (no pickle).
+- `RemotePolicyClient(host, port)`: the same requests to a `PolicyServer` over TCP.
+- `ThreadChunkSource(service)`: in-process, on a background thread (tests, or a GPU in the same process).
+
+`AsyncChunker` drives a source from the control loop:
+
+    chunker = AsyncChunker(source)                        # chunk layout from source.info
+    every tick t:  action = chunker.step(t, history.window)   # (B, D) or None while no chunk has arrived
+
+It requests a chunk when the queued actions fall to `threshold`, never waits for it, and merges an arriving
+chunk by absolute step: the chunk was predicted from the observation of step s (its index `now` is step s);
+when it lands at step t its entries for steps < t are dropped, i.e. execution continues at new[now + t - s].
+With an RTCConfig the queued actions are sent along as the frozen prefix (real-time chunking) with the delay
+measured on earlier requests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import multiprocessing as mp
+import os
+import queue
+import socket
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from robopolicy.runtime.action_queue import ActionQueue
+from robopolicy.runtime.policy_server import (
+    PROTOCOL_VERSION,
+    Message,
+    PolicyService,
+    RemotePolicyError,
+    as_arrays,
+    decode,
+    encode,
+    recv_message,
+    send_message,
+)
+from robopolicy.runtime.rtc import RTCConfig
+
+
+@dataclass(frozen=True)
+class ChunkReply:
+    """A finished request. chunk: (B, H, D) float32 unnormalized; obs_step: the step its observation was taken;
+    inference_s: time the policy spent; roundtrip_s: submit -> reply available."""
+
+    request_id: int
+    chunk: np.ndarray
+    obs_step: int
+    inference_s: float
+    roundtrip_s: float
+
+
+class ChunkSource(ABC):
+    """One request in flight at a time; `submit` and `poll` never block. `info` describes the policy."""
+
+    info: dict
+
+    def __init__(self):
+        self._requests: queue.Queue = queue.Queue()
+        self._replies: queue.Queue = queue.Queue()
+        self._next_id = 0
+        self._in_flight: int | None = None
+        self._thread: threading.Thread | None = None
+
+    def _start_thread(self, name: str) -> None:
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    @abstractmethod
+    def _exchange(self, request: Message) -> Message:
+        """Send one request and wait for its reply (runs on the source's own thread)."""
+
+    def _run(self) -> None:
+        while True:
+            item = self._requests.get()
+            if item is None:
+                return
+            request, step, submitted = item
+            try:
+                reply = self._exchange(request)
+            except Exception as exc:  # transport failure: surfaces from poll() on the control side
+                reply = Message("error", {"message": f"{type(exc).__name__}: {exc}", "type": type(exc).__name__})
+            self._replies.put((reply, step, submitted, time.perf_counter()))
+
+    @property
+    def busy(self) -> bool:
+        return self._in_flight is not None
+
+    def submit(self, obs: Mapping[str, object], *, step: int = 0, prev_actions=None, delay: int = 0,
+               rtc: RTCConfig | None = None, seed: int | None = None) -> int:
+        """Queue a predict request for observation windows {key: (B, T_o, ...)} taken at control step `step`.
+        prev_actions (B, R, D) + delay + rtc: real-time chunking prefix. Returns the request id."""
+        if self.busy:
+            raise RuntimeError(f"a request ({self._in_flight}) is already in flight; poll() it first")
+        self._next_id += 1
+        meta: dict = {"id": self._next_id}
+        if seed is not None:
+            meta["seed"] = int(seed)
+        arrays = as_arrays(obs)
+        if prev_actions is not None:
+            arrays["prev_actions"] = np.asarray(prev_actions, dtype=np.float32)
+            meta["delay"] = int(delay)
+            meta["rtc"] = asdict(rtc or RTCConfig())
+        self._in_flight = self._next_id
+        self._requests.put((Message("predict", meta, arrays), step, time.perf_counter()))
+        return self._next_id
+
+    def poll(self) -> ChunkReply | None:
+        """The finished request, if any; raises RemotePolicyError if it failed."""
+        try:
+            reply, step, submitted, done = self._replies.get_nowait()
+        except queue.Empty:
+            return None
+        request_id, self._in_flight = self._in_flight, None
+        if reply.kind == "error":
+            raise RemotePolicyError(f"{type(self).__name__}: request {request_id} failed: {reply.meta.get('message')}")
+        return ChunkReply(request_id, reply.arrays["action"], step, float(reply.meta.get("inference_s", 0.0)),
+                          done - submitted)
+
+    def predict_chunk(self, obs: Mapping[str, object], *, timeout: float = 60.0, **kwargs) -> np.ndarray:
+        """Blocking helper: submit and wait (not for the control loop)."""
+        self.submit(obs, **kwargs)
+        deadline = time.perf_counter() + timeout
+        while True:
+            reply = self.poll()
+            if reply is not None:
+                return reply.chunk
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"{type(self).__name__}: no chunk after {timeout} s")
+            time.sleep(0.0005)
+
+    def close(self) -> None:
+        """Stop the source's thread (an unanswered request is abandoned) and release the transport."""
+        if self._thread is not None and self._thread.is_alive():
+            self._requests.put(None)
+            self._thread.join(timeout=1.0)  # idle: returns at once; busy: the transport shutdown wakes it
+        self._shutdown_transport()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+
+    def _shutdown_transport(self) -> None:
+        """Close the pipe / socket / process (subclasses)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        with contextlib.suppress(Exception):  # interpreter shutdown
+            self.close()
+
+
+class ThreadChunkSource(ChunkSource):
+    """Runs `service.handle` (a PolicyService, or anything with handle(Message) -> Message) on a thread."""
+
+    def __init__(self, service):
+        super().__init__()
+        self.service = service if hasattr(service, "handle") else PolicyService(service)
+        self.info = self.service.handle(Message("info")).meta
+        self._start_thread("chunk-source-thread")
+
+    def _exchange(self, request: Message) -> Message:
+        return self.service.handle(request)
+
+
+def _worker_main(conn, checkpoint: str, torch_threads: int) -> None:
+    """Policy worker process: load, announce info, answer frames until the pipe closes."""
+    import torch
+
+    if hasattr(os, "sched_setscheduler"):  # never inherit a real-time class from the control thread
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    torch.set_num_threads(torch_threads)
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(1)
+    try:
+        from robopolicy.policies.policy import load_policy
+
+        service = PolicyService(load_policy(checkpoint))
+    except Exception as exc:
+        conn.send_bytes(encode(Message("error", {"message": f"{type(exc).__name__}: {exc}"})))
+        conn.close()
+        return
+    conn.send_bytes(encode(Message("info", service.info)))
+    while True:
+        try:
+            frame = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        try:
+            reply = service.handle(decode(frame))
+        except Exception as exc:
+            reply = Message("error", {"message": f"{type(exc).__name__}: {exc}", "type": type(exc).__name__})
+        conn.send_bytes(encode(reply))
+
+
+class ProcessChunkSource(ChunkSource):
+    """A policy in a worker process. The constructor blocks until the worker has loaded the checkpoint
+    (startup_timeout seconds) and raises RemotePolicyError with the worker's error if it could not."""
+
+    def __init__(self, checkpoint: str | Path, *, start_method: str = "spawn", torch_threads: int = 1,
+                 startup_timeout: float = 120.0):
+        super().__init__()
+        ctx = mp.get_context(start_method)
+        self._conn, child = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(target=_worker_main, args=(child, str(checkpoint), torch_threads),
+                                   name="robopolicy-policy-worker", daemon=True)
+        self.process.start()
+        child.close()
+        if not self._conn.poll(startup_timeout):
+            self._kill()
+            raise RemotePolicyError(f"policy worker did not load {checkpoint} within {startup_timeout} s")
+        try:
+            first = decode(self._conn.recv_bytes())
+        except EOFError as exc:
+            self._kill()
+            raise RemotePolicyError(
+                f"policy worker for {checkpoint} exited (code {self.process.exitcode}) before answering; see its "
+                f"traceback above (with start_method {start_method!r} the main script must guard its code with "
+                "`if __name__ == '__main__':`)"
+            ) from exc
+        if first.kind == "error":
+            self._kill()
+            raise RemotePolicyError(f"policy worker could not load {checkpoint}: {first.meta.get('message')}")
+        self.info = first.meta
+        self._start_thread("chunk-source-process")
+
+    def _exchange(self, request: Message) -> Message:
+        self._conn.send_bytes(encode(request))
+        return decode(self._conn.recv_bytes())
+
+    def _kill(self) -> None:
+        if self.process.is_alive():
+            self.process.terminate()
+        self.process.join(timeout=5.0)
+
+    def _shutdown_transport(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self._kill()  # busy with a request: the worker's end closes and the thread's recv fails
+        if getattr(self, "_conn", None) is not None:
+            self._conn.close()  # an idle worker sees EOF and exits
+            self._conn = None
+        self.process.join(timeout=5.0)
+        self._kill()
+
+
+class RemotePolicyClient(ChunkSource):
+    """A PolicyServer over TCP. The constructor connects and fetches the policy info (blocking)."""
+
+    def __init__(self, host: str, port: int, *, connect_timeout: float = 5.0):
+        super().__init__()
+        self.address = (host, int(port))
+        try:
+            self._sock = socket.create_connection(self.address, timeout=connect_timeout)
+        except OSError as exc:
+            raise ConnectionError(f"cannot reach the policy server at {host}:{port}: {exc}") from exc
+        self._sock.settimeout(None)
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        info = self._exchange(Message("info"))
+        if info.kind != "info":
+            raise RemotePolicyError(f"policy server at {host}:{port} answered {info.kind}: {info.meta}")
+        if info.meta.get("protocol") != PROTOCOL_VERSION:
+            raise RemotePolicyError(f"policy server at {host}:{port} speaks protocol {info.meta.get('protocol')}, "
+                                    f"this client {PROTOCOL_VERSION}")
+        self.info = info.meta
+        self._start_thread("chunk-source-tcp")
+
+    def _exchange(self, request: Message) -> Message:
+        send_message(self._sock, request)
+        return recv_message(self._sock)
+
+    def _shutdown_transport(self) -> None:
+        if getattr(self, "_sock", None) is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv
+            self._sock.close()
+            self._sock = None
+
+
+class AsyncChunker:
+    """Non-blocking chunk execution for a control loop (see the module docstring).
+
+    now: chunk index of the observation step; horizon: chunk length H; threshold: request a new chunk when at
+    most this many actions are queued (default max(H - now - n_action_steps, ceil(n_action_steps / 2)), i.e.
+    replan about every n_action_steps like synchronous receding horizon); rtc: send the queue as an RTC prefix;
+    blend: ActionQueue.merge blend (None = the new chunk replaces the queue)."""
+
+    def __init__(self, source: ChunkSource, *, now: int | None = None, horizon: int | None = None,
+                 n_action_steps: int | None = None, threshold: int | None = None, rtc: RTCConfig | None = None,
+                 blend: float | None = None, delay_window: int = 5):
+        from robopolicy.runtime.executors import now_index
+
+        info = getattr(source, "info", {}) or {}
+        self.source = source
+        self.now = now if now is not None else now_index(info["action_delta_indices"])
+        self.horizon = horizon if horizon is not None else int(info["horizon"])
+        n = n_action_steps if n_action_steps is not None else int(info.get("n_action_steps", self.horizon))
+        span = self.horizon - self.now
+        default = max(span - n, math.ceil(n / 2))
+        self.threshold = min(span - 1, default) if threshold is None else int(threshold)
+        if not 0 <= self.threshold < span:
+            raise ValueError(f"threshold {self.threshold} must be in [0, {span}) (actions per chunk from now)")
+        self.rtc = rtc
+        self.blend = blend
+        self.queue = ActionQueue()
+        self._delays: deque[int] = deque(maxlen=delay_window)
+        self.stats = {"requests": 0, "chunks": 0, "starved": 0, "stale_dropped": 0}
+        self.last_reply: ChunkReply | None = None
+
+    @property
+    def delay_estimate(self) -> int:
+        """Steps between observation and arrival, max over the last few chunks (0 before the first)."""
+        return max(self._delays, default=0)
+
+    def update(self, t: int) -> ChunkReply | None:
+        """Merge a chunk that arrived (non-blocking); t is the next step to execute."""
+        reply = self.source.poll()
+        if reply is None:
+            return None
+        self._delays.append(max(0, t - reply.obs_step))
+        self.stats["chunks"] += 1
+        self.stats["stale_dropped"] += self.queue.merge(reply.chunk, reply.obs_step - self.now, t, self.blend)
+        self.last_reply = reply
+        return reply
+
+    def wants_chunk(self, t: int) -> bool:
+        return not self.source.busy and self.queue.remaining(t) <= self.threshold
+
+    def request(self, t: int, obs: Mapping[str, object]) -> int:
+        """Submit the observation window taken at step t (non-blocking)."""
+        prev = self.queue.actions_from(t) if self.rtc is not None else None
+        self.stats["requests"] += 1
+        return self.source.submit(obs, step=t, prev_actions=prev, delay=self.delay_estimate, rtc=self.rtc)
+
+    def pop(self, t: int) -> np.ndarray | None:
+        """The action (B, D) for step t, or None when nothing is queued (the caller holds position)."""
+        action = self.queue.pop(t)
+        if action is None:
+            self.stats["starved"] += 1
+        return action
+
+    def step(self, t: int, obs: Mapping[str, object] | Callable[[], Mapping[str, object]]) -> np.ndarray | None:
+        """update + request if needed + pop. obs: the window for step t, or a callable building it (only called
+        when a request goes out)."""
+        self.update(t)
+        if self.wants_chunk(t):
+            self.request(t, obs() if callable(obs) else obs)
+        return self.pop(t)
+
+    def reset(self) -> None:
+        """New episode: forget queued actions (a request in flight is still collected and merged)."""
+        self.queue.reset()
