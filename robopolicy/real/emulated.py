@@ -134,6 +134,7 @@ class SimArmRig:
 
     follower: description of the robot whose servos are emulated (6 motors, ids 1..6, as the sim arm's joints);
     leader: optional leader-arm description, emulated with a `ScriptedOperator` demonstrating the reach task;
+    pace / faults: byte pacing at the baud rate and fault injection, for both emulated buses;
     camera: optional (width, height) of a `SimCamera` "front" rendering the arm (MUJOCO_GL=egl headless).
     The task is `ReachTask` with a fixed target (the target of its episode 0): reach it from random start poses.
     """
@@ -153,7 +154,7 @@ class SimArmRig:
         self.leader: EmulatedArm | None = None
         self.operator: ScriptedOperator | None = None
         if leader is not None:
-            self.leader = emulate_arm(leader, seed=seed + 1)
+            self.leader = emulate_arm(leader, pace=pace, faults=faults, seed=seed + 1)
             ids = sorted(self.arm.joints)
             self.operator = ScriptedOperator(self.leader.backend, ids, self.task, home=self.home, seed=seed)
         self.cameras = {}

@@ -37,6 +37,7 @@ from robopolicy.real.motors.calibration import (
     save_calibration,
     unnormalize,
 )
+from robopolicy.real.motors.errors import MotorBusError
 from robopolicy.real.motors.tables import model_spec
 from robopolicy.real.robots.base import DeviceAlreadyConnectedError, Robot
 from robopolicy.real.robots.config import RobotConfig, resolve_config
@@ -269,10 +270,27 @@ class Arm(Robot):
         Goal_Current / Goal_PWM where the model has them) so the arm can be moved by hand safely."""
         self._require_connected()
         names = [m.name for m in self.config.motors if m.torque]
-        present = self.bus.sync_read("Present_Position", names, normalize=False)
+        try:
+            present = self.bus.sync_read("Present_Position", names, normalize=False)
+        except MotorBusError:  # a motor is down: hold every motor that still answers, then report the others
+            present, silent = {}, []
+            for name in names:
+                try:
+                    present[name] = self.bus.read("Present_Position", name)
+                except MotorBusError:
+                    silent.append(name)
+            if present:
+                self.bus.sync_write("Goal_Position", present, normalize=False)
+            raise MotorBusError(f"{self.name}: held {sorted(present)} at their present positions; {silent} did not "
+                                "answer and keep tracking their last goal", port=self.bus.port,
+                                motor=", ".join(silent)) from None
         self.bus.sync_write("Goal_Position", present, normalize=False)
-        held = self.bus.sync_read("Present_Position", self._joints, normalize=True)
-        self._last_commanded = np.array([float(held[j]) for j in self._joints])
+        calibration = self.bus.calibration
+        self._last_commanded = np.array([
+            normalize(present[m.name], calibration[m.name], m.norm_mode, res, apply_drive_mode=self._soft_drive_mode)
+            if m.name in present else self._last_commanded[i]
+            for i, (m, res) in enumerate(zip(self.config.motors, self._resolution))
+        ])
         if torque_fraction is not None:
             fraction = min(1.0, max(0.0, float(torque_fraction)))
             for m in self.config.motors:
