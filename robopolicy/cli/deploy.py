@@ -56,6 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--watchdog", type=float, default=1.0, help="seconds without a policy action before the e-stop")
     p.add_argument("--estop", choices=("hold", "torque_off"), default="hold", help="e-stop action (default: hold)")
     p.add_argument("--max-faults", type=int, default=3, help="consecutive bus faults before the e-stop")
+    p.add_argument("--realtime", action="store_true",
+                   help="run the control loop thread in SCHED_FIFO (root or an rtprio limit): p99 jitter < 1 ms")
     p.add_argument("--emulate", action="store_true", help="deploy to the simulated arm behind emulated servos")
     p.add_argument("--seed", type=int, default=1000, help="with --emulate: seed of the start poses")
     p.add_argument("--reset-time", type=float, default=2.0, help="with --emulate: seconds to reach the start pose")
@@ -99,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
             if not robot.is_connected:
                 robot.connect()
             deployer = Deployer(robot, cfg, policy=policy, source=source)
+            if args.realtime:  # after every helper thread has started: threads inherit the policy
+                realtime_or_warn()
             for episode in range(args.episodes):
                 if rig is not None:
                     deployer.move_to(rig.start_pose(robot, episode), args.reset_time)
@@ -125,6 +129,15 @@ def run(args: argparse.Namespace) -> int:
     if "success_rate" in summary:
         print(f"success rate: {100 * summary['success_rate']:.1f}% ({summary['n_success']}/{summary['episodes']})")
     return 1 if any(r["stopped"] for r in reports) else 0
+
+
+def realtime_or_warn() -> None:
+    """--realtime: SCHED_FIFO for the calling (loop) thread, or a warning saying why not."""
+    from robopolicy.runtime.loop import set_realtime_priority
+
+    why_not = set_realtime_priority()
+    if why_not:
+        print(f"--realtime: {why_not}; running with normal scheduling", file=sys.stderr)
 
 
 def _episode_line(episode: int, report: dict) -> str:

@@ -54,6 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration", default=None,
                    help="'defaults' (the YAML's), a LeRobot calibration JSON; unset: the saved file, else calibrate")
     p.add_argument("--no-keys", action="store_true", help="do not listen to the keyboard")
+    p.add_argument("--realtime", action="store_true", help="run the loop thread in SCHED_FIFO (root or rtprio)")
     p.add_argument("--emulate", action="store_true", help="emulated servos + MuJoCo arm + scripted operator")
     p.add_argument("--camera", default=None, metavar="WxH", help="with --emulate: render a 'front' camera of this size")
     p.add_argument("--seed", type=int, default=0, help="with --emulate: task and operator seed (default: %(default)s)")
@@ -100,6 +101,10 @@ def run(args: argparse.Namespace) -> int:
                 listener = KeyListener()
                 attach_record_keys(listener, events)
                 listener.start()
+            if args.realtime:
+                from robopolicy.cli.deploy import realtime_or_warn
+
+                realtime_or_warn()
             result = Recorder(robot, teleop, cfg, events=events, on_phase=on_phase).run()
     finally:
         if listener is not None:
