@@ -136,19 +136,21 @@ class SimArmRig:
     leader: optional leader-arm description, emulated with a `ScriptedOperator` demonstrating the reach task;
     pace / faults: byte pacing at the baud rate and fault injection, for both emulated buses;
     camera: optional (width, height) of a `SimCamera` "front" rendering the arm (MUJOCO_GL=egl headless).
-    The task is `ReachTask` with a fixed target (the target of its episode 0): reach it from random start poses.
+    The task is `ReachTask` with a fixed target (episode 0 of `task_seed`): reach it from random start poses;
+    `seed` draws the start poses (recording and deployment use different seeds) and the fault injection.
     """
 
     def __init__(self, follower: RobotConfig | str | Mapping, leader: RobotConfig | str | Mapping | None = None, *,
                  seed: int = 0, pace: bool = False, faults: Faults | None = None,
-                 camera: tuple[int, int] | None = None, fps: float = 30.0, tolerance_m: float = 0.02):
+                 camera: tuple[int, int] | None = None, fps: float = 30.0, tolerance_m: float = 0.02,
+                 task_seed: int = 0):
         from robopolicy.real.cameras.sim import SimCamera
         from robopolicy.real.sim_arm import MujocoArmBackend, ReachTask
 
         self.arm = MujocoArmBackend()
         self.seed = seed
         self.home = self.arm.qpos.copy()
-        self.task = ReachTask(self.arm, seed=seed, tolerance_m=tolerance_m)
+        self.task = ReachTask(self.arm, seed=task_seed, tolerance_m=tolerance_m)
         self.task.reset(0)
         self.follower = emulate_arm(follower, backend=self.arm, pace=pace, faults=faults, seed=seed)
         self.leader: EmulatedArm | None = None
