@@ -12,22 +12,27 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
 from robopolicy.real.motors import Motor, MotorsBus
 from robopolicy.real.motors.calibration import MotorCalibration, NormMode
 from robopolicy.real.motors.emulator import EmulatorProcess
+from robopolicy.runtime.loop import set_realtime_priority
 
 MODELS = {"feetech": "sts3215", "dynamixel": "xl430-w250"}
 NAMES = ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper")
 
 
-def measure(protocol: str, ticks: int, baud: int, pace: bool, normalize: bool) -> dict:
+def measure(protocol: str, ticks: int, baud: int, pace: bool, normalize: bool, realtime: bool) -> dict:
     servos = {i + 1: MODELS[protocol] for i in range(len(NAMES))}
     motors = {name: Motor(i + 1, MODELS[protocol], NormMode.DEGREES) for i, name in enumerate(NAMES)}
     calibration = {name: MotorCalibration(i + 1, 0, 0, 0, 4095) for i, name in enumerate(NAMES)}
     with EmulatorProcess(protocol, servos, baudrate=baud, pace=pace) as emu:
+        if realtime:
+            emu.set_realtime(20)
+            set_realtime_priority(10)
         bus = MotorsBus(emu.port, motors, calibration=calibration, baudrate=baud, latency_ms=1.0)
         bus.connect()
         try:
@@ -46,6 +51,8 @@ def measure(protocol: str, ticks: int, baud: int, pace: bool, normalize: bool) -
             stats = bus.stats.as_dict()
         finally:
             bus.disconnect()
+            if realtime:
+                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     wire_s = (stats["bytes_tx"] + stats["bytes_rx"]) / ticks * 10 / baud
     times.sort()
     median, p99 = statistics.median(times), times[int(0.99 * (len(times) - 1))]
@@ -61,11 +68,13 @@ def main() -> None:
     p.add_argument("--baud", type=int, default=1_000_000)
     p.add_argument("--normalize", action="store_true", help="normalize positions (degrees) as robots do")
     p.add_argument("--no-pace", action="store_true", help="also measure with an unpaced emulator")
+    p.add_argument("--realtime", action="store_true",
+                   help="SCHED_FIFO for the host thread and the emulator (servos answer in hardware time)")
     args = p.parse_args()
     rows = []
     for protocol in ("feetech", "dynamixel"):
         for pace in (True, False) if args.no_pace else (True,):
-            rows.append(measure(protocol, args.ticks, args.baud, pace, args.normalize))
+            rows.append(measure(protocol, args.ticks, args.baud, pace, args.normalize, args.realtime))
     print(f"{'protocol':<10} {'paced':<6} {'bytes':>6} {'wire ms':>8} {'median ms':>10} {'p99 ms':>8} "
           f"{'host ms':>8} {'retries':>8}")
     for r in rows:

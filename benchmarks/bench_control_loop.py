@@ -50,12 +50,6 @@ def untrained_checkpoint(directory: str) -> str:
     return directory
 
 
-def realtime_process(pid: int, priority: int) -> None:
-    """SCHED_FIFO for every thread of process `pid` (the emulator stands in for servos, which answer on time)."""
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        os.sched_setscheduler(int(tid), os.SCHED_FIFO, os.sched_param(priority))
-
-
 def run(checkpoint: str, ticks: int, fps: float, realtime: bool) -> dict:
     servos = {i: "sts3215" for i in range(1, 7)}
     with EmulatorProcess("feetech", servos, backend_factory=functools.partial(MujocoArmBackend), pace=True) as emu:
@@ -67,7 +61,7 @@ def run(checkpoint: str, ticks: int, fps: float, realtime: bool) -> dict:
                 why_not = set_realtime_priority(10)
                 if why_not:
                     raise SystemExit(f"--realtime: {why_not}")
-                realtime_process(emu._proc.pid, 20)
+                emu.set_realtime(20)
             try:
                 report = deployer.run_episode()
             finally:

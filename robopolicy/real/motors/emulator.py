@@ -901,6 +901,14 @@ class EmulatorProcess:
         self.port = value
         return value
 
+    def set_realtime(self, priority: int = 20) -> None:
+        """SCHED_FIFO for every thread of the child (Linux, root or an rtprio limit): the emulator stands in for
+        servos, which answer in hardware time whatever the host's load; use it in timing benchmarks."""
+        if self._proc is None:
+            raise RuntimeError("EmulatorProcess is not running: call start() first")
+        for tid in os.listdir(f"/proc/{self._proc.pid}/task"):
+            os.sched_setscheduler(int(tid), os.SCHED_FIFO, os.sched_param(priority))
+
     def _call(self, method: str, *args: Any) -> Any:
         if self._conn is None:
             raise RuntimeError("EmulatorProcess is not running: call start() first")
