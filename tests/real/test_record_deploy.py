@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from robopolicy.policies.registry import from_plain, get_config_class
 from robopolicy.real.deploy import DeployConfig, Deployer
 from robopolicy.real.emulated import SimArmRig
 from robopolicy.real.motors.emulator import Faults
-from robopolicy.real.record import Recorder, RecordConfig, RecordEvents
+from robopolicy.real.record import RecordConfig, Recorder, RecordEvents
 from robopolicy.real.robots import make_robot
 from robopolicy.real.teleop import make_teleoperator
 
@@ -74,8 +76,7 @@ def test_rerecord_discards_the_episode_and_records_it_again(tmp_path):
         phases.append((phase, episode))
         rig.on_phase(phase, episode)
         if len(phases) == 1:  # first episode: ask for a re-record half-way through
-            threading_timer = __import__("threading").Timer(0.4, events.rerecord.set)
-            threading_timer.start()
+            threading.Timer(0.4, events.rerecord.set).start()
 
     try:
         cfg = RecordConfig(root=str(tmp_path / "ds"), fps=30, episodes=1, episode_time_s=1.5, reset_time_s=0.2)
@@ -176,3 +177,42 @@ def test_deploy_stops_with_the_failing_motor_named_and_holds_position():
     assert report.bus_faults >= 3 and report.ticks < 90
     assert torque == 1  # "hold" e-stop: torque stays on (the arm does not fall)
     assert abs(goal_after_stop - rig.arm.qpos_to_ticks(rig.arm.qpos)[1]) < 60
+
+
+@pytest.mark.timeout(120)
+def test_deploy_cli_with_a_remote_policy_server(tmp_path, capsys):
+    from robopolicy.runtime.policy_server import PolicyServer, PolicyService
+
+    center = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 10.0])
+    policy = _near_pose_policy(center, spread=5.0)
+    checkpoint = policy.save(tmp_path / "ckpt")
+    server = PolicyServer(PolicyService(policy))
+    host, port = server.start()
+    try:
+        rc = main(["deploy", "--checkpoint", str(checkpoint), "--robot", str(FOLLOWER), "--emulate", "--episodes", "2",
+                   "--episode-time", "1", "--reset-time", "0.5", "--inference", "server", "--server", f"{host}:{port}",
+                   "--out", str(tmp_path / "report.json")])
+    finally:
+        server.stop()
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert out.count("30 ticks") == 2 and "success rate:" in out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["summary"]["episodes"] == 2 and not report["summary"]["stopped"]
+    assert report["episodes"][0]["inference"]["chunks"] >= 2  # chunks kept arriving from the server
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_sim_arm_record_train_deploy_reaches_the_target(tmp_path):
+    """The whole path on the simulated arm: 40 scripted teleop demonstrations -> flow policy -> 10 deployments
+    from unseen start poses; the gripper tip must end within 2 cm of the target in at least 8."""
+    data, run = tmp_path / "reach", tmp_path / "run"
+    assert main(["record", "--robot", str(FOLLOWER), "--teleop", str(LEADER), "--emulate", "--out", str(data),
+                 "--episodes", "40", "--episode-time", "4", "--reset-time", "2", "--no-keys"]) == 0
+    assert main(["train", "--config", str(REPO / "configs" / "flow_simarm_reach.yaml"), f"--data.uri={data}",
+                 f"--train.output_dir={run}", "--train.progress=false"]) == 0
+    assert main(["deploy", "--checkpoint", str(run), "--robot", str(FOLLOWER), "--emulate", "--episodes", "10",
+                 "--episode-time", "4", "--seed", "1000", "--out", str(tmp_path / "deploy.json")]) == 0
+    summary = json.loads((tmp_path / "deploy.json").read_text())["summary"]
+    assert summary["n_success"] >= 8, summary
