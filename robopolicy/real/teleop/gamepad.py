@@ -13,7 +13,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from robopolicy.real.robots.base import DeviceAlreadyConnectedError, Teleoperator
+from robopolicy.real.robots.base import DeviceAlreadyConnectedError
+from robopolicy.real.teleop.joint_targets import JointTargetTeleop
 
 INSTALL_HINT = "gamepad teleop needs pygame: pip install pygame (or pip install 'robopolicy[gamepad]')"
 
@@ -47,7 +48,7 @@ def default_layout(joints: Sequence[str]) -> tuple[dict[int, tuple[str, float]],
     return axis_map, button_map
 
 
-class GamepadTeleop(Teleoperator):
+class GamepadTeleop(JointTargetTeleop):
     """Joint velocity teleop: target += input * speed * dt (dt measured between get_action calls, <= 0.1 s).
 
     ``speed``: normalized units per second (per joint mapping or one value). ``joystick``: an object with
@@ -71,8 +72,7 @@ class GamepadTeleop(Teleoperator):
     ):
         if not 0.0 <= deadzone < 1.0:
             raise ValueError(f"deadzone must be in [0, 1), got {deadzone}")
-        self.name = name
-        self.joints = list(joints)
+        super().__init__(joints, limits=limits, initial=initial, name=name)
         default_axes, default_buttons = default_layout(self.joints)
         self.axis_map = dict(axis_map) if axis_map is not None else default_axes
         self.button_map = dict(button_map) if button_map is not None else default_buttons
@@ -81,27 +81,12 @@ class GamepadTeleop(Teleoperator):
             raise ValueError(f"gamepad map moves unknown joints {sorted(unknown)}; joints are {self.joints}")
         self.speeds = {j: float(speed[j] if isinstance(speed, Mapping) else speed) for j in self.joints}
         self.deadzone = deadzone
-        self.limits = dict(limits or {})
         self.index = index
         self._injected = joystick
         self.joystick = None
         self._pygame = None
         self._clock = clock
         self._last_time: float | None = None
-        self.target = dict.fromkeys(self.joints, 0.0)
-        if initial:
-            self.reset(initial)
-
-    @classmethod
-    def from_robot_config(cls, config, **kwargs: Any) -> GamepadTeleop:
-        from robopolicy.real.robots.config import resolve_config
-
-        config = resolve_config(config)
-        return cls(config.joint_names, limits={m.name: m.limits for m in config.motors}, **kwargs)
-
-    @property
-    def action_features(self) -> dict[str, type]:
-        return {f"{j}.pos": float for j in self.joints}
 
     @property
     def is_connected(self) -> bool:
@@ -142,19 +127,6 @@ class GamepadTeleop(Teleoperator):
             self._pygame = None
         self.joystick = None
 
-    def reset(self, positions: Mapping[str, float]) -> None:
-        """Set the targets from ``{"<joint>.pos": value}`` (e.g. the robot's observation)."""
-        for joint in self.joints:
-            key = f"{joint}.pos"
-            if key in positions:
-                self.target[joint] = self._clamp(joint, float(positions[key]))
-
-    def _clamp(self, joint: str, value: float) -> float:
-        if joint in self.limits:
-            lo, hi = self.limits[joint]
-            return min(max(value, lo), hi)
-        return value
-
     def get_action(self) -> dict[str, float]:
         self._require_connected()
         if self._pygame is not None:
@@ -170,5 +142,5 @@ class GamepadTeleop(Teleoperator):
                 rates[joint] += sign
         for joint, rate in rates.items():
             if rate:
-                self.target[joint] = self._clamp(joint, self.target[joint] + rate * self.speeds[joint] * dt)
-        return {f"{j}.pos": self.target[j] for j in self.joints}
+                self._nudge(joint, rate * self.speeds[joint] * dt)
+        return self._targets()

@@ -25,7 +25,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from robopolicy.real.robots.base import DeviceAlreadyConnectedError, Teleoperator
+from robopolicy.real.robots.base import DeviceAlreadyConnectedError
+from robopolicy.real.teleop.joint_targets import JointTargetTeleop
 
 BACKENDS = ("auto", "pynput", "terminal", "manual")
 # Terminal escape sequences (normal and application cursor mode) -> key names.
@@ -270,7 +271,7 @@ def default_key_map(joints: Sequence[str]) -> dict[str, tuple[str, float]]:
     return key_map
 
 
-class KeyboardTeleop(Teleoperator):
+class KeyboardTeleop(JointTargetTeleop):
     """Joint-space teleop from keys: each press (terminal) or each tick a key is held (pynput) moves a joint by
     ``step`` normalized units. Targets start at ``initial`` (call ``reset(robot.get_observation())`` to start
     from where the robot is) and are clamped to ``limits``.
@@ -287,34 +288,17 @@ class KeyboardTeleop(Teleoperator):
         initial: Mapping[str, float] | None = None,
         name: str = "keyboard",
     ):
-        self.name = name
-        self.joints = list(joints)
+        super().__init__(joints, limits=limits, initial=initial, name=name)
         self.key_map = dict(key_map) if key_map is not None else default_key_map(self.joints)
         unknown = {joint for joint, _ in self.key_map.values()} - set(self.joints)
         if unknown:
             raise ValueError(f"key map moves unknown joints {sorted(unknown)}; joints are {self.joints}")
         self.steps = {j: float(step[j] if isinstance(step, Mapping) else step) for j in self.joints}
-        self.limits = dict(limits or {})
         self.listener = listener if listener is not None else KeyListener()
         self._own_listener = listener is None
         self._queue: queue.SimpleQueue[KeyEvent] = queue.SimpleQueue()
         self._held: set[str] = set()
         self._connected = False
-        self.target = dict.fromkeys(self.joints, 0.0)
-        if initial:
-            self.reset(initial)
-
-    @classmethod
-    def from_robot_config(cls, config, **kwargs: Any) -> KeyboardTeleop:
-        """Joints and limits from a RobotConfig (or YAML path)."""
-        from robopolicy.real.robots.config import resolve_config
-
-        config = resolve_config(config)
-        return cls(config.joint_names, limits={m.name: m.limits for m in config.motors}, **kwargs)
-
-    @property
-    def action_features(self) -> dict[str, type]:
-        return {f"{j}.pos": float for j in self.joints}
 
     @property
     def is_connected(self) -> bool:
@@ -339,23 +323,9 @@ class KeyboardTeleop(Teleoperator):
         self._held.clear()
         self._connected = False
 
-    def reset(self, positions: Mapping[str, float]) -> None:
-        """Set the targets from ``{"<joint>.pos": value}`` (or ``{joint: value}``); other keys are ignored."""
-        for joint in self.joints:
-            for key in (f"{joint}.pos", joint):
-                if key in positions:
-                    self.target[joint] = self._clamp(joint, float(positions[key]))
-                    break
-
-    def _clamp(self, joint: str, value: float) -> float:
-        if joint in self.limits:
-            lo, hi = self.limits[joint]
-            return min(max(value, lo), hi)
-        return value
-
     def _move(self, key: str) -> None:
         joint, direction = self.key_map[key]
-        self.target[joint] = self._clamp(joint, self.target[joint] + direction * self.steps[joint])
+        self._nudge(joint, direction * self.steps[joint])
 
     def get_action(self) -> dict[str, float]:
         """Apply the key events since the last call (and keys still held), return the joint targets."""
@@ -377,7 +347,7 @@ class KeyboardTeleop(Teleoperator):
                 self._held.discard(event.key)
         for key in self._held - pressed_now:
             self._move(key)
-        return {f"{j}.pos": self.target[j] for j in self.joints}
+        return self._targets()
 
 
 def wait_for_key(listener: KeyListener, keys: Sequence[str], timeout_s: float | None = None) -> str | None:
