@@ -16,6 +16,7 @@ with a message naming the failing motor.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -134,6 +135,9 @@ class Deployer:
         dt = 1.0 / cfg.fps
         last = action_vector(robot.action_features, robot.last_commanded)
         n_ticks = max(1, round(cfg.episode_time_s * cfg.fps))
+        history.reset(policy_frame(robot, robot.get_observation(), self.input_keys))
+        if self.source is not None:
+            self._first_chunk(history)
         loop.reset()
         guard.watchdog.heartbeat()
         try:
@@ -147,11 +151,7 @@ class Deployer:
                         guard.bus_fault(exc, motor=_motor_of(exc))
                         loop.wait()
                         continue
-                    frame = policy_frame(robot, obs, self.input_keys)
-                    if t == 0:
-                        history.reset(frame)
-                    else:
-                        history.push(frame)
+                    history.push(policy_frame(robot, obs, self.input_keys))
                 with loop.section("policy"):
                     action = choose(t, history)
                 if action is None:
@@ -184,6 +184,17 @@ class Deployer:
         if chunker is not None:
             report.inference = dict(chunker.stats, delay_estimate=chunker.delay_estimate)
         return report
+
+    def _first_chunk(self, history: ObservationHistory, timeout_s: float = 60.0) -> None:
+        """Async inference: wait for the first chunk before the clock starts (the robot is holding still), so the
+        episode does not begin with ticks that have no action."""
+        chunker = self._chunker
+        chunker.request(0, history.window())
+        deadline = time.monotonic() + timeout_s
+        while chunker.update(0) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no first action chunk from the policy within {timeout_s} s")
+            time.sleep(0.001)
 
     def move_to(self, target: dict[str, float], duration_s: float) -> None:
         """Move the robot to `target` ({"<joint>.pos": value}) along a straight line in joint space at the loop
