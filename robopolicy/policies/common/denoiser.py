@@ -48,6 +48,24 @@ class DenoiserConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
 
+@dataclass(frozen=True)
+class DenoisingHeadConfig(PolicyConfig):
+    """The fields diffusion and flow heads share (the diffusion_policy defaults: T_o 2, H 16, 8 executed).
+
+    denoiser: observation encoder + conditional network; num_inference_steps: denoising / integration steps;
+    minibatch_k: Level-2 minibatching (Mini-Diffuser): each encoded observation is reused for K noised action
+    samples; mask_padding: drop padded chunk steps from the loss (diffusion_policy trains on edge-repeated pads).
+    """
+
+    n_obs_steps: int = 2
+    horizon: int = 16
+    n_action_steps: int = 8
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    num_inference_steps: int = 10
+    minibatch_k: int = 1
+    mask_padding: bool = False
+
+
 def repeat_for_minibatch(cond: torch.Tensor, actions: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Level-2 minibatching: reuse each encoded observation for k noised action samples (B -> B*k)."""
     if k == 1:
