@@ -192,6 +192,7 @@ def _worker_main(conn, checkpoint: str, torch_threads: int) -> None:
         from robopolicy.policies.policy import load_policy
 
         service = PolicyService(load_policy(checkpoint))
+        service.warmup()
     except Exception as exc:
         conn.send_bytes(encode(Message("error", {"message": f"{type(exc).__name__}: {exc}"})))
         conn.close()

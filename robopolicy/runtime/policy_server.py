@@ -180,6 +180,22 @@ class PolicyService:
         self.info = policy_info(policy)
         self._lock = threading.Lock()
 
+    def warmup(self) -> None:
+        """Run one plain and (for guidable heads) one real-time-chunking request on zeros, so the first real
+        request does not pay for lazy initialisation (the first backward pass of a fresh process took ~2 s)."""
+        import torch
+
+        from robopolicy.runtime.rtc import RTCConfig, rtc_sample
+
+        t_o, horizon = self.info["n_obs_steps"], self.info["horizon"]
+        obs = {k: torch.zeros((1, t_o, *spec["shape"]), dtype=torch.uint8 if spec["kind"] == "image" else torch.float32)
+               for k, spec in self.info["input_features"].items()}
+        with self._lock:
+            self.policy.predict_chunk(obs)
+            if self.info["policy"] in ("flow", "diffusion"):
+                prev = torch.zeros((1, horizon // 2, self.info["action_dim"]))
+                rtc_sample(self.policy, obs, prev, 1, RTCConfig())
+
     def handle(self, request: Message) -> Message:
         try:
             if request.kind == "info":
@@ -248,7 +264,9 @@ class PolicyServer:
     def from_checkpoint(cls, checkpoint, host: str = "127.0.0.1", port: int = 0) -> PolicyServer:
         from robopolicy.policies.policy import load_policy
 
-        return cls(PolicyService(load_policy(checkpoint)), host, port)
+        service = PolicyService(load_policy(checkpoint))
+        service.warmup()
+        return cls(service, host, port)
 
     def start(self) -> tuple[str, int]:
         """Accept connections in a background thread; returns (host, port)."""
