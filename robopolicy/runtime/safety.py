@@ -304,6 +304,6 @@ class SafetyGuard:
     def stop(self, reason: str) -> None:
         ok = self.estop.trigger(reason)
         action = "holding position" if self.estop.mode == "hold" else "torque off"
-        detail = "" if ok else f"; the e-stop itself failed ({self.estop.error}), servos keep their last goal"
+        detail = "" if ok else f"; the e-stop did not reach every motor ({self.estop.error})"
         raise SafetyStop(f"e-stop ({action}): {reason}{detail}")
 
