@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 DESCRIPTION = """\
-Deploy a policy checkpoint to a robot described by a YAML file.
+Deploy a policy checkpoint to a robot: fixed-rate loop, safety limits, e-stop, async inference, RTC.
 
 The loop runs at --fps with absolute deadlines (no drift, no bursts after an overrun) and reports per-section
 timing. Inference: 'sync' runs the chunk executor in the loop (receding horizon, or temporal ensembling for

@@ -17,9 +17,9 @@ SUBCOMMANDS = {
     "collect": "Collect demonstrations with a scripted expert in simulation.",
     "eval": "Evaluate a policy checkpoint in simulation (PushT, robosuite): success rate, videos.",
     "train": "Train a policy head on a dataset from a YAML preset with --section.field=value overrides.",
-    "deploy": "Run a policy on a robot: fixed-rate loop, safety limits, e-stop, async inference, RTC.",
+    "deploy": "Deploy a policy checkpoint to a robot: fixed-rate loop, safety limits, e-stop, async inference, RTC.",
     "serve": "Serve a policy checkpoint over TCP for `robopolicy deploy --inference server`.",
-    "record": "Teleoperate a robot and record episodes (LeRobot v3 / Zarr); --emulate for emulated hardware.",
+    "record": "Record teleoperated demonstrations into a LeRobot v3 / Zarr dataset (--emulate: emulated hardware).",
 }
 
 

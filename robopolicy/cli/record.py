@@ -7,7 +7,7 @@ import json
 import sys
 
 DESCRIPTION = """\
-Record teleoperated demonstrations.
+Record teleoperated demonstrations into a LeRobot v3 / Zarr dataset (--emulate: emulated hardware).
 
 Every tick (default 30 fps, absolute deadlines): observe the robot, read the teleoperator, send the action
 (the robot clamps it to its limits and returns what was sent), add the frame. Episodes last --episode-time

@@ -24,7 +24,10 @@ from typing import Any
 from robopolicy.sim.envs import EnvSpec
 
 WORKER_TIMEOUT_S = 600.0  # longest a worker may take for one reset or step before we give up on it
-DEFAULT_START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
+# Not "fork": a process that has rendered (EGL / Mesa llvmpipe threads) or runs other threads cannot be forked
+# safely; a forked robosuite worker then deadlocks creating its render context. forkserver starts workers from
+# a clean single-threaded server process (POSIX), spawn elsewhere.
+DEFAULT_START_METHOD = "forkserver" if sys.platform != "win32" else "spawn"
 
 
 class EnvWorkerError(RuntimeError):
