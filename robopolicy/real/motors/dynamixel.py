@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from enum import IntEnum
 
-from robopolicy.real.motors.packet import Packet, check_parser_kind
+from robopolicy.real.motors.packet import FrameParserBase, Packet
 from robopolicy.real.motors.tables import Register
 
 __all__ = [
@@ -236,7 +236,7 @@ def bulk_write(items: Sequence[tuple[int, int, bytes]]) -> bytes:
     return instruction_packet(BROADCAST_ID, Instruction.BULK_WRITE, bytes(params))
 
 
-class PacketParser:
+class PacketParser(FrameParserBase):
     """Incremental frame parser.
 
     ``feed()`` takes arbitrary byte chunks (split or merged frames, garbage, stuffed data) and returns the complete,
@@ -244,22 +244,6 @@ class PacketParser:
     resumes one byte after its header. ``kind`` = "status" (host side: keeps status packets) or "instruction"
     (servo side: keeps instruction packets); frames of the other kind are counted in ``ignored``.
     """
-
-    def __init__(self, kind: str) -> None:
-        self.kind = check_parser_kind(kind)
-        self.corrupt = 0
-        self.ignored = 0
-        self.garbage_bytes = 0
-        self._buf = bytearray()
-
-    @property
-    def pending(self) -> int:
-        """Bytes buffered but not yet consumed (a partial frame)."""
-        return len(self._buf)
-
-    def reset(self) -> None:
-        """Drop any buffered partial frame (e.g. before a new transaction)."""
-        self._buf.clear()
 
     def feed(self, data: bytes) -> list[Packet]:
         buf = self._buf
@@ -317,12 +301,7 @@ class PacketParser:
 
 def encode_value(value: int, register: Register) -> bytes:
     """Little-endian bytes of ``value`` for ``register`` (two's complement if ``register.signed``)."""
-    value = int(value)
-    if not register.min_value <= value <= register.max_value:
-        raise ValueError(
-            f"value {value} does not fit register @{register.address} "
-            f"({register.size} bytes, range {register.min_value}..{register.max_value})"
-        )
+    value = register.check(value)
     return value.to_bytes(register.size, "little", signed=register.signed)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from enum import IntEnum
 
-from robopolicy.real.motors.packet import Packet, check_parser_kind
+from robopolicy.real.motors.packet import FrameParserBase, Packet
 from robopolicy.real.motors.tables import Register
 
 __all__ = [
@@ -156,7 +156,7 @@ def sync_write(address: int, size: int, data_by_id: Mapping[int, bytes]) -> byte
     return instruction_packet(BROADCAST_ID, Instruction.SYNC_WRITE, bytes(params))
 
 
-class PacketParser:
+class PacketParser(FrameParserBase):
     """Incremental frame parser.
 
     ``feed()`` takes arbitrary byte chunks (split or merged frames, garbage) and returns the complete,
@@ -165,20 +165,6 @@ class PacketParser:
     status replies, so ``kind`` decides: "status" (host side: byte 4 is the status byte) or "instruction"
     (servo side: byte 4 is the instruction).
     """
-
-    def __init__(self, kind: str) -> None:
-        self.kind = check_parser_kind(kind)
-        self.corrupt = 0
-        self.ignored = 0
-        self.garbage_bytes = 0
-        self._buf = bytearray()
-
-    @property
-    def pending(self) -> int:
-        return len(self._buf)
-
-    def reset(self) -> None:
-        self._buf.clear()
 
     def feed(self, data: bytes) -> list[Packet]:
         buf = self._buf
@@ -221,12 +207,7 @@ class PacketParser:
 
 def encode_value(value: int, register: Register) -> bytes:
     """Little-endian bytes of ``value``; sign-magnitude at ``register.sign_bit`` if it has one."""
-    value = int(value)
-    if not register.min_value <= value <= register.max_value:
-        raise ValueError(
-            f"value {value} does not fit register @{register.address} "
-            f"({register.size} bytes, range {register.min_value}..{register.max_value})"
-        )
+    value = register.check(value)
     raw = value
     if register.sign_bit is not None and value < 0:
         raw = (1 << register.sign_bit) | -value

@@ -36,6 +36,14 @@ class Register:
         if self.sign_bit is not None and not 0 <= self.sign_bit < 8 * self.size:
             raise ValueError(f"sign bit {self.sign_bit} does not fit a {self.size}-byte register")
 
+    def check(self, value: int) -> int:
+        """`value` as an int, or ValueError if the register cannot hold it."""
+        value = int(value)
+        if not self.min_value <= value <= self.max_value:
+            raise ValueError(f"value {value} does not fit register @{self.address} ({self.size} bytes, range "
+                             f"{self.min_value}..{self.max_value})")
+        return value
+
     @property
     def min_value(self) -> int:
         """Smallest value the register can hold."""
