@@ -14,6 +14,7 @@ from torch import nn
 
 from robopolicy.policies.act.configuration import ACTConfig
 from robopolicy.policies.base import LossOutput, PolicyHead
+from robopolicy.policies.common import prepacked
 from robopolicy.policies.common.encoders import crop_images, feature_map_shape, image_trunk, imagenet_normalize
 
 
@@ -80,7 +81,7 @@ class ACTHead(PolicyHead):
             self.backbone = image_trunk(c.encoder)
             cin, h, w = c.input_features[self.image_keys[0]].shape
             fc, fh, fw = feature_map_shape(self.backbone, (cin, *(c.encoder.crop_shape or (h, w))))
-            self.image_proj = nn.Conv2d(fc, d, 1)
+            self.image_proj = prepacked.PrepackedConv2d(fc, d, 1)
             self.register_buffer("image_pos", sinusoid_2d(fh, fw, d), persistent=False)
         self.encoder = encoder_stack(c.n_encoder_layers)
         dec = nn.TransformerDecoderLayer(d, c.n_heads, c.dim_feedforward, c.dropout, batch_first=True)
@@ -124,9 +125,48 @@ class ACTHead(PolicyHead):
             img = imagenet_normalize(img) if img.shape[1] == 3 else img
             fmap = self.image_proj(self.backbone(img))  # (B, d, h, w)
             tokens.append(fmap.flatten(2).transpose(1, 2) + self.image_pos)
-        memory = self.encoder(torch.cat(tokens, dim=1))
-        out = self.decoder(self.queries.expand(b, -1, -1), memory)
+        tokens = torch.cat(tokens, dim=1)
+        if self.training or torch.is_grad_enabled():
+            out = self.decoder(self.queries.expand(b, -1, -1), self.encoder(tokens))
+        else:
+            out = self._transformer_inference(tokens)
         return self.action_out(out)
+
+    def _transformer_inference(self, tokens: torch.Tensor) -> torch.Tensor:
+        """What `decoder(queries, encoder(tokens))` computes in eval mode, with prepacked weights and the first
+        decoder layer's query-only part cached: its self-attention over the learned queries (and their cross-
+        attention projection) depend on parameters alone. tokens (B, T, d) -> (B, H, d)."""
+        memory = tokens
+        for layer in self.encoder.layers:
+            memory = prepacked.encoder_layer(layer, memory)
+        if self.encoder.norm is not None:
+            memory = self.encoder.norm(memory)
+        first, *rest = self.decoder.layers
+        x, q = self._query_constants()
+        x = first.norm2(x + prepacked.attention(first.multihead_attn, x, memory, q=q))
+        x = first.norm3(x + prepacked.feed_forward(first, x))
+        for layer in rest:
+            x = layer.norm1(x + prepacked.attention(layer.self_attn, x, x))
+            x = layer.norm2(x + prepacked.attention(layer.multihead_attn, x, memory))
+            x = layer.norm3(x + prepacked.feed_forward(layer, x))
+        return self.decoder.norm(x) if self.decoder.norm is not None else x
+
+    def _query_constants(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm1(queries + self_attn(queries)) (1, H, d), its cross-attention query projection (1, heads, H, d/h)),
+        recomputed when any parameter they derive from changes."""
+        layer = self.decoder.layers[0]
+        if layer.norm_first:
+            raise ValueError("ACT's decoder is post-norm (norm_first=False)")
+        sources = [self.queries, *layer.self_attn.parameters(), *layer.norm1.parameters(),
+                   layer.multihead_attn.in_proj_weight, layer.multihead_attn.in_proj_bias]
+        key = prepacked.weights_key(*sources)
+        if getattr(self, "_query_cache", (None,))[0] != key:
+            x = self.queries[None]
+            x = layer.norm1(x + prepacked.attention(layer.self_attn, x, x))
+            mha, d = layer.multihead_attn, self.config.dim_model
+            q = prepacked.linear(x, mha.in_proj_weight, mha.in_proj_bias, rows=(0, d))
+            self._query_cache = (key, x, q.unflatten(-1, (mha.num_heads, d // mha.num_heads)).transpose(1, 2))
+        return self._query_cache[1], self._query_cache[2]
 
     def loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
         c = self.config

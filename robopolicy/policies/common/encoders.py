@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robopolicy.policies.base import FeatureSpec
+from robopolicy.policies.common.prepacked import prepack_convs
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -57,11 +58,15 @@ def _group_norm(channels: int, **_ignored) -> nn.GroupNorm:
 
 
 def image_trunk(cfg: EncoderConfig) -> nn.Module:
-    """A timm CNN without pooling or classifier: (N, C, H, W) -> feature map (N, C', H', W')."""
+    """A timm CNN without pooling or classifier: (N, C, H, W) -> feature map (N, C', H', W').
+
+    Its convolutions run with prepacked weights at inference (prepacked.py); parameters and state dict are timm's.
+    """
     import timm
 
     kwargs = {"norm_layer": _group_norm} if cfg.group_norm else {}
-    return timm.create_model(cfg.backbone, pretrained=cfg.pretrained, num_classes=0, global_pool="", **kwargs)
+    return prepack_convs(
+        timm.create_model(cfg.backbone, pretrained=cfg.pretrained, num_classes=0, global_pool="", **kwargs))
 
 
 @torch.no_grad()

@@ -1,0 +1,102 @@
+"""Prepacked (oneDNN) inference: the same numbers as torch's layers, refreshed when weights change, off in training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robopolicy.policies.act.configuration import ACTConfig
+from robopolicy.policies.act.modeling import ACTHead
+from robopolicy.policies.base import FeatureSpec
+from robopolicy.policies.common import prepacked
+from robopolicy.policies.common.encoders import EncoderConfig, image_trunk
+
+pytestmark = pytest.mark.skipif(not prepacked._ONEDNN, reason="this torch build has no oneDNN (mkldnn) kernels")
+
+
+@pytest.mark.parametrize("shape", [(1, 48), (11, 48), (2, 7, 48)])
+@pytest.mark.parametrize(("relu", "rows"), [(False, None), (True, None), (False, (16, 40))])
+def test_linear_matches_f_linear(shape, relu, rows):
+    torch.manual_seed(0)
+    w, b, x = torch.randn(64, 48), torch.randn(64), torch.randn(*shape)
+    r0, r1 = rows or (0, 64)
+    ref = F.linear(x, w[r0:r1], b[r0:r1])
+    ref = F.relu(ref) if relu else ref
+    with torch.no_grad():
+        out = prepacked.linear(x, w, b, relu=relu, rows=rows)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_weight_follows_in_place_updates_and_grad_mode_uses_autograd():
+    torch.manual_seed(0)
+    lin = nn.Linear(32, 16)
+    x = torch.randn(4, 32)
+    with torch.no_grad():
+        first = prepacked.linear(x, lin.weight, lin.bias)
+        lin.weight.mul_(2.0)  # what an optimizer step or load_state_dict does
+        second = prepacked.linear(x, lin.weight, lin.bias)
+    torch.testing.assert_close(second, lin(x).detach(), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(first, second)
+    out = prepacked.linear(x, lin.weight, lin.bias)  # grad enabled: plain F.linear, differentiable
+    out.sum().backward()
+    torch.testing.assert_close(lin.weight.grad, x.sum(0).expand(16, -1))
+
+
+def test_prepacked_resnet_trunk_keeps_timm_state_dict_and_outputs():
+    import timm
+
+    torch.manual_seed(0)
+    ours = image_trunk(EncoderConfig()).eval()
+    ref = timm.create_model("resnet18", pretrained=False, num_classes=0, global_pool="",
+                            norm_layer=lambda c, **_: nn.GroupNorm(max(1, c // 16), c)).eval()
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    ref.load_state_dict(ours.state_dict())
+    assert any(isinstance(m, prepacked.PrepackedConv2d) for m in ours.modules())
+    x = torch.rand(1, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-4, atol=1e-4)
+    ours.train()
+    ours(x).sum().backward()  # training path: torch's conv, gradients reach the shared parameters
+    assert ours.conv1.weight.grad is not None and ours.conv1.weight.grad.abs().sum() > 0
+
+
+def _act(image: bool) -> ACTHead:
+    inputs = {"state": FeatureSpec((5,), "state")}
+    if image:
+        inputs["image"] = FeatureSpec((3, 64, 64), "image")
+    cfg = ACTConfig(input_features=inputs, output_features={"action": FeatureSpec((2,), "action")}, horizon=12,
+                    dim_model=32, n_heads=4, dim_feedforward=64, n_encoder_layers=2, n_decoder_layers=2, latent_dim=8)
+    return ACTHead(cfg)
+
+
+@pytest.mark.parametrize("image", [False, True])
+def test_act_inference_path_equals_torch_modules_and_tracks_training(image):
+    torch.manual_seed(0)
+    head = _act(image)
+    obs = {"state": torch.randn(3, 1, 5)}
+    if image:
+        obs["image"] = torch.rand(3, 1, 3, 64, 64)
+    z = torch.zeros(3, 8)
+
+    def both() -> tuple[torch.Tensor, torch.Tensor]:
+        head.eval()
+        fast = head.sample(obs)  # no-grad: prepacked weights + cached query constants
+        with torch.enable_grad():
+            ref = head._decode(obs, z).detach()  # torch's encoder/decoder modules
+        return fast, ref
+
+    fast, ref = both()
+    assert fast.shape == (3, 12, 2)
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)
+    # one optimizer step changes the queries and the decoder: the cached constants must follow
+    head.train()
+    batch = {**obs, "action": torch.randn(3, 12, 2)}
+    opt = torch.optim.SGD(head.parameters(), lr=0.5)
+    head.loss(batch).loss.mean().backward()
+    opt.step()
+    fast2, ref2 = both()
+    torch.testing.assert_close(fast2, ref2, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(fast, fast2)
