@@ -10,7 +10,9 @@ Cases:
                     in-memory batches: data loading is excluded.
   diffusion_ddim    s per chunk, batch 1, 10 DDIM steps (robopolicy `Policy.predict_chunk`, incl. normalization)
   diffusion_ddpm    s per chunk, batch 1, 100 DDPM steps
-  act_train         samples/s at batch 8
+  act_train         samples/s at batch 8; step i trains on its own batch of windows drawn uniformly from the
+                    dataset (12 batches, the same sequence on both sides): robopolicy skips padded actions, so
+                    its cost depends on the data (39% of the actions in PushT's 100-step windows are padding)
   act_chunk         s per chunk, batch 1
 
 Each measurement runs in a fresh process (model built, one warm-up step, then timed steps); robopolicy (A) and
@@ -44,6 +46,7 @@ ZARR = DATA / "pusht_cchi_v7_replay.zarr"
 LEROBOT_SCRIPT = REPO / "benchmarks" / "lerobot_policy_reference.py"
 DEFAULT_LEROBOT_PYTHON = "/work/lrvenv/bin/python"
 IMAGE, STATE, ACTION = "observation.image", "observation.state", "action"
+ACT_BATCHES = 12  # 1 warm-up + 11 timed ACT training steps, each on its own batch
 PRESETS = ("diffusion_pusht_image_cpu", "flow_pusht_state_cpu", "act_pusht_cpu", "diffusion_pusht_state_cpu")
 
 
@@ -67,7 +70,7 @@ CASES = {
         Case("diffusion_train", True, 2, 3.75, 1.5),
         Case("diffusion_ddim", False, 3, 2.38, 2.0),
         Case("diffusion_ddpm", False, 1, 23.6, 2.0, warmup=0),
-        Case("act_train", True, 5, 4.5, 1.5),
+        Case("act_train", True, 11, 4.5, 1.5),
         Case("act_chunk", False, 10, 0.065, 2.0),
     )
 }
@@ -164,8 +167,10 @@ def write_batches(path: Path, seed: int = 0) -> None:
         return {IMAGE: w[IMAGE][:1].clone(), STATE: w[STATE][:1].clone()}
 
     dp = windows([-1, 0], list(range(-1, 15)), 64)
-    act = windows([0], list(range(100)), 8)
-    parts = {"diffusion": {"batch": dp, "obs": obs_of(dp)}, "act": {"batch": act, "obs": obs_of(act)}}
+    # ACT's cost depends on how many of a chunk's 100 actions are padding (robopolicy skips them): time it over
+    # ACT_BATCHES batches drawn the way training draws them, the same batches on both sides
+    act = [windows([0], list(range(100)), 8) for _ in range(ACT_BATCHES)]
+    parts = {"diffusion": {"batches": [dp], "obs": obs_of(dp)}, "act": {"batches": act, "obs": obs_of(act[0])}}
     torch.save({"stats": stats, **parts}, path)
 
 
@@ -196,8 +201,10 @@ def paper_policy(family: str, stats: dict):
     return Policy(config, make_normalizer(config, numeric))
 
 
-def time_policy(policy, batch: dict | None, obs: dict | None, steps: int, warmup: int) -> tuple[float, list[float]]:
-    """Train steps exactly as robopolicy's trainer runs them (minus data loading), or predict_chunk calls."""
+def time_policy(policy, batches: list[dict] | None, obs: dict | None, steps: int, warmup: int, ema: bool = True
+                ) -> tuple[float, list[float]]:
+    """Train steps exactly as robopolicy's trainer runs them (minus data loading; step i on batches[i % len]; the EMA
+    update when the head's presets use one), or predict_chunk calls."""
     import torch
 
     from robopolicy.train.config import OptimConfig
@@ -205,22 +212,24 @@ def time_policy(policy, batch: dict | None, obs: dict | None, steps: int, warmup
     from robopolicy.train.trainer import make_optimizer
 
     times = []
-    if batch is not None:
+    if batches is not None:
         optimizer = make_optimizer(policy.head.parameters(), OptimConfig())
-        ema = EMA(policy.head)
+        ema = EMA(policy.head) if ema else None
         params = list(policy.parameters())
         policy.train()
         for i in range(warmup + steps):
+            batch = batches[i % len(batches)]
             t0 = time.perf_counter()
             out = policy(batch)
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(params, OptimConfig().grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            ema.update(policy.head)
+            if ema is not None:
+                ema.update(policy.head)
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
-        return batch[ACTION].shape[0] * len(times) / sum(times), times
+        return batches[0][ACTION].shape[0] * len(times) / sum(times), times
     policy.eval()
     for i in range(warmup + steps):
         t0 = time.perf_counter()
@@ -239,7 +248,9 @@ def robopolicy_worker(case: str, batches: Path, steps: int, warmup: int) -> dict
     policy = paper_policy(case if case == "diffusion_ddpm" else family, data["stats"])
     part = data[family]
     train = CASES[case].train
-    value, times = time_policy(policy, part["batch"] if train else None, None if train else part["obs"], steps, warmup)
+    # EMA as in the presets: diffusion keeps one (power 0.75), ACT's presets train without (as the paper and LeRobot)
+    value, times = time_policy(policy, part["batches"] if train else None, None if train else part["obs"], steps, warmup,
+                               ema=family == "diffusion")
     return {"side": "robopolicy", "case": case, "value": value, "unit": CASES[case].unit, "times": times,
             "params": sum(p.numel() for p in policy.head.parameters()), "threads": torch.get_num_threads()}
 
@@ -321,6 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         batches = Path(tmp) / "batches.pt"
         write_batches(batches)
+        import torch
+
+        pads = torch.cat([b[f"{ACTION}_is_pad"] for b in torch.load(batches, weights_only=False)["act"]["batches"]])
+        print(f"ACT batches: {pads.float().mean().item():.1%} of the action steps are padding", flush=True)
         for case in cases:
             values: dict[str, list[float]] = {s: [] for s in sides}
             for _, rep, side in schedule([case], args.repeats, sides):

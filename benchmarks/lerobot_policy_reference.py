@@ -96,12 +96,13 @@ def run(case: str, data: dict, steps: int, warmup: int) -> dict:
     squeeze = family == "act"
     times = []
     if case.endswith("train"):
-        batch = normalize(part["batch"], data["stats"], mode, squeeze)
+        batches = [normalize(b, data["stats"], mode, squeeze) for b in part["batches"]]
         optimizer = cfg.get_optimizer_preset().build(policy.get_optim_params())
         clip = cfg.get_optimizer_preset().grad_clip_norm
         params = [p for p in policy.parameters() if p.requires_grad]
         policy.train()
         for i in range(warmup + steps):
+            batch = batches[i % len(batches)]  # the same batch sequence as robopolicy's side
             t0 = time.perf_counter()
             loss, _ = policy.forward(batch)
             loss.backward()

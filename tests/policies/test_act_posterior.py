@@ -45,3 +45,59 @@ def test_first_token_output_matches_one_layer_and_refuses_pre_norm():
     pre = torch.nn.TransformerEncoderLayer(16, 2, 32, 0.0, batch_first=True, norm_first=True)
     with pytest.raises(ValueError, match="post-norm"):
         first_token_output(pre, x, None)
+
+
+def _dense_reference_loss(head: ACTHead, batch: dict[str, torch.Tensor], eps: torch.Tensor) -> torch.Tensor:
+    """ACT's loss written with torch's modules on the full padded layout (every token computed)."""
+    state, actions, pad = batch["state"][:, -1], batch["action"], batch["action_is_pad"]
+    b = actions.shape[0]
+    tokens = torch.cat([head.vae_cls.expand(b, -1, -1), head.vae_state_in(state)[:, None],
+                        head.vae_action_in(actions)], 1)
+    tokens = tokens + head.vae_pos[: tokens.shape[1]]
+    mask = torch.cat([torch.zeros(b, 2, dtype=torch.bool), pad], 1)
+    mu, logvar = head.vae_out(head.vae_encoder(tokens, src_key_padding_mask=mask)[:, 0]).chunk(2, dim=-1)
+    z = mu + eps * (0.5 * logvar).exp()
+    kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1)
+    memory = head.encoder(head._tokens(batch, z))
+    pred = head.action_out(head.decoder(head.queries.expand(b, -1, -1), memory))
+    l1 = (pred - actions).abs().mean(-1) * (~pad).float()
+    return (l1 + head.config.kl_weight * kl[:, None]).mean()
+
+
+def test_training_skips_padded_actions_with_the_same_loss_and_gradients():
+    torch.manual_seed(0)
+    head = _head(dropout=0.0).train()
+    batch = {"state": torch.randn(4, 1, 5), "action": torch.randn(4, 12, 2),
+             "action_is_pad": torch.zeros(4, 12, dtype=torch.bool)}
+    batch["action_is_pad"][1, 7:] = True
+    batch["action_is_pad"][3, 2:] = True  # 13 of 48 action tokens padded: never computed
+    torch.manual_seed(5)
+    ours = head.loss(batch).loss
+    grads = torch.autograd.grad(ours, list(head.parameters()), allow_unused=True)
+    torch.manual_seed(5)
+    eps = torch.randn(4, head.config.latent_dim)  # the same reparameterization noise as loss() drew
+    ref = _dense_reference_loss(head, batch, eps)
+    ref_grads = torch.autograd.grad(ref, list(head.parameters()), allow_unused=True)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    for (name, _), g, r in zip(head.named_parameters(), grads, ref_grads):
+        if r is None:
+            assert g is None or g.abs().max() == 0, name
+        else:
+            torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_ragged_attention_with_weight_dropout_matches_torch_when_the_mask_keeps_everything(monkeypatch):
+    """The training branch (explicit softmax + dropout on the attention weights) is nn.MultiheadAttention's math."""
+    from robopolicy.policies.common import ragged
+
+    torch.manual_seed(2)
+    mha = torch.nn.MultiheadAttention(16, 4, dropout=0.5, batch_first=True).train()
+    x = torch.randn(3, 6, 16)
+    valid = torch.ones(3, 6, dtype=torch.bool)
+    valid[0, 4:] = False
+    layout = ragged.Ragged.from_valid(valid)
+    monkeypatch.setattr(ragged, "dropout", lambda t, p, training: t)  # keep every weight: comparable to eval
+    rows = layout.pack(x)
+    ours = ragged.attention(mha, rows, rows, layout, layout)
+    ref = mha.eval()(x, x, x, key_padding_mask=~valid, need_weights=False)[0]
+    torch.testing.assert_close(ours, layout.pack(ref), rtol=1e-5, atol=1e-5)

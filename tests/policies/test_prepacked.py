@@ -84,8 +84,8 @@ def test_act_inference_path_equals_torch_modules_and_tracks_training(image):
     def both() -> tuple[torch.Tensor, torch.Tensor]:
         head.eval()
         fast = head.sample(obs)  # no-grad: prepacked weights + cached query constants
-        with torch.enable_grad():
-            ref = head._decode(obs, z).detach()  # torch's encoder/decoder modules
+        with torch.no_grad():  # torch's encoder/decoder modules
+            ref = head.action_out(head.decoder(head.queries.expand(3, -1, -1), head.encoder(head._tokens(obs, z))))
         return fast, ref
 
     fast, ref = both()

@@ -14,7 +14,8 @@ from torch import nn
 
 from robopolicy.policies.act.configuration import ACTConfig
 from robopolicy.policies.base import LossOutput, PolicyHead
-from robopolicy.policies.common import prepacked
+from robopolicy.policies.common import prepacked, ragged
+from robopolicy.policies.common.dropout import dropout, use_fast_dropout
 from robopolicy.policies.common.encoders import crop_images, feature_map_shape, image_trunk, imagenet_normalize
 
 
@@ -90,6 +91,7 @@ class ACTHead(PolicyHead):
         self.action_out = nn.Linear(d, c.action_dim)
         nn.init.normal_(self.token_pos, std=0.02)
         nn.init.normal_(self.queries, std=0.02)
+        use_fast_dropout(self)
 
     def _state(self, obs: dict[str, torch.Tensor]) -> torch.Tensor | None:
         if not self.state_keys:
@@ -97,6 +99,7 @@ class ACTHead(PolicyHead):
         return torch.cat([obs[k][:, -1].flatten(1) for k in self.state_keys], dim=-1)  # (B, S)
 
     def _posterior(self, state: torch.Tensor | None, actions: torch.Tensor, pad: torch.Tensor | None):
+        """mu, logvar (B, latent) of q(z | state, actions); padded actions are left out of the encoder entirely."""
         b = actions.shape[0]
         tokens = [self.vae_cls.expand(b, -1, -1)]
         if state is not None:
@@ -104,18 +107,19 @@ class ACTHead(PolicyHead):
         tokens.append(self.vae_action_in(actions))
         x = torch.cat(tokens, dim=1)
         x = x + self.vae_pos[: x.shape[1]]
-        mask = None
-        if pad is not None:
-            lead = torch.zeros(b, x.shape[1] - actions.shape[1], dtype=torch.bool, device=x.device)
-            mask = torch.cat([lead, pad], dim=1)
+        lead = x.shape[1] - actions.shape[1]
+        pad = torch.zeros(actions.shape[:2], dtype=torch.bool, device=x.device) if pad is None else pad
+        mask = torch.cat([torch.zeros(b, lead, dtype=torch.bool, device=x.device), pad], dim=1)
+        layout = ragged.Ragged.from_valid(~mask)
         *layers, last = self.vae_encoder.layers
+        rows = layout.pack(x)
         for layer in layers:
-            x = layer(x, src_key_padding_mask=mask)
-        mu, logvar = self.vae_out(first_token_output(last, x, mask)).chunk(2, dim=-1)
+            rows = ragged.encoder_layer(layer, rows, layout)
+        mu, logvar = self.vae_out(first_token_output(last, layout.unpack(rows), mask)).chunk(2, dim=-1)
         return mu, logvar
 
-    def _decode(self, obs: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
-        b = z.shape[0]
+    def _tokens(self, obs: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+        """Encoder input tokens [latent, state, camera cells] (B, T, d)."""
         tokens = [self.latent_in(z)[:, None] + self.token_pos[0]]
         state = self._state(obs)
         if state is not None:
@@ -125,12 +129,45 @@ class ACTHead(PolicyHead):
             img = imagenet_normalize(img) if img.shape[1] == 3 else img
             fmap = self.image_proj(self.backbone(img))  # (B, d, h, w)
             tokens.append(fmap.flatten(2).transpose(1, 2) + self.image_pos)
-        tokens = torch.cat(tokens, dim=1)
-        if self.training or torch.is_grad_enabled():
-            out = self.decoder(self.queries.expand(b, -1, -1), self.encoder(tokens))
-        else:
-            out = self._transformer_inference(tokens)
-        return self.action_out(out)
+        return torch.cat(tokens, dim=1)
+
+    def _decode(self, obs: dict[str, torch.Tensor], z: torch.Tensor, pad: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """Action chunk (B, H, D); with `pad` (B, H) the padded steps are not decoded (zeros: the loss masks them)."""
+        tokens = self._tokens(obs, z)
+        if not (self.training or torch.is_grad_enabled()):
+            return self.action_out(self._transformer_inference(tokens))
+        memory = self.encoder(tokens)
+        b, layers = z.shape[0], self.decoder.layers
+        every = ragged.Ragged.from_valid(torch.ones(b, self.config.horizon, dtype=torch.bool, device=z.device))
+        x = self._query_self_attention(layers[0], b)
+        for i, layer in enumerate(layers):
+            # the last layer decodes only the unpadded steps: nothing reads the padded ones
+            layout = ragged.Ragged.from_valid(~pad) if pad is not None and i == len(layers) - 1 else every
+            if i > 0:
+                x = every.unpack(ragged.self_attention_block(layer, every.pack(x), every))
+            rows = ragged.decoder_cross_and_ff(layer, layout.pack(x), memory, layout)
+            x = layout.unpack(rows)
+        if self.decoder.norm is not None:
+            rows = self.decoder.norm(rows)
+        return layout.unpack(self.action_out(rows))
+
+    def _query_self_attention(self, layer: nn.TransformerDecoderLayer, b: int) -> torch.Tensor:
+        """norm1(queries + dropout1(self_attn(queries))) of the first decoder layer, (B, H, d).
+
+        Its input is the learned queries, the same for every sample: projections, scores and softmax are computed
+        once (1/B of the work torch's layer does); only the dropout masks and what follows them are per sample.
+        """
+        if layer.norm_first:
+            raise ValueError("ACT's decoder is post-norm (norm_first=False)")
+        mha = layer.self_attn
+        heads = [t.unflatten(-1, (mha.num_heads, -1)).transpose(0, 1)  # (heads, H, d / heads)
+                 for t in F.linear(self.queries, mha.in_proj_weight, mha.in_proj_bias).chunk(3, dim=-1)]
+        q, k, v = heads
+        attn = (q @ k.transpose(-2, -1) * (q.shape[-1] ** -0.5)).softmax(dim=-1)  # (heads, H, H)
+        attn = dropout(attn.expand(b, -1, -1, -1), mha.dropout, self.training)  # (B, heads, H, H)
+        out = mha.out_proj((attn @ v).transpose(1, 2).flatten(2))  # (B, H, d)
+        return layer.norm1(self.queries + layer.dropout1(out))
 
     def _transformer_inference(self, tokens: torch.Tensor) -> torch.Tensor:
         """What `decoder(queries, encoder(tokens))` computes in eval mode, with prepacked weights and the first
@@ -180,7 +217,7 @@ class ACTHead(PolicyHead):
         else:
             z = torch.zeros(b, c.latent_dim, device=actions.device)
             kl = torch.zeros(b, device=actions.device)
-        pred = self._decode(batch, z)
+        pred = self._decode(batch, z, pad)
         l1 = F.l1_loss(pred, actions, reduction="none").mean(-1)  # (B, H)
         if pad is not None:
             l1 = l1 * (~pad).float()
