@@ -24,7 +24,7 @@ and the speedup (robopolicy / LeRobot throughput, LeRobot / robopolicy latency).
 
 Usage:
   .venv/bin/python benchmarks/bench_policy_speed.py [--repeats 3] [--threads 2] [--cases a,b] [--json out.json]
-      [--lerobot-python /work/lrvenv/bin/python | --no-lerobot] [--presets]
+      [--lerobot-python /work/lrvenv/bin/python | --no-lerobot] [--presets] [--no-act-padding]
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def load_average() -> tuple[float, float, float]:
 
 
 # ----------------------------------------------------------------------------------------- batches
-def write_batches(path: Path, seed: int = 0) -> None:
+def write_batches(path: Path, seed: int = 0, act_padding: bool = True) -> None:
     """Fixed raw windows from the PushT zarr (uint8 images, agent x,y state, actions) + stats, for both sides."""
     import numpy as np
     import torch
@@ -170,6 +170,9 @@ def write_batches(path: Path, seed: int = 0) -> None:
     # ACT's cost depends on how many of a chunk's 100 actions are padding (robopolicy skips them): time it over
     # ACT_BATCHES batches drawn the way training draws them, the same batches on both sides
     act = [windows([0], list(range(100)), 8) for _ in range(ACT_BATCHES)]
+    if not act_padding:  # what a dataset of long episodes looks like: no chunk runs past its episode's end
+        for w in act:
+            w[f"{ACTION}_is_pad"] = torch.zeros_like(w[f"{ACTION}_is_pad"])
     parts = {"diffusion": {"batches": [dp], "obs": obs_of(dp)}, "act": {"batches": act, "obs": obs_of(act[0])}}
     torch.save({"stats": stats, **parts}, path)
 
@@ -294,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lerobot-python", default=os.environ.get("LEROBOT_PYTHON", DEFAULT_LEROBOT_PYTHON))
     ap.add_argument("--no-lerobot", action="store_true", help="compare against the reference figures only")
     ap.add_argument("--presets", action="store_true", help="also time the CPU-practical presets' predict_chunk")
+    ap.add_argument("--no-act-padding", action="store_true",
+                    help="mark every action of the ACT batches as real (no padding): the worst case for robopolicy")
     ap.add_argument("--preset-names", default=",".join(PRESETS))
     ap.add_argument("--json", type=Path, help="write all results here")
     # worker mode (internal)
@@ -331,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, raw = [], []
     with tempfile.TemporaryDirectory() as tmp:
         batches = Path(tmp) / "batches.pt"
-        write_batches(batches)
+        write_batches(batches, act_padding=not args.no_act_padding)
         import torch
 
         pads = torch.cat([b[f"{ACTION}_is_pad"] for b in torch.load(batches, weights_only=False)["act"]["batches"]])

@@ -10,11 +10,11 @@ from robopolicy.policies.act.modeling import ACTHead, first_token_output
 from robopolicy.policies.base import FeatureSpec
 
 
-def _head(dropout: float) -> ACTHead:
+def _head(dropout: float, decoder_layers: int = 1) -> ACTHead:
     cfg = ACTConfig(
         input_features={"state": FeatureSpec((5,), "state")}, output_features={"action": FeatureSpec((2,), "action")},
         horizon=12, dim_model=32, n_heads=4, dim_feedforward=64, n_encoder_layers=2, n_vae_encoder_layers=3,
-        latent_dim=8, dropout=dropout,
+        n_decoder_layers=decoder_layers, latent_dim=8, dropout=dropout,
     )
     return ACTHead(cfg)
 
@@ -64,9 +64,10 @@ def _dense_reference_loss(head: ACTHead, batch: dict[str, torch.Tensor], eps: to
     return (l1 + head.config.kl_weight * kl[:, None]).mean()
 
 
-def test_training_skips_padded_actions_with_the_same_loss_and_gradients():
+@pytest.mark.parametrize("decoder_layers", [1, 2])
+def test_training_skips_padded_actions_with_the_same_loss_and_gradients(decoder_layers):
     torch.manual_seed(0)
-    head = _head(dropout=0.0).train()
+    head = _head(dropout=0.0, decoder_layers=decoder_layers).train()
     batch = {"state": torch.randn(4, 1, 5), "action": torch.randn(4, 12, 2),
              "action_is_pad": torch.zeros(4, 12, dtype=torch.bool)}
     batch["action_is_pad"][1, 7:] = True

@@ -142,12 +142,13 @@ class ACTHead(PolicyHead):
         every = ragged.Ragged.from_valid(torch.ones(b, self.config.horizon, dtype=torch.bool, device=z.device))
         x = self._query_self_attention(layers[0], b)
         for i, layer in enumerate(layers):
-            # the last layer decodes only the unpadded steps: nothing reads the padded ones
-            layout = ragged.Ragged.from_valid(~pad) if pad is not None and i == len(layers) - 1 else every
             if i > 0:
                 x = every.unpack(ragged.self_attention_block(layer, every.pack(x), every))
-            rows = ragged.decoder_cross_and_ff(layer, layout.pack(x), memory, layout)
-            x = layout.unpack(rows)
+            if i < len(layers) - 1:
+                x = every.unpack(ragged.decoder_cross_and_ff(layer, every.pack(x), memory, every))
+        # the last layer's cross-attention and feed-forward decode only the unpadded steps: nothing reads the others
+        layout = every if pad is None else ragged.Ragged.from_valid(~pad)
+        rows = ragged.decoder_cross_and_ff(layers[-1], layout.pack(x), memory, layout)
         if self.decoder.norm is not None:
             rows = self.decoder.norm(rows)
         return layout.unpack(self.action_out(rows))

@@ -7,7 +7,7 @@ speed (ResNet-18 layer4 conv at 3x3: 3.9 -> 0.6 ms). Results equal the plain ops
 
 The packed copy is cached per weight tensor and rebuilt when the weight changes (its `_version` moves on every
 in-place update: optimizer steps, `load_state_dict`, EMA copies). Anything that needs gradients, runs off the CPU,
-or is not float32 takes the plain op, so training is unaffected.
+is not float32 or runs under autocast takes the plain op, so training is unaffected.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def weights_key(*tensors: torch.Tensor) -> tuple:
 
 def _usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (_ONEDNN and not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
-            and weight.dtype == torch.float32)
+            and weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"))
 
 
 def _packed(weight: torch.Tensor, key: tuple, pack) -> torch.Tensor:
