@@ -252,8 +252,8 @@ def robopolicy_worker(case: str, batches: Path, steps: int, warmup: int) -> dict
     part = data[family]
     train = CASES[case].train
     # EMA as in the presets: diffusion keeps one (power 0.75), ACT's presets train without (as the paper and LeRobot)
-    value, times = time_policy(policy, part["batches"] if train else None, None if train else part["obs"], steps, warmup,
-                               ema=family == "diffusion")
+    value, times = time_policy(policy, part["batches"] if train else None, None if train else part["obs"], steps,
+                               warmup, ema=family == "diffusion")
     return {"side": "robopolicy", "case": case, "value": value, "unit": CASES[case].unit, "times": times,
             "params": sum(p.numel() for p in policy.head.parameters()), "threads": torch.get_num_threads()}
 
