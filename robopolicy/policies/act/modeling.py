@@ -203,7 +203,8 @@ class ACTHead(PolicyHead):
             x = layer.norm1(x + prepacked.attention(layer.self_attn, x, x))
             mha, d = layer.multihead_attn, self.config.dim_model
             q = prepacked.linear(x, mha.in_proj_weight, mha.in_proj_bias, rows=(0, d))
-            self._query_cache = (key, x, q.unflatten(-1, (mha.num_heads, d // mha.num_heads)).transpose(1, 2))
+            q = q.unflatten(-1, (mha.num_heads, d // mha.num_heads)).transpose(1, 2).contiguous()
+            self._query_cache = (key, x, q)
         return self._query_cache[1], self._query_cache[2]
 
     def loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:

@@ -77,7 +77,9 @@ class PrepackedConv2d(nn.Conv2d):
         args = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
         packed = _packed(self.weight, ("conv", tuple(x.shape)), lambda: torch.ops.mkldnn._reorder_convolution_weight(
             self.weight.detach(), *args, list(x.shape)))
-        return torch.ops.mkldnn._convolution_pointwise(x.contiguous(), packed, self.bias, *args, "none", [], "")
+        if not x.is_contiguous(memory_format=torch.channels_last):  # oneDNN's own output layout: keep it
+            x = x.contiguous()
+        return torch.ops.mkldnn._convolution_pointwise(x, packed, self.bias, *args, "none", [], "")
 
 
 def prepack_convs(module: nn.Module) -> nn.Module:
