@@ -100,3 +100,24 @@ def test_act_inference_path_equals_torch_modules_and_tracks_training(image):
     fast2, ref2 = both()
     torch.testing.assert_close(fast2, ref2, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(fast, fast2)
+
+
+def test_unet_convs_and_linears_run_prepacked_at_inference_with_the_same_outputs():
+    from robopolicy.policies.common.unet1d import ConditionalUnet1D, GemmConv1d, GemmConvTranspose1d
+
+    torch.manual_seed(0)
+    for ours, ref, shape in [(GemmConv1d(6, 8, 5, padding=2), nn.Conv1d(6, 8, 5, padding=2), (2, 6, 16)),
+                             (GemmConvTranspose1d(8, 8, 4, stride=2, padding=1),
+                              nn.ConvTranspose1d(8, 8, 4, stride=2, padding=1), (1, 8, 4))]:
+        ref.load_state_dict(ours.state_dict())
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+    unet = ConditionalUnet1D(2, 10, down_dims=(16, 32))
+    assert any(isinstance(m, prepacked.PrepackedLinear) for m in unet.modules())
+    x, t, cond = torch.randn(1, 8, 2), torch.tensor([3]), torch.randn(1, 10)
+    with torch.no_grad():
+        fast = unet(x, t, cond)
+    with torch.enable_grad():
+        ref = unet(x, t, cond).detach()  # torch's ops (the prepacked path is no-grad only)
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)

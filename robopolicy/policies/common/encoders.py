@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robopolicy.policies.base import FeatureSpec
-from robopolicy.policies.common.prepacked import prepack_convs
+from robopolicy.policies.common.prepacked import prepack_layers
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -65,7 +65,7 @@ def image_trunk(cfg: EncoderConfig) -> nn.Module:
     import timm
 
     kwargs = {"norm_layer": _group_norm} if cfg.group_norm else {}
-    return prepack_convs(
+    return prepack_layers(
         timm.create_model(cfg.backbone, pretrained=cfg.pretrained, num_classes=0, global_pool="", **kwargs))
 
 

@@ -47,25 +47,34 @@ def _packed(weight: torch.Tensor, key: tuple, pack) -> torch.Tensor:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, relu: bool = False,
-           rows: tuple[int, int] | None = None) -> torch.Tensor:
-    """F.linear(x, weight[r0:r1], bias[r0:r1]) (then ReLU if `relu`); x (..., in) -> (..., out).
+           rows: tuple[int, int] | None = None, transposed: bool = False) -> torch.Tensor:
+    """F.linear(x, W[r0:r1], bias[r0:r1]) (then ReLU if `relu`); x (..., in) -> (..., out).
 
-    `rows` selects a block of output rows (e.g. the query part of a fused q/k/v projection). Prepacked oneDNN
-    matmul (ReLU fused) under no-grad on CPU.
+    W = weight.flatten(1) (a conv weight (O, C, K) acts as (O, C * K)), or its transpose when `transposed`
+    (x @ weight.flatten(1)). `rows` selects a block of output rows (e.g. the query part of a fused q/k/v
+    projection). Prepacked oneDNN matmul (ReLU fused) under no-grad on CPU.
     """
+    def matrix() -> torch.Tensor:
+        w = weight.flatten(1)
+        w = w.t() if transposed else w
+        return w if rows is None else w[rows[0]:rows[1]]
+
     if rows is not None:
         bias = bias[rows[0]:rows[1]] if bias is not None else None
     if not _usable(x, weight):
-        y = F.linear(x, weight if rows is None else weight[rows[0]:rows[1]], bias)
+        y = F.linear(x, matrix(), bias)
         return F.relu(y) if relu else y
     n = x.numel() // x.shape[-1]
-
-    def pack() -> torch.Tensor:
-        w = weight.detach() if rows is None else weight.detach()[rows[0]:rows[1]].contiguous()
-        return torch.ops.mkldnn._reorder_linear_weight(w, n)
-
-    packed = _packed(weight, ("linear", rows), pack)
+    packed = _packed(weight, ("linear", rows, transposed),
+                     lambda: torch.ops.mkldnn._reorder_linear_weight(matrix().detach().contiguous(), n))
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "relu" if relu else "none", [], "")
+
+
+class PrepackedLinear(nn.Linear):
+    """nn.Linear (same parameters and state dict) that runs with a prepacked weight under no-grad on CPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
 
 
 class PrepackedConv2d(nn.Conv2d):
@@ -82,18 +91,22 @@ class PrepackedConv2d(nn.Conv2d):
         return torch.ops.mkldnn._convolution_pointwise(x, packed, self.bias, *args, "none", [], "")
 
 
-def prepack_convs(module: nn.Module) -> nn.Module:
-    """Swap every plain nn.Conv2d inside `module` for a PrepackedConv2d sharing its parameters (in place)."""
+def prepack_layers(module: nn.Module) -> nn.Module:
+    """Swap every plain nn.Conv2d / nn.Linear inside `module` for its Prepacked twin sharing the same parameters
+    (in place; state dict unchanged)."""
     for name, child in list(module.named_children()):
         if type(child) is nn.Conv2d:
             swapped = PrepackedConv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
                                       child.padding, child.dilation, child.groups, child.bias is not None,
                                       child.padding_mode, device="meta")
-            swapped.weight, swapped.bias = child.weight, child.bias
-            swapped.train(child.training)
-            setattr(module, name, swapped)
+        elif type(child) is nn.Linear:
+            swapped = PrepackedLinear(child.in_features, child.out_features, child.bias is not None, device="meta")
         else:
-            prepack_convs(child)
+            prepack_layers(child)
+            continue
+        swapped.weight, swapped.bias = child.weight, child.bias
+        swapped.train(child.training)
+        setattr(module, name, swapped)
     return module
 
 

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robopolicy.policies.common import prepacked
+
 
 class SinusoidalEmbedding(nn.Module):
     """t (B,) float -> (B, dim) sin/cos features with geometric frequencies (period up to 10k)."""
@@ -45,7 +47,7 @@ class GemmConv1d(nn.Conv1d):
         cols = F.pad(x, (pad, pad)).unfold(2, k, stride)  # (B, C, L_out, K)
         l_out = cols.shape[2]
         cols = cols.permute(0, 2, 1, 3).reshape(b * l_out, -1)  # (B * L_out, C * K), C-major like the weight
-        out = F.linear(cols, self.weight.view(self.out_channels, -1), self.bias)  # (B * L_out, O)
+        out = prepacked.linear(cols, self.weight, self.bias)  # (B * L_out, O); weight as (O, C * K)
         return out.view(b, l_out, self.out_channels).transpose(1, 2)
 
 
@@ -61,7 +63,7 @@ class GemmConvTranspose1d(nn.ConvTranspose1d):
             return super().forward(x, output_size)
         (k,), (stride,), (pad,) = self.kernel_size, self.stride, self.padding
         b, c, length = x.shape
-        cols = x.transpose(1, 2).reshape(b * length, c) @ self.weight.view(c, -1)  # (B * L, O * K)
+        cols = prepacked.linear(x.transpose(1, 2).reshape(b * length, c), self.weight, transposed=True)  # (B*L, O*K)
         cols = cols.view(b, length, -1).transpose(1, 2)  # (B, O * K, L), O-major like the weight
         full = (length - 1) * stride + k
         out = F.fold(cols, (1, full), (1, k), stride=(1, stride)).view(b, self.out_channels, full)
@@ -136,6 +138,7 @@ class ConditionalUnet1D(nn.Module):
             ConvNormMish(down_dims[0], down_dims[0], kernel_size, n_groups), GemmConv1d(down_dims[0], action_dim, 1)
         )
         self.levels = len(down_dims)
+        prepacked.prepack_layers(self)  # FiLM and step-embedding linears
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """x (B, H, D) noisy chunk, timestep (B,) float or int, cond (B, cond_dim) -> (B, H, D)."""
