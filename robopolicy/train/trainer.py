@@ -22,6 +22,7 @@ from tqdm import tqdm
 from robopolicy.data.dataset import open_dataset
 from robopolicy.data.sampler import EpochBatchSampler, WindowSampler, _keep_batch
 from robopolicy.data.stats import compute_stats
+from robopolicy.policies.common import prepacked
 from robopolicy.policies.policy import Policy
 from robopolicy.policies.registry import from_plain, get_config_class
 from robopolicy.train.checkpoint import latest_checkpoint, load_train_state, save_checkpoint
@@ -213,3 +214,4 @@ def _periodic_eval(cfg: TrainConfig, policy: Policy, ema: EMA | None, out_dir: P
     finally:
         policy.head.load_state_dict(live)
         policy.train()
+        prepacked.release(policy.head)  # the packed inference copies would sit unused through training

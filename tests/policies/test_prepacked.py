@@ -121,3 +121,21 @@ def test_unet_convs_and_linears_run_prepacked_at_inference_with_the_same_outputs
     with torch.enable_grad():
         ref = unet(x, t, cond).detach()  # torch's ops (the prepacked path is no-grad only)
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_release_drops_the_packed_copies_and_packing_resumes():
+    lin = prepacked.PrepackedLinear(16, 8)
+    x = torch.randn(2, 16)
+    with torch.no_grad():
+        first = lin(x)
+    assert id(lin.weight) in prepacked._cache
+    prepacked.release(lin)
+    assert id(lin.weight) not in prepacked._cache
+    with torch.no_grad():
+        torch.testing.assert_close(lin(x), first)
+    assert id(lin.weight) in prepacked._cache
+    del lin
+    import gc
+
+    gc.collect()
+    assert all(hit[0]() is not None for hit in prepacked._cache.values())  # dead weights leave the cache

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-_cache: dict[int, tuple] = {}  # id(weight) -> (weakref to weight, version key, {layout key: packed})
+_cache: dict[int, tuple] = {}  # id(weight) -> (weakref to weight, version key, {layout key: packed}, finalizer)
 
 
 def weights_key(*tensors: torch.Tensor) -> tuple:
@@ -36,14 +36,23 @@ def _packed(weight: torch.Tensor, key: tuple, pack) -> torch.Tensor:
     """The packed form of `weight` (or of a block of it) for layout `key`, rebuilt when the weight changed."""
     version = weights_key(weight)
     hit = _cache.get(id(weight))
-    if hit is None or hit[0]() is not weight or hit[1] != version:
-        if hit is None or hit[0]() is not weight:
-            weakref.finalize(weight, _cache.pop, id(weight), None)
-        hit = (weakref.ref(weight), version, {})
+    if hit is None or hit[0]() is not weight:  # first use (or a dead tensor's id reused)
+        hit = (weakref.ref(weight), version, {}, weakref.finalize(weight, _cache.pop, id(weight), None))
+        _cache[id(weight)] = hit
+    elif hit[1] != version:
+        hit = (hit[0], version, {}, hit[3])
         _cache[id(weight)] = hit
     if key not in hit[2]:
         hit[2][key] = pack()
     return hit[2][key]
+
+
+def release(module: nn.Module) -> None:
+    """Drop the packed copies of `module`'s parameters (e.g. when training resumes after an evaluation)."""
+    for p in module.parameters():
+        hit = _cache.pop(id(p), None)
+        if hit is not None:
+            hit[3].detach()
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, relu: bool = False,
