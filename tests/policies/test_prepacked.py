@@ -139,3 +139,16 @@ def test_release_drops_the_packed_copies_and_packing_resumes():
 
     gc.collect()
     assert all(hit[0]() is not None for hit in prepacked._cache.values())  # dead weights leave the cache
+
+
+def test_results_do_not_depend_on_the_batch_size_that_packed_the_weight():
+    torch.manual_seed(0)
+    w, x = torch.randn(64, 48), torch.randn(1, 48)
+    with torch.no_grad():
+        prepacked.linear(torch.randn(37, 48), w)  # first call packs with 37 rows
+        after_other = prepacked.linear(x, w)
+        prepacked.release(nn.Module())  # no-op on a module without parameters
+    w2 = w.clone()
+    with torch.no_grad():
+        fresh = prepacked.linear(x, w2)  # first call packs with 1 row
+    assert torch.equal(after_other, fresh)

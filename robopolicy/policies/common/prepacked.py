@@ -73,9 +73,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if not _usable(x, weight):
         y = F.linear(x, matrix(), bias)
         return F.relu(y) if relu else y
-    n = x.numel() // x.shape[-1]
+    # no batch-size hint: the layout (and so every result bit) must not depend on which call packed it
     packed = _packed(weight, ("linear", rows, transposed),
-                     lambda: torch.ops.mkldnn._reorder_linear_weight(matrix().detach().contiguous(), n))
+                     lambda: torch.ops.mkldnn._reorder_linear_weight(matrix().detach().contiguous()))
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "relu" if relu else "none", [], "")
 
 
