@@ -162,3 +162,23 @@ def test_results_do_not_depend_on_the_batch_size_that_packed_the_weight():
     with torch.no_grad():
         fresh = prepacked.linear(x, w2)  # first call packs with 1 row
     assert torch.equal(after_other, fresh)
+
+
+def test_pre_norm_layers_are_refused_by_name():
+    from robopolicy.policies.common import ragged
+
+    pre = nn.TransformerEncoderLayer(16, 2, 32, 0.0, batch_first=True, norm_first=True).eval()
+    x = torch.randn(1, 3, 16)
+    layout = ragged.Ragged.from_valid(torch.ones(1, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="post-norm"), torch.no_grad():
+        prepacked.encoder_layer(pre, x)
+    with pytest.raises(ValueError, match="post-norm"):
+        ragged.encoder_layer(pre, layout.pack(x), layout)
+
+
+def test_feature_map_probe_leaves_no_packed_weights_behind():
+    trunk = image_trunk(EncoderConfig())
+    from robopolicy.policies.common.encoders import feature_map_shape
+
+    assert feature_map_shape(trunk, (3, 96, 96)) == (512, 3, 3)
+    assert not any(id(p) in prepacked._cache for p in trunk.parameters())

@@ -159,8 +159,6 @@ class ACTHead(PolicyHead):
         Its input is the learned queries, the same for every sample: projections, scores and softmax are computed
         once (1/B of the work torch's layer does); only the dropout masks and what follows them are per sample.
         """
-        if layer.norm_first:
-            raise ValueError("ACT's decoder is post-norm (norm_first=False)")
         mha = layer.self_attn
         heads = [t.unflatten(-1, (mha.num_heads, -1)).transpose(0, 1)  # (heads, H, d / heads)
                  for t in F.linear(self.queries, mha.in_proj_weight, mha.in_proj_bias).chunk(3, dim=-1)]
@@ -193,8 +191,6 @@ class ACTHead(PolicyHead):
         """(norm1(queries + self_attn(queries)) (1, H, d), its cross-attention query projection (1, heads, H, d/h)),
         recomputed when any parameter they derive from changes."""
         layer = self.decoder.layers[0]
-        if layer.norm_first:
-            raise ValueError("ACT's decoder is post-norm (norm_first=False)")
         sources = [self.queries, *layer.self_attn.parameters(), *layer.norm1.parameters(),
                    layer.multihead_attn.in_proj_weight, layer.multihead_attn.in_proj_bias]
         key = prepacked.weights_key(*sources)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robopolicy.policies.base import FeatureSpec
-from robopolicy.policies.common.prepacked import prepack_layers
+from robopolicy.policies.common.prepacked import prepack_layers, release
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -76,6 +76,7 @@ def feature_map_shape(trunk: nn.Module, in_shape: tuple[int, int, int]) -> tuple
     trunk.eval()
     shape = tuple(trunk(torch.zeros(1, *in_shape)).shape[1:])
     trunk.train(was_training)
+    release(trunk)  # the probe packed the weights for its 1-image input: not worth holding through training
     return shape
 
 

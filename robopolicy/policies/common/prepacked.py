@@ -55,10 +55,10 @@ def release(module: nn.Module) -> None:
             hit[3].detach()
 
 
-def _worth_packing(rows: int, weight_numel: int) -> bool:
+def _worth_packing(batch_rows: int, weight_numel: int) -> bool:
     """oneDNN's call costs ~15 us more than MKL's: it pays off from 1 MB of weights (4 MB for a single row,
     where MKL's GEMV is good). Measured on this machine's shapes (UNet 64..2048 channels, ACT, batch 1..100)."""
-    return weight_numel >= (1 << 20 if rows == 1 else 1 << 18)
+    return weight_numel >= (1 << 20 if batch_rows == 1 else 1 << 18)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, relu: bool = False,
