@@ -1,9 +1,10 @@
 """oneDNN-prepacked weights for CPU inference: the same linear and conv layers, laid out once for fast no-grad calls.
 
 At batch 1 a policy's matmuls are thin (a few rows) and stream their weights from memory; MKL's fp32 GEMM reaches
-~6 GB/s on those shapes here and torch's default conv path for 3x3 convs on 3x3..12x12 feature maps is an im2col
-GEMM at 11-60 GFLOP/s. oneDNN with weights reordered once into its blocked layout runs the same sums at 2-6x that
-speed (ResNet-18 layer4 conv at 3x3: 3.9 -> 0.6 ms). Results equal the plain ops to float rounding.
+5-9 GB/s on those shapes here and torch's default conv path for 3x3 convs on 6x6..12x12 feature maps is an im2col
+GEMM. oneDNN with weights reordered once into its blocked layout runs the same sums 1.3-2.4x faster (linears) and
+up to 6x (ResNet-18 layer4 conv at 3x3: 3.8 -> 0.6 ms); benchmarks/bench_kernels.py. Results equal the plain ops
+to float rounding.
 
 The packed copy is cached per weight tensor and rebuilt when the weight changes (its `_version` moves on every
 in-place update: optimizer steps, `load_state_dict`, EMA copies). Anything that needs gradients, runs off the CPU,
