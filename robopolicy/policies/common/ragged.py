@@ -60,8 +60,8 @@ def attention(mha: nn.MultiheadAttention, query: torch.Tensor, memory: torch.Ten
     if query is memory:
         q, k, v = layout.unpack(F.linear(query, w, b)).chunk(3, dim=-1)
     else:
-        q = layout.unpack(F.linear(query, w[:d], b[:d]))
-        kv = F.linear(memory, w[d:], b[d:])
+        q = layout.unpack(F.linear(query, w[:d], b[:d] if b is not None else None))
+        kv = F.linear(memory, w[d:], b[d:] if b is not None else None)
         k, v = (memory_layout.unpack(kv) if memory_layout is not None else kv).chunk(2, dim=-1)
     mask = None if memory_layout is None else memory_layout.valid[:, None, None, :]  # True = attend
     q, k, v = _heads(q, h), _heads(k, h), _heads(v, h)
