@@ -5,22 +5,19 @@ dt) actions of the new chunk are already decided. RTC freezes them and guides th
 chunk with a soft mask W (1 for i < d, decaying to 0 at `end`), using PiGDM guidance at every denoising step.
 No retraining: it only changes sampling.
 
-Flow heads (robopolicy convention t = 1 noise -> t = 0 data, x_t = t * eps + (1 - t) * A, v = eps - A). The paper
-writes tau = 1 - t (0 noise -> 1 data) and v_paper = A - eps = -v. With the predicted clean chunk
+The runtime names no head: a head that declares the GUIDANCE capability describes each denoising step as a
+`DenoisingStep` (flow-time noise level tau, 0 = noise -> 1 = data; the noise std in x; its map to the predicted
+clean chunk x0 and d x0 / d out), and `pigdm_guide` does the rest:
 
-    A1(x_t) = x_t - t * v(x_t)              (= x_tau + (1 - tau) * v_paper)
-    g       = J^T [W * (Y - A1)],  J = dA1/dx_t   (one vector-Jacobian product, torch.autograd)
-    w(tau)  = min(beta, (1 - tau) / tau * (tau^2 + (1 - tau)^2) / (1 - tau)^2)
-    v_guided = v - w * g                     (the paper's v_paper + w * g, negated)
+    g        = J^T [W * (Y - x0(x))],  J = dx0/dx        (one vector-Jacobian product, torch.autograd)
+    w(tau)   = min(beta, (1 - tau) / tau * (tau^2 + (1 - tau)^2) / (1 - tau)^2)
+    x0      += noise_std * w(tau) * g,   i.e.   out += noise_std * w(tau) * g / (d x0 / d out)
 
-Diffusion heads (DDIM/DDPM, x_k = sqrt(abar) A + sqrt(1 - abar) eps). The same PiGDM step on the predicted x0:
-x0 = (x_k - sqrt(1 - abar) eps) / sqrt(abar), g = J^T [W * (Y - x0)] with J = dx0/dx_k, and the guidance enters as
-a score correction c * g, i.e. eps_guided = eps - sqrt(1 - abar) * c * g. c = 1 / r^2 = 1 / (1 - abar) is PiGDM's
-VP weight; it is clipped like the flow weight by matching noise levels: sigma = sqrt((1 - abar) / abar) is the
-flow's (1 - tau) / tau, so c = min(beta, w(tau_eq)) / sigma with tau_eq = 1 / (1 + sigma). The scheduler then
-steps with eps_guided (for prediction_type "sample" the corresponding x0 is returned instead). With clip_sample
-on, x0 is clipped as the scheduler clips it (a poor eps estimate at high noise otherwise gives a huge x0 and
-residual); clipped entries get no guidance at that step.
+Flow heads (x_t = t * eps + (1 - t) * A, v = eps - A, tau = 1 - t, x0 = x_t - t v): this is the paper's
+v_paper + w * g with v_paper = -v. VP diffusion (x_k = sqrt(abar) A + sqrt(1 - abar) eps): noise_std =
+sqrt(1 - abar), tau = a / (a + s), the flow time at the same noise-to-signal ratio; for epsilon prediction this
+is PiGDM's score correction eps -= sqrt(1 - abar) * c * g with c = 1 / (1 - abar), clipped like the flow weight.
+With clip_sample on, the head's x0 is clipped as its scheduler clips it, so clipped entries get no guidance.
 
 Chunk alignment: `prev_actions` (B, R, D) are the previous chunk's actions for the steps starting at the new
 observation's step (offset 0, index `now` of the new chunk); R is how many are left. Indices before `now` (past
@@ -35,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from robopolicy.policies.base import GUIDANCE, DenoisingStep, Guide
 from robopolicy.runtime.action_queue import ActionQueue
 from robopolicy.runtime.executors import ChunkExecutor, _check_chunk
 
@@ -90,65 +88,41 @@ def guidance_weight(tau: float, beta: float) -> float:
     return float(min(beta, (tau**2 + (1 - tau) ** 2) / (tau * (1 - tau))))
 
 
-def _vjp(fn, x: torch.Tensor, clean, target: torch.Tensor, weights: torch.Tensor):
-    """Evaluate out = fn(x) with grad, x0 = clean(x, out), and g = J^T [W * (Y - x0)] with J = dx0/dx."""
-    with torch.enable_grad():
-        x_ = x.detach().requires_grad_(True)
-        out = fn(x_)
-        x0 = clean(x_, out)
-        residual = weights * (target - x0.detach())
-        (g,) = torch.autograd.grad(x0, x_, grad_outputs=residual)
-    return out.detach(), g
+def pigdm_guide(target: torch.Tensor, weights: torch.Tensor, beta: float) -> Guide:
+    """The PiGDM guide for any head with the GUIDANCE capability.
 
+    target Y (B, H, D) normalized, weights W broadcastable to Y (e.g. (1, H, 1)); both follow x's device and dtype.
+    At each step: x0 = step.to_x0(x, out), g = J^T [W * (Y - x0)] with J = dx0/dx (one vector-Jacobian product),
+    x0 moves by noise_std * w(tau) * g, which the head's affine output map turns into out + that / x0_per_out.
+    With num_samples > 1 the B targets are repeated over each observation's samples."""
 
-def flow_guide(target: torch.Tensor, weights: torch.Tensor, beta: float):
-    """Guide for FlowHead.sample: target Y (B, H, D) normalized, weights W broadcastable to Y (e.g. (1, H, 1))."""
-
-    def guide(velocity, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        tt = t.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
-        v, g = _vjp(velocity, x, lambda x_, v_: x_ - tt * v_, target, weights)
-        return v - guidance_weight(1.0 - float(t.flatten()[0]), beta) * g
-
-    return guide
-
-
-def diffusion_guide(head, target: torch.Tensor, weights: torch.Tensor, beta: float):
-    """Guide for DiffusionHead.sample (epsilon or sample prediction; DDIM or DDPM scheduler)."""
-    alphas = head.infer_scheduler.alphas_cumprod
-    predicts_eps = head.config.prediction_type == "epsilon"
-    clip = head.config.clip_sample_range if head.config.clip_sample else None
-
-    def guide(denoise, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        abar = float(alphas[int(t)])
-        a, s = math.sqrt(abar), math.sqrt(1.0 - abar)
-
-        def clean(x_, out):  # the x0 the scheduler will use, clipped like it when clip_sample is on
-            x0 = (x_ - s * out) / a if predicts_eps else out
-            return x0 if clip is None else x0.clamp(-clip, clip)
-
-        out, g = _vjp(denoise, x, clean, target, weights)
-        eps = out if predicts_eps else (x - a * out) / s
-        sigma = s / a
-        c = guidance_weight(1.0 / (1.0 + sigma), beta) / sigma  # PiGDM's 1 / (1 - abar), clipped
-        eps = eps - s * c * g
-        return eps if predicts_eps else (x - s * eps) / a
+    def guide(denoise, x: torch.Tensor, step: DenoisingStep) -> torch.Tensor:
+        y, w = target.to(device=x.device, dtype=x.dtype), weights.to(device=x.device, dtype=x.dtype)
+        if y.shape[0] != x.shape[0]:
+            y = y.repeat_interleave(x.shape[0] // y.shape[0], 0)
+        with torch.enable_grad():
+            x_ = x.detach().requires_grad_(True)
+            out = denoise(x_)
+            x0 = step.to_x0(x_, out)
+            (g,) = torch.autograd.grad(x0, x_, grad_outputs=w * (y - x0.detach()))
+        lam = step.noise_std * guidance_weight(step.tau, beta)
+        return out.detach() + (lam / step.x0_per_out) * g
 
     return guide
 
 
-def make_guide(policy, prev_actions, delay: int, cfg: RTCConfig):
+def make_guide(policy, prev_actions, delay: int, cfg: RTCConfig) -> Guide | None:
     """The guide for `policy.predict_chunk(obs, guide=...)`, or None when there is nothing to inpaint.
 
     prev_actions: unnormalized (B, R, D) actions of the previous chunk for steps obs_step, obs_step + 1, ...;
     delay: d, how many of them execute before the new chunk can take over."""
-    from robopolicy.policies.diffusion.modeling import DiffusionHead
-    from robopolicy.policies.flow.modeling import FlowHead
     from robopolicy.runtime.executors import now_index
 
     head, config = policy.head, policy.config
-    if not isinstance(head, (FlowHead, DiffusionHead)):
-        raise TypeError(f"real-time chunking needs a flow or diffusion head, got {type(head).__name__}; use a "
-                        "receding-horizon or temporal-ensembling executor instead")
+    if not head.supports(GUIDANCE):
+        raise TypeError(f"real-time chunking needs a head with guided sampling; {type(head).__name__} offers "
+                        f"{sorted(head.capabilities) or 'none'}: use a receding-horizon or temporal-ensembling "
+                        "executor instead")
     if prev_actions is None:
         return None
     prev = torch.as_tensor(prev_actions)
@@ -159,13 +133,10 @@ def make_guide(policy, prev_actions, delay: int, cfg: RTCConfig):
     if span == 0:
         return None
     y = torch.zeros(prev.shape[0], config.horizon, config.action_dim, dtype=torch.float32)
-    y[:, now : now + span] = policy.normalizer.normalize(config.action_key, prev[:, :span].float())
+    y[:, now : now + span] = policy.normalizer.normalize(config.action_key, prev[:, :span].float().cpu())
     w = torch.zeros(config.horizon, dtype=torch.float64)
     w[now : now + span] = prefix_weights(delay, min(cfg.execution_horizon, span), span, cfg.schedule)
-    w = w.to(torch.float32).view(1, -1, 1)
-    if isinstance(head, FlowHead):
-        return flow_guide(y, w, cfg.max_guidance_weight)
-    return diffusion_guide(head, y, w, cfg.max_guidance_weight)
+    return pigdm_guide(y, w.to(torch.float32).view(1, -1, 1), cfg.max_guidance_weight)
 
 
 def rtc_sample(policy, obs, prev_actions, delay: int, cfg: RTCConfig = RTCConfig(),

@@ -6,31 +6,33 @@ import numpy as np
 import pytest
 import torch
 
+import tests.plugin_heads.configuration  # noqa: F401  (registers a head from outside robopolicy)
 from robopolicy.data.normalize import StatsMismatchError
 from robopolicy.policies.base import FeatureSpec
 from robopolicy.policies.common.flow_matching import euler_integrate, interpolate, sample_time
 from robopolicy.policies.policy import Policy, make_normalizer
 from robopolicy.policies.registry import available_policies, config_from_dict, config_to_dict, get_config_class
 
-TINY = {
-    "diffusion": {"denoiser": {"unet": {"down_dims": (32, 64), "step_embed_dim": 32}}},
-    "flow": {"denoiser": {"unet": {"down_dims": (32, 64), "step_embed_dim": 32}}},
-    "act": {"horizon": 10, "n_action_steps": 10, "dim_model": 32, "n_heads": 4, "dim_feedforward": 64,
-            "n_encoder_layers": 2, "n_vae_encoder_layers": 2, "dropout": 0.0},
-}
-HEADS = [h for h in ("diffusion", "flow", "act") if h in available_policies()]
+HEADS = available_policies()
 FEATURES = {"observation.state": FeatureSpec((5,), "state"), "observation.image": FeatureSpec((3, 32, 32), "image")}
 ACTION = {"action": FeatureSpec((2,), "action")}
+IMAGE_HEADS = [h for h in HEADS if h != "mlp_flow_plugin"]  # the plugin head is state-only
 
 
 def _config(name, features=FEATURES, **extra):
     from robopolicy.policies.registry import from_plain
 
     cls = get_config_class(name)
-    fields = {**TINY.get(name, {}), **extra}
-    typed = from_plain(cls, fields)
-    kwargs = {k: getattr(typed, k) for k in fields}
-    return cls(input_features=features, output_features=ACTION, **kwargs)
+    typed = from_plain(cls, extra)
+    return cls.for_tests(features, ACTION, **{k: getattr(typed, k) for k in extra})
+
+
+def _features(name):
+    return FEATURES if name in IMAGE_HEADS else {"observation.state": FEATURES["observation.state"]}
+
+
+def test_builtin_and_plugin_heads_are_registered():
+    assert {"diffusion", "flow", "act", "mlp_flow_plugin"} <= set(HEADS)
 
 
 def _stats():
@@ -43,7 +45,7 @@ def _stats():
 
 @pytest.mark.parametrize("name", HEADS)
 def test_loss_and_sample_shapes(name):
-    cfg = _config(name)
+    cfg = _config(name, _features(name))
     policy = Policy(cfg, make_normalizer(cfg, _stats()))
     batch = cfg.fake_batch(3, torch.Generator().manual_seed(0))
     out = policy.head.loss(batch)
@@ -56,10 +58,11 @@ def test_loss_and_sample_shapes(name):
 
 @pytest.mark.parametrize("name", HEADS)
 def test_checkpoint_round_trip_gives_identical_chunks(name, tmp_path):
-    cfg = _config(name)
+    cfg = _config(name, _features(name))
     policy = Policy(cfg, make_normalizer(cfg, _stats())).eval()
     obs = {"observation.state": torch.rand(2, cfg.n_obs_steps, 5) * 512,
            "observation.image": torch.randint(0, 256, (2, cfg.n_obs_steps, 3, 32, 32), dtype=torch.uint8)}
+    obs = {k: v for k, v in obs.items() if k in cfg.input_features}
     a = policy.predict_chunk(obs, torch.Generator().manual_seed(1))
     policy.save(tmp_path / "ckpt")
     b = Policy.load(tmp_path / "ckpt").predict_chunk(obs, torch.Generator().manual_seed(1))

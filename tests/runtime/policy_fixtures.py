@@ -7,16 +7,14 @@ import torch
 
 from robopolicy.policies.base import FeatureSpec
 from robopolicy.policies.policy import Policy, make_normalizer
-from robopolicy.policies.registry import from_plain, get_config_class
+from robopolicy.policies.registry import get_config_class
 
 STATE_DIM, ACTION_DIM = 5, 2
 
 
 def tiny_policy(name: str = "flow", seed: int = 0) -> Policy:
-    cls = get_config_class(name)
-    typed = from_plain(cls, {"denoiser": {"unet": {"down_dims": (32, 64), "step_embed_dim": 32}}})
-    cfg = cls(input_features={"observation.state": FeatureSpec((STATE_DIM,), "state")},
-              output_features={"action": FeatureSpec((ACTION_DIM,), "action")}, denoiser=typed.denoiser)
+    cfg = get_config_class(name).for_tests({"observation.state": FeatureSpec((STATE_DIM,), "state")},
+                                           {"action": FeatureSpec((ACTION_DIM,), "action")})
     stats = {k: {"min": np.zeros(n), "max": np.full(n, 512.0), "mean": np.full(n, 256.0), "std": np.full(n, 100.0)}
              for k, n in (("observation.state", STATE_DIM), ("action", ACTION_DIM))}
     torch.manual_seed(seed)

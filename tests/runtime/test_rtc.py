@@ -4,20 +4,20 @@ conventions, guided sampling with tiny real flow / diffusion policies, and the d
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 from diffusers import DDIMScheduler
 
 from robopolicy.policies.common.flow_matching import euler_integrate
+from robopolicy.policies.diffusion.modeling import denoising_step as vp_step
+from robopolicy.policies.flow.modeling import denoising_step as flow_step
 from robopolicy.runtime.rtc import (
     RTCConfig,
     RTCExecutor,
-    diffusion_guide,
-    flow_guide,
     guidance_weight,
     make_guide,
+    pigdm_guide,
     prefix_weights,
     rtc_sample,
 )
@@ -66,8 +66,9 @@ def test_flow_guidance_sign_and_reproduction_analytic(schedule):
     errors = []
     for beta in (0.0, 1.0, 10.0):
         noise = torch.randn(4, H, D, generator=torch.Generator().manual_seed(0))
-        guide = flow_guide(y, w, beta)
-        out = euler_integrate(lambda x, t, g=guide: g(lambda x_: gaussian_velocity(x_, t), x, t), noise, 10)
+        guide = pigdm_guide(y, w, beta)
+        out = euler_integrate(
+            lambda x, t, g=guide: g(lambda x_: gaussian_velocity(x_, t), x, flow_step(float(t[0]))), noise, 10)
         errors.append((out - y)[:, :5].abs().mean().item())
     assert errors[0] > 0.5  # unguided: an independent sample
     assert errors[1] < 0.6 * errors[0]  # the right sign: guidance pulls the prefix toward the frozen actions
@@ -78,21 +79,19 @@ def test_flow_guidance_sign_and_reproduction_analytic(schedule):
 def test_ddim_guidance_sign_and_reproduction_analytic(prediction_type):
     sched = DDIMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", clip_sample=False,
                           prediction_type=prediction_type)
-    head = SimpleNamespace(infer_scheduler=sched, config=SimpleNamespace(
-        prediction_type=prediction_type, clip_sample=False, clip_sample_range=1.0))
     y = prefix_target()
     w = prefix_weights(5, H, H, "zeros").float().view(1, H, 1)
     errors = []
     for beta in (0.0, 1.0, 10.0):
         x = torch.randn(4, H, D, generator=torch.Generator().manual_seed(0))
         sched.set_timesteps(10)
-        guide = diffusion_guide(head, y, w, beta)
+        guide = pigdm_guide(y, w, beta)
         for t in sched.timesteps:
             abar = float(sched.alphas_cumprod[int(t)])
             # exact denoiser for A ~ N(0, I): E[eps | x] = sqrt(1 - abar) x, E[A | x] = sqrt(abar) x
             scale = math.sqrt(1 - abar) if prediction_type == "epsilon" else math.sqrt(abar)
             exact = lambda x_, scale=scale: scale * x_  # noqa: E731
-            x = sched.step(guide(exact, x, t), t, x).prev_sample
+            x = sched.step(guide(exact, x, vp_step(abar, prediction_type, None)), t, x).prev_sample
         errors.append((x - y)[:, :5].abs().mean().item())
     assert errors[0] > 0.5
     assert errors[1] < 0.6 * errors[0]
@@ -119,9 +118,8 @@ def test_guided_sample_with_a_real_head_follows_the_prefix(name):
 
 
 def test_make_guide_rejects_heads_without_a_sampler_and_bad_prefix():
-    fake = SimpleNamespace(head=torch.nn.Linear(1, 1), config=None)
-    with pytest.raises(TypeError, match="flow or diffusion head"):
-        make_guide(fake, torch.zeros(1, 3, 2), 1, RTCConfig())
+    with pytest.raises(TypeError, match="ACTHead offers none"):
+        make_guide(tiny_policy("act"), torch.zeros(1, 3, 2), 1, RTCConfig())
     policy = tiny_policy("flow")
     with pytest.raises(ValueError, match=r"prev_actions must be \(B, R, 2\)"):
         make_guide(policy, torch.zeros(1, 3, 5), 1, RTCConfig())

@@ -42,6 +42,11 @@ class ACTConfig(PolicyConfig):
     def action_delta_indices(self) -> list[int]:
         return list(range(self.horizon))
 
+    @classmethod
+    def test_overrides(cls) -> dict:
+        return {"horizon": 10, "n_action_steps": 10, "dim_model": 32, "n_heads": 4, "dim_feedforward": 64,
+                "n_encoder_layers": 2, "n_vae_encoder_layers": 2, "dropout": 0.0}
+
     def __post_init__(self):
         if self.n_obs_steps != 1:
             raise ValueError("ACT conditions on the current observation only (n_obs_steps=1)")

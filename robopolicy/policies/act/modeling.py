@@ -133,10 +133,9 @@ class ACTHead(PolicyHead):
 
     def _decode(self, obs: dict[str, torch.Tensor], z: torch.Tensor, pad: torch.Tensor | None = None
                 ) -> torch.Tensor:
-        """Action chunk (B, H, D); with `pad` (B, H) the padded steps are not decoded (zeros: the loss masks them)."""
+        """Action chunk (B, H, D) in training; with `pad` (B, H) the padded steps are not decoded (zeros: the loss
+        masks them)."""
         tokens = self._tokens(obs, z)
-        if not (self.training or torch.is_grad_enabled()):
-            return self.action_out(self._transformer_inference(tokens))
         memory = self.encoder(tokens)
         b, layers = z.shape[0], self.decoder.layers
         every = ragged.Ragged.from_valid(torch.ones(b, self.config.horizon, dtype=torch.bool, device=z.device))
@@ -168,15 +167,17 @@ class ACTHead(PolicyHead):
         out = mha.out_proj((attn @ v).transpose(1, 2).flatten(2))  # (B, H, d)
         return layer.norm1(self.queries + layer.dropout1(out))
 
-    def _transformer_inference(self, tokens: torch.Tensor) -> torch.Tensor:
-        """What `decoder(queries, encoder(tokens))` computes in eval mode, with prepacked weights and the first
-        decoder layer's query-only part cached: its self-attention over the learned queries (and their cross-
-        attention projection) depend on parameters alone. tokens (B, T, d) -> (B, H, d)."""
+    def _encode_inference(self, tokens: torch.Tensor) -> torch.Tensor:
+        """What `encoder(tokens)` computes in eval mode, with prepacked weights. (B, T, d) -> (B, T, d)."""
         memory = tokens
         for layer in self.encoder.layers:
             memory = prepacked.encoder_layer(layer, memory)
-        if self.encoder.norm is not None:
-            memory = self.encoder.norm(memory)
+        return self.encoder.norm(memory) if self.encoder.norm is not None else memory
+
+    def _decode_inference(self, memory: torch.Tensor) -> torch.Tensor:
+        """What `decoder(queries, memory)` computes in eval mode, with prepacked weights and the first decoder
+        layer's query-only part cached: its self-attention over the learned queries (and their cross-attention
+        projection) depend on parameters alone. memory (B, T, d) -> (B, H, d)."""
         first, *rest = self.decoder.layers
         x, q = self._query_constants()
         x = first.norm2(x + prepacked.attention(first.multihead_attn, x, memory, q=q))
@@ -220,10 +221,23 @@ class ACTHead(PolicyHead):
         if pad is not None:
             l1 = l1 * (~pad).float()
         per_step = l1 + c.kl_weight * kl[:, None]
-        return LossOutput(per_step, {"l1": float(l1.mean().detach()), "kl": float(kl.mean().detach())})
+        return LossOutput(per_step, valid=None if pad is None else ~pad,
+                          metrics={"l1": l1.detach().mean(), "kl": kl.detach().mean()})
+
+    def encode(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The transformer encoder's memory (B, T, d) over [latent z = 0, state, camera cells]: what the decoder's
+        queries attend to at inference."""
+        b = next(obs[k] for k in self.config.windowed_inputs).shape[0]
+        z = torch.zeros(b, self.config.latent_dim, device=self.device, dtype=self.dtype)
+        tokens = self._tokens(obs, z)
+        if not (self.training or torch.is_grad_enabled()):
+            return self._encode_inference(tokens)
+        return self.encoder(tokens)
 
     @torch.no_grad()
-    def sample(self, obs: dict[str, torch.Tensor], *, generator: torch.Generator | None = None) -> torch.Tensor:
-        b = next(iter(obs.values())).shape[0]
-        z = torch.zeros(b, self.config.latent_dim, device=next(self.parameters()).device)
-        return self._decode(obs, z)
+    def sample_from_condition(self, cond: torch.Tensor, *, generator: torch.Generator | None = None,
+                              guide=None) -> torch.Tensor:
+        """Decode the learned queries against the memory (B, T, d) -> chunks (B, H, D); deterministic (z = 0)."""
+        if self.training:
+            return self.action_out(self.decoder(self.queries.expand(cond.shape[0], -1, -1), cond))
+        return self.action_out(self._decode_inference(cond))

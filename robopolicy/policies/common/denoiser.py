@@ -65,6 +65,10 @@ class DenoisingHeadConfig(PolicyConfig):
     minibatch_k: int = 1
     mask_padding: bool = False
 
+    @classmethod
+    def test_overrides(cls) -> dict:
+        return {"denoiser": DenoiserConfig(unet=UnetConfig(down_dims=(32, 64), step_embed_dim=32))}
+
 
 def repeat_for_minibatch(cond: torch.Tensor, actions: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Level-2 minibatching: reuse each encoded observation for k noised action samples (B -> B*k)."""
@@ -74,12 +78,13 @@ def repeat_for_minibatch(cond: torch.Tensor, actions: torch.Tensor, k: int) -> t
 
 
 def chunk_mse(pred: torch.Tensor, target: torch.Tensor, pad: torch.Tensor | None, k: int) -> LossOutput:
-    """Per-step MSE (B, H) averaged over D and the k samples of each observation; `pad` (B, H) zeroes padded steps."""
+    """Per-step MSE (B, H) averaged over D and the k samples of each observation; `pad` (B, H) zeroes padded
+    steps and becomes the loss's valid mask."""
     per_step = F.mse_loss(pred, target, reduction="none").mean(-1)  # (B*k, H)
     if pad is not None:
-        per_step = per_step * (~pad).repeat_interleave(k, 0).float()
+        per_step = per_step * (~pad).repeat_interleave(k, 0).to(per_step.dtype)
     per_step = per_step.view(-1, k, per_step.shape[-1]).mean(1)
-    return LossOutput(per_step, {"mse": float(per_step.mean().detach())})
+    return LossOutput(per_step, valid=None if pad is None else ~pad, metrics={"mse": per_step.detach().mean()})
 
 
 class ChunkDenoiser(nn.Module):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from robopolicy.policies.base import Guide, LossOutput, PolicyHead
+from robopolicy.policies.base import GUIDANCE, DenoisingStep, Guide, LossOutput, PolicyHead
 from robopolicy.policies.common.denoiser import ChunkDenoiser, chunk_mse, repeat_for_minibatch
 from robopolicy.policies.diffusion.configuration import DiffusionConfig
 
@@ -27,6 +29,7 @@ def make_schedulers(cfg: DiffusionConfig) -> tuple[DDPMScheduler, DDPMScheduler 
 
 class DiffusionHead(PolicyHead):
     config_class = DiffusionConfig
+    capabilities = frozenset({GUIDANCE})
 
     def __init__(self, config: DiffusionConfig):
         super().__init__(config)
@@ -35,7 +38,7 @@ class DiffusionHead(PolicyHead):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
         cfg = self.config
-        cond = self.model.condition({k: batch[k] for k in cfg.input_features})
+        cond = self.encode(batch)
         cond, actions = repeat_for_minibatch(cond, batch[cfg.action_key], cfg.minibatch_k)  # (B*K, H, D)
         noise = torch.randn_like(actions)
         steps = torch.randint(0, cfg.num_train_timesteps, (actions.shape[0],), device=actions.device)
@@ -45,14 +48,17 @@ class DiffusionHead(PolicyHead):
         pad = batch.get(f"{cfg.action_key}_is_pad") if cfg.mask_padding else None
         return chunk_mse(pred, target, pad, cfg.minibatch_k)
 
+    def encode(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Observation windows -> (B, T_o * F) global condition."""
+        return self.model.condition({k: obs[k] for k in self.config.windowed_inputs})
+
     @torch.no_grad()
-    def sample(
-        self, obs: dict[str, torch.Tensor], *, generator: torch.Generator | None = None, guide: Guide | None = None
+    def sample_from_condition(
+        self, cond: torch.Tensor, *, generator: torch.Generator | None = None, guide: Guide | None = None
     ) -> torch.Tensor:
-        """guide(denoise, x, t) -> model output replaces the network's prediction at each scheduler step t
-        (real-time chunking); denoise(x) evaluates the network at t."""
+        """Reverse diffusion from Gaussian noise (B, H, D) with the inference scheduler; with `guide`, its output
+        replaces the network's at every step (see DenoisingStep)."""
         cfg = self.config
-        cond = self.model.condition({k: obs[k] for k in cfg.input_features})
         b = cond.shape[0]
         x = torch.randn((b, cfg.horizon, cfg.action_dim), generator=generator, device=cond.device, dtype=cond.dtype)
         sched = self.infer_scheduler
@@ -62,6 +68,24 @@ class DiffusionHead(PolicyHead):
             if guide is None:
                 out = self.model(x, steps, cond)
             else:
-                out = guide(lambda x_, steps=steps: self.model(x_, steps, cond), x, t)
+                out = guide(lambda x_, steps=steps: self.model(x_, steps, cond), x, self.denoising_step(int(t)))
             x = sched.step(out, t, x, generator=generator).prev_sample
         return x
+
+    def denoising_step(self, t: int) -> DenoisingStep:
+        cfg = self.config
+        clip = cfg.clip_sample_range if cfg.clip_sample else None
+        return denoising_step(float(self.infer_scheduler.alphas_cumprod[t]), cfg.prediction_type, clip)
+
+
+def denoising_step(abar: float, prediction_type: str, clip: float | None) -> DenoisingStep:
+    """The VP step with cumulative alpha abar: x = a A + s eps (a = sqrt(abar), s = sqrt(1 - abar)); its
+    flow-equivalent tau = a / (a + s) has the same noise-to-signal ratio; x0 is clipped where the scheduler clips."""
+    a, s = math.sqrt(abar), math.sqrt(1.0 - abar)
+    eps = prediction_type == "epsilon"
+
+    def to_x0(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        x0 = (x - s * out) / a if eps else out
+        return x0 if clip is None else x0.clamp(-clip, clip)
+
+    return DenoisingStep(tau=a / (a + s), noise_std=s, to_x0=to_x0, x0_per_out=-s / a if eps else 1.0)
