@@ -91,7 +91,9 @@ class Deployer:
             raise ValueError("Deployer needs exactly one of policy= (sync) or source= (async)")
         self.robot, self.cfg, self.policy, self.source = robot, cfg, policy, source
         info = source.info if source is not None else None
-        self.input_keys = list(policy.config.input_features) if policy is not None else list(info["input_features"])
+        features = ({k: f.kind for k, f in policy.config.input_features.items()} if policy is not None
+                    else {k: f["kind"] for k, f in info["input_features"].items()})
+        self.input_keys = [k for k, kind in features.items() if kind != "language"]  # the instruction: not a frame
         self.n_obs_steps = policy.config.n_obs_steps if policy is not None else int(info["n_obs_steps"])
         action_dim = policy.config.action_dim if policy is not None else int(info["action_dim"])
         if action_dim != len(robot.action_features):

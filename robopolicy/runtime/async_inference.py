@@ -30,7 +30,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -100,15 +100,18 @@ class ChunkSource(ABC):
         return self._in_flight is not None
 
     def submit(self, obs: Mapping[str, object], *, step: int = 0, prev_actions=None, delay: int = 0,
-               rtc: RTCConfig | None = None, seed: int | None = None) -> int:
+               rtc: RTCConfig | None = None, seed: int | None = None, task: str | Sequence[str] | None = None) -> int:
         """Queue a predict request for observation windows {key: (B, T_o, ...)} taken at control step `step`.
-        prev_actions (B, R, D) + delay + rtc: real-time chunking prefix. Returns the request id."""
+        prev_actions (B, R, D) + delay + rtc: real-time chunking prefix; task: the instruction (one string or one
+        per sample) for policies with a language input. Returns the request id."""
         if self.busy:
             raise RuntimeError(f"a request ({self._in_flight}) is already in flight; poll() it first")
         self._next_id += 1
         meta: dict = {"id": self._next_id}
         if seed is not None:
             meta["seed"] = int(seed)
+        if task is not None:
+            meta["task"] = task if isinstance(task, str) else [str(t) for t in task]
         arrays = as_arrays(obs)
         if prev_actions is not None:
             arrays["prev_actions"] = np.asarray(prev_actions, dtype=np.float32)

@@ -10,10 +10,11 @@ Wire format (little-endian; no pickle anywhere, so a message can only ever becom
 dtypes are numpy little-endian codes from a fixed list (bool, u1..u8, i1..i8, f2, f4, f8). The same frames travel
 over a multiprocessing pipe (ProcessChunkSource) and over TCP (RemotePolicyClient).
 
-Requests: "info" -> "info" {meta: policy description}; "predict" with arrays "obs:<key>" (B, T_o, ...) raw
-observation windows, optional "prev_actions" (B, R, D) plus meta {"delay", "rtc": RTCConfig fields} for real-time
-chunking and meta {"seed"} for reproducible sampling -> "chunk" with array "action" (B, H, D) float32 and meta
-{"inference_s"}. Failures -> "error" {meta: {"message", "type"}}; the connection stays usable.
+Requests: "info" -> "info" {meta: policy description, including its capabilities and language inputs};
+"predict" with arrays "obs:<key>" (B, T_o, ...) raw observation windows, meta {"task": str or B strings} (the
+instruction, for policies with a language input), optional "prev_actions" (B, R, D) plus meta {"delay", "rtc":
+RTCConfig fields} for real-time chunking (policies with the "guidance" capability) and meta {"seed"} for
+reproducible sampling -> "chunk" with array "action" (B, H, D) float32 and meta {"inference_s"}. Failures -> "error" {meta: {"message", "type"}}; the connection stays usable.
 
     python -m robopolicy.runtime.policy_server --checkpoint runs/x --host 0.0.0.0 --port 8765
 """
@@ -169,6 +170,8 @@ def policy_info(policy) -> dict:
         "action_key": cfg.action_key,
         "action_dim": cfg.action_dim,
         "input_features": {k: {"shape": list(f.shape), "kind": f.kind} for k, f in cfg.input_features.items()},
+        "capabilities": sorted(getattr(policy.head, "capabilities", ())) if hasattr(policy, "head") else [],
+        "language_inputs": [k for k, f in cfg.input_features.items() if f.kind == "language"],
     }
 
 
@@ -181,20 +184,30 @@ class PolicyService:
         self._lock = threading.Lock()
 
     def warmup(self) -> None:
-        """Run one plain and (for guidable heads) one real-time-chunking request on zeros, so the first real
-        request does not pay for lazy initialisation (the first backward pass of a fresh process took ~2 s)."""
+        """Run one plain and (for heads with the guidance capability) one real-time-chunking request on zeros, so
+        the first real request does not pay for lazy initialisation (the first backward pass of a fresh process
+        took ~2 s)."""
         import torch
 
         from robopolicy.runtime.rtc import RTCConfig, rtc_sample
 
         t_o, horizon = self.info["n_obs_steps"], self.info["horizon"]
-        obs = {k: torch.zeros((1, t_o, *spec["shape"]), dtype=torch.uint8 if spec["kind"] == "image" else torch.float32)
-               for k, spec in self.info["input_features"].items()}
+        obs: dict = {k: torch.zeros((1, t_o, *spec["shape"]),
+                                    dtype=torch.uint8 if spec["kind"] == "image" else torch.float32)
+                     for k, spec in self.info["input_features"].items() if spec["kind"] != "language"}
+        obs.update({k: [self._warmup_task()] for k in self.info["language_inputs"]})
         with self._lock:
             self.policy.predict_chunk(obs)
-            if self.info["policy"] in ("flow", "diffusion"):
+            if "guidance" in self.info["capabilities"]:
                 prev = torch.zeros((1, horizon // 2, self.info["action_dim"]))
                 rtc_sample(self.policy, obs, prev, 1, RTCConfig())
+
+    def _warmup_task(self) -> str:
+        """An instruction the policy accepts (its first trained task when a vocabulary restricts them)."""
+        for step in getattr(getattr(self.policy, "processor", None), "steps", ()):
+            if getattr(step, "tasks", None):
+                return step.tasks[0]
+        return ""
 
     def handle(self, request: Message) -> Message:
         try:
@@ -210,15 +223,22 @@ class PolicyService:
     def _observation(self, request: Message) -> dict:
         import torch
 
-        obs = {k[4:]: v for k, v in request.arrays.items() if k.startswith("obs:")}
+        obs: dict = {k[4:]: v for k, v in request.arrays.items() if k.startswith("obs:")}
         t_o = self.info["n_obs_steps"]
+        batch = None
         for key, spec in self.info["input_features"].items():
+            if spec["kind"] == "language":
+                continue
             if key not in obs:
                 raise KeyError(f"observation lacks {key!r}; the policy takes {sorted(self.info['input_features'])}")
             if obs[key].ndim != 2 + len(spec["shape"]) or list(obs[key].shape[1:]) != [t_o, *spec["shape"]]:
                 raise ValueError(f"observation {key!r} has shape {tuple(obs[key].shape)}, expected (B, {t_o}, "
                                  f"{', '.join(map(str, spec['shape']))})")
-        return {k: torch.from_numpy(v) for k, v in obs.items()}
+            batch = obs[key].shape[0]
+        out = {k: torch.from_numpy(v) for k, v in obs.items()}
+        for key in self.info["language_inputs"]:
+            out[key] = request_tasks(request.meta.get("task"), batch)
+        return out
 
     def _predict(self, request: Message) -> Message:
         import torch
@@ -240,6 +260,17 @@ class PolicyService:
             elapsed = time.perf_counter() - start
         action = chunk.detach().cpu().numpy().astype(np.float32, copy=False)
         return Message("chunk", {"inference_s": elapsed, "id": request.meta.get("id")}, {"action": action})
+
+
+def request_tasks(task, batch: int | None) -> list[str]:
+    """meta["task"] (one string for the batch, or one per sample) -> B instruction strings."""
+    if task is None:
+        raise ValueError("this policy takes an instruction: send meta {'task': 'pick up the cube'} (a string, or "
+                         "one per sample) with the predict request")
+    tasks = [task] * (batch or 1) if isinstance(task, str) else list(task)
+    if not all(isinstance(t, str) for t in tasks) or (batch is not None and len(tasks) != batch):
+        raise ValueError(f"meta 'task' must be a string or {batch} strings (one per sample), got {task!r}")
+    return tasks
 
 
 # ----- TCP server -----------------------------------------------------------------------------------
