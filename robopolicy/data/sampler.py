@@ -40,6 +40,10 @@ class WindowSampler(torch.utils.data.Dataset):
     Item i is anchored at global frame `anchors[i]` (all frames of the chosen episodes by default).
     Returns {key: Tensor (T, ...), key_is_pad: bool Tensor (T,), "episode_index", "frame_index", "task"}.
     Visual keys come out uint8 (T, C, H, W). Batched access (`__getitems__`) reads each key once per batch.
+
+    aliases {name: dataset key}: load one dataset key under a second name at its own offsets, e.g. the observation
+    now as "observation.state" (delta [0]) and H steps later as "next.observation.state" (delta [H]) for TD
+    targets; each name has its own `<name>_is_pad` (True where the offset ran past the episode).
     """
 
     def __init__(
@@ -47,11 +51,19 @@ class WindowSampler(torch.utils.data.Dataset):
         dataset: Dataset,
         delta_indices: Mapping[str, Sequence[int]],
         episodes: Sequence[int] | None = None,
+        aliases: Mapping[str, str] | None = None,
     ):
         self.dataset = dataset
         self.delta_indices = {k: np.asarray(list(v), dtype=np.int64) for k, v in delta_indices.items()}
+        self.aliases = dict(aliases or {})
+        unused = sorted(set(self.aliases) - set(self.delta_indices))
+        if unused:
+            raise KeyError(f"aliases {unused} have no delta indices; give each alias its offsets in delta_indices")
+        clash = sorted(set(self.aliases) & set(dataset.features))
+        if clash:
+            raise KeyError(f"aliases {clash} are names of dataset features; choose names the dataset does not use")
         for key in self.delta_indices:
-            dataset.feature(key)  # raises a clear KeyError for unknown keys
+            dataset.feature(self.source_key(key))  # raises a clear KeyError for unknown keys
         eps = range(dataset.num_episodes) if episodes is None else episodes
         self.episode_ids = np.asarray(list(eps), dtype=np.int64)
         self.anchors = np.concatenate(
@@ -62,6 +74,10 @@ class WindowSampler(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.anchors)
+
+    def source_key(self, name: str) -> str:
+        """The dataset key behind a window name (itself unless it is an alias)."""
+        return self.aliases.get(name, name)
 
     def window_indices(self, anchors: np.ndarray, key: str) -> tuple[np.ndarray, np.ndarray]:
         """Clamped global indices (B, T) and pad mask (B, T) for `key` around global `anchors` (B,)."""
@@ -76,7 +92,7 @@ class WindowSampler(torch.utils.data.Dataset):
         batch: dict = {}
         for key in self.delta_indices:
             idx, pad = self.window_indices(anchors, key)
-            values = self.dataset.read(key, idx.reshape(-1))
+            values = self.dataset.read(self.source_key(key), idx.reshape(-1))
             batch[key] = torch.from_numpy(np.ascontiguousarray(values.reshape(*idx.shape, *values.shape[1:])))
             batch[f"{key}_is_pad"] = torch.from_numpy(pad)
         batch["episode_index"] = torch.from_numpy(np.array([self.dataset.episodes[e].index for e in ep]))

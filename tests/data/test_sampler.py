@@ -82,3 +82,33 @@ def test_delta_timestamps_conversion():
     assert delta_timestamps_to_indices({"a": [-0.1, 0.0, 0.1]}, fps=10) == {"a": [-1, 0, 1]}
     with pytest.raises(ValueError, match="not a multiple of 1/fps"):
         delta_timestamps_to_indices({"a": [0.05]}, fps=10)
+
+
+def test_alias_loads_one_key_at_two_offsets_with_pads(pusht_zarr):
+    """The observation now and H steps later (a TD target) from one dataset key, each with its own pads."""
+    ds = open_dataset(pusht_zarr)
+    g = zarr.open_group(str(pusht_zarr), mode="r")
+    raw, ends = g["data/state"][:], g["meta/episode_ends"][:]
+    h = 8
+    s = WindowSampler(ds, {"state": [0], "next.state": [h], "action": list(range(h))}, aliases={"next.state": "state"})
+    last = int(ends[0]) - 1  # the last frame of episode 0: its "next" runs past the episode
+    items = [0, last - h, last - h + 1, last, 25649]
+    batch = s.get_batch(items)
+    for row, anchor in enumerate(items):
+        now, _ = _expected_window(raw, ends, anchor, [0])
+        nxt, pad = _expected_window(raw, ends, anchor, [h])
+        np.testing.assert_array_equal(batch["state"][row].numpy(), now)
+        np.testing.assert_array_equal(batch["next.state"][row].numpy(), nxt)
+        assert batch["next.state_is_pad"][row].tolist() == pad.tolist()
+    assert batch["next.state_is_pad"][:, 0].tolist() == [False, False, True, True, True]
+    assert not batch["state_is_pad"].any()
+
+
+def test_alias_errors_name_the_problem(pusht_zarr):
+    ds = open_dataset(pusht_zarr)
+    with pytest.raises(KeyError, match="no delta indices"):
+        WindowSampler(ds, {"state": [0]}, aliases={"next.state": "state"})
+    with pytest.raises(KeyError, match="names of dataset features"):
+        WindowSampler(ds, {"state": [0], "action": [1]}, aliases={"action": "state"})
+    with pytest.raises(KeyError):
+        WindowSampler(ds, {"next.x": [1]}, aliases={"next.x": "no_such_key"})
