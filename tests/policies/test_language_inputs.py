@@ -1,0 +1,117 @@
+"""Task strings travel dataset -> sampler -> processor -> head, on both formats and on LeRobot's real PushT data;
+the processor is saved in the checkpoint and loaded with it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import tests.plugin_heads.configuration  # noqa: F401  (registers the test-only head)
+from robopolicy.data.dataset import open_dataset
+from robopolicy.data.features import Feature
+from robopolicy.data.sampler import WindowSampler
+from robopolicy.data.stats import compute_stats
+from robopolicy.data.writer import create_writer
+from robopolicy.policies.policy import TASK_KEY, Policy
+from robopolicy.policies.processor import Processor, ProcessorError, TaskTokenizer, TaskVocabulary
+from robopolicy.policies.registry import get_config_class
+
+FEATURES = {
+    "observation.state": Feature("observation.state", "float32", (3,), "state"),
+    "action": Feature("action", "float32", (2,), "action"),
+}
+TASKS = ["pick up the can", "open the door", "pick up the can"]  # episode -> task
+
+
+def _write(root, fmt):
+    rng = np.random.default_rng(0)
+    with create_writer(root, FEATURES, fps=10, format=fmt) as w:
+        for task in TASKS:
+            for _ in range(12):
+                w.add_frame({"observation.state": rng.normal(size=3).astype(np.float32),
+                             "action": rng.normal(size=2).astype(np.float32)}, task=task)
+            w.save_episode()
+    return open_dataset(root)
+
+
+def _language_policy(ds):
+    cls = get_config_class("mlp_flow_plugin")
+    stats = compute_stats(ds, ["observation.state", "action"])
+    processor = Processor([TaskVocabulary(ds.tasks)])
+    return Policy.from_dataset(cls, ds, stats, input_keys=["observation.state", TASK_KEY], processor=processor,
+                               horizon=4, n_action_steps=2)
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "lerobot"])
+def test_task_strings_reach_the_head_and_survive_the_checkpoint(tmp_path, fmt):
+    ds = _write(tmp_path / "ds", fmt)
+    policy = _language_policy(ds)
+    assert policy.config.input_features[TASK_KEY].kind == "language"
+    windows = WindowSampler(ds, policy.config.delta_indices())
+    assert TASK_KEY not in policy.config.delta_indices()
+    batch = windows.get_batch([0, 11, 12, 30])
+    assert batch["task"] == ["pick up the can", "pick up the can", "open the door", "pick up the can"]
+    prepared = policy.prepare(batch)
+    expected = [ds.tasks.index(t) for t in batch["task"]]
+    assert prepared["task.index"].tolist() == expected
+    out = policy.loss(batch)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert policy.head.task_embed.weight.grad[expected].abs().sum() > 0  # the instruction conditions the head
+
+    policy.eval()
+    obs = {"observation.state": torch.zeros(1, 1, 3)}
+    a = policy.predict_chunk({**obs, "task": "open the door"}, torch.Generator().manual_seed(0))
+    b = policy.predict_chunk({**obs, "task": "pick up the can"}, torch.Generator().manual_seed(0))
+    assert not torch.allclose(a, b)
+    policy.save(tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "processor.json").exists()
+    loaded = Policy.load(tmp_path / "ckpt")
+    assert loaded.processor.steps[0].tasks == ds.tasks
+    torch.testing.assert_close(loaded.predict_chunk({**obs, "task": "open the door"},
+                                                    torch.Generator().manual_seed(0)), a)
+    with pytest.raises(ProcessorError, match=r"unknown instruction 'open teh door'.*trained on"):
+        loaded.predict_chunk({**obs, "task": "open teh door"})
+
+
+def test_real_lerobot_task_reaches_the_head(lerobot_pusht):
+    ds = open_dataset(lerobot_pusht)
+    policy = _language_policy(ds)
+    batch = WindowSampler(ds, policy.config.delta_indices()).get_batch([0, 5000])
+    assert batch["task"] == ["Push the T-shaped block onto the T-shaped target."] * 2
+    assert policy.prepare(batch)["task.index"].tolist() == [0, 0]
+    assert torch.isfinite(policy.loss(batch).loss)
+
+
+def _tiny_tokenizer(tmp_path):
+    """A word-level fast tokenizer built here (nothing downloads), saved as transformers files."""
+    tokenizers = pytest.importorskip("tokenizers")
+    transformers = pytest.importorskip("transformers")
+    vocab = {"[PAD]": 0, "[UNK]": 1, "pick": 2, "up": 3, "the": 4, "can": 5, "open": 6, "door": 7}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]")
+    fast.save_pretrained(str(tmp_path / "tok"))
+    return tmp_path / "tok"
+
+
+def test_task_tokenizer_is_saved_in_the_checkpoint(tmp_path):
+    step = TaskTokenizer(_tiny_tokenizer(tmp_path), max_length=6)
+    out = step({"task": ["pick up the can", "open the door", "pick up the can"]}, torch.device("cpu"))
+    assert out["task.input_ids"].tolist()[0] == [2, 3, 4, 5, 0, 0]
+    assert out["task.attention_mask"].tolist()[1] == [1, 1, 1, 0, 0, 0]
+    Processor([step]).save(tmp_path / "ckpt")
+    again = Processor.load(tmp_path / "ckpt")
+    assert again.steps[0].max_length == 6
+    torch.testing.assert_close(again({"task": ["open the door"]}, torch.device("cpu"))["task.input_ids"],
+                               out["task.input_ids"][1:2])
+
+
+def test_broken_processor_file_names_the_file(tmp_path):
+    (tmp_path / "processor.json").write_text('{"steps": [{"kind": "warp_drive", "state": {}, "files": "x"}]}')
+    with pytest.raises(ProcessorError, match=r"processor.json: step 0 has unknown kind 'warp_drive'"):
+        Processor.load(tmp_path)
+    (tmp_path / "processor.json").write_text("{not json")
+    with pytest.raises(ProcessorError, match="not a processor file"):
+        Processor.load(tmp_path)
