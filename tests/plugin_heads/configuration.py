@@ -21,6 +21,6 @@ class MLPFlowConfig(PolicyConfig):
     n_obs_steps: int = 1
     horizon: int = 8
     n_action_steps: int = 4
-    hidden: int = 64
+    hidden: int = 256
     num_tasks: int = 4
     steps: int = 8

@@ -34,9 +34,10 @@ class MLPFlowHead(PolicyHead):
         return torch.cat(parts, dim=-1)
 
     def _clean(self, x, tau, cond):
+        """Predicted clean chunk, skip-connected (as EDM's preconditioning): tau * x + net(x, cond, tau)."""
         b = x.shape[0]
         inp = torch.cat([x.flatten(1), cond, tau.view(b, 1).to(x.dtype)], dim=-1)
-        return self.net(inp).view_as(x)
+        return tau.view(b, 1, 1).to(x.dtype) * x + self.net(inp).view_as(x)
 
     def loss(self, batch):
         c = self.config
