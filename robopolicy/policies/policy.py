@@ -71,12 +71,15 @@ class Policy(nn.Module):
         [0, 1], language (a string or one per sample) through the processor steps."""
         out: dict[str, object] = {}
         device = self.head.device
+        size = next((len(batch[k]) for k in self.config.windowed_inputs if k in batch), 1)
         for key, spec in {**self.config.input_features, **self.config.output_features}.items():
             if key not in batch:
                 continue
             x = batch[key]
-            if spec.kind == "language":
-                out[key] = [x] if isinstance(x, str) else list(x)
+            if spec.kind == "language":  # one instruction for the whole batch, or one per sample
+                out[key] = [x] * size if isinstance(x, str) else list(x)
+                if len(out[key]) != size:
+                    raise ValueError(f"{key!r}: {len(out[key])} instructions for a batch of {size}")
                 continue
             x = torch.as_tensor(x).to(device, non_blocking=True)
             if spec.kind == "image":
