@@ -67,10 +67,10 @@ class Policy(nn.Module):
         return self.head.device
 
     def prepare(self, batch: Mapping[str, object]) -> dict[str, object]:
-        """Raw windows -> head inputs on the head's device: states/actions normalized, uint8 images -> float in
-        [0, 1], language (a string or one per sample) through the processor steps."""
+        """Raw windows -> head inputs on the head's device and in its dtype: states/actions normalized, uint8
+        images -> [0, 1], language (a string or one per sample) through the processor steps."""
         out: dict[str, object] = {}
-        device = self.head.device
+        device, dtype = self.head.device, self.head.dtype
         size = next((len(batch[k]) for k in self.config.windowed_inputs if k in batch), 1)
         for key, spec in {**self.config.input_features, **self.config.output_features}.items():
             if key not in batch:
@@ -83,9 +83,9 @@ class Policy(nn.Module):
                 continue
             x = torch.as_tensor(x).to(device, non_blocking=True)
             if spec.kind == "image":
-                out[key] = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+                out[key] = x.to(dtype) / 255.0 if x.dtype == torch.uint8 else x.to(dtype)
             else:
-                out[key] = self.normalizer.normalize(key, x.float())
+                out[key] = self.normalizer.normalize(key, x.to(dtype))
             pad = f"{key}_is_pad"
             if pad in batch:
                 out[pad] = torch.as_tensor(batch[pad]).to(device, non_blocking=True)

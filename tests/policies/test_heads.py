@@ -181,3 +181,23 @@ def test_heads_without_guidance_refuse_a_guide():
     assert not head.supports("guidance")
     with pytest.raises(TypeError, match="does not offer guided sampling"):
         head.sample(cfg.fake_obs(1), guide=lambda denoise, x, step: denoise(x))
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_predict_chunk_follows_the_policy_dtype_and_encode_trains_a_critic(name):
+    cfg = _config(name, _features(name))
+    policy = Policy(cfg, make_normalizer(cfg, _stats())).to(torch.float64).eval()
+    obs = {"observation.state": torch.rand(2, cfg.n_obs_steps, 5) * 512,
+           "observation.image": torch.randint(0, 256, (2, cfg.n_obs_steps, 3, 32, 32), dtype=torch.uint8)}
+    obs = {k: v for k, v in obs.items() if k in cfg.input_features}
+    chunk = policy.predict_chunk(obs, torch.Generator().manual_seed(0), num_samples=2)
+    assert chunk.dtype == torch.float64 and chunk.shape == (2, 2, cfg.horizon, 2)
+    # a critic on the policy's own observation encoding: gradients reach the head's encoder
+    policy = Policy(cfg, make_normalizer(cfg, _stats())).train()
+    feats = policy.head.encode(policy.prepare(obs))
+    critic = torch.nn.Linear(feats[0].numel(), 1)
+    critic(feats.flatten(1)).sum().backward()
+    assert feats.shape[0] == 2
+    if name in IMAGE_HEADS:  # (the plugin's state-only encoding has no parameters)
+        grads = [p.grad for p in policy.head.parameters() if p.grad is not None]
+        assert grads and any(g.abs().sum() > 0 for g in grads)

@@ -17,17 +17,19 @@ from robopolicy.policies.common import prepacked
 
 
 class SinusoidalEmbedding(nn.Module):
-    """t (B,) float -> (B, dim) sin/cos features with geometric frequencies (period up to 10k)."""
+    """t (B,) -> (B, dim) sin/cos features with geometric frequencies (period up to 10k), computed in float32 and
+    returned in the module's dtype (its frequency buffer follows `.to()`)."""
 
     def __init__(self, dim: int, max_period: float = 10_000.0):
         super().__init__()
-        self.dim, self.max_period = dim, max_period
+        self.dim = dim
+        half = dim // 2
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+        self.register_buffer("freqs", freqs, persistent=False)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        half = self.dim // 2
-        freqs = torch.exp(-math.log(self.max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-        args = t.float()[:, None] * freqs[None]
-        return torch.cat([args.sin(), args.cos()], dim=-1)
+        args = t.float()[:, None] * self.freqs.float()[None]
+        return torch.cat([args.sin(), args.cos()], dim=-1).to(self.freqs.dtype)
 
 
 class GemmConv1d(nn.Conv1d):
