@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -93,6 +93,11 @@ class PolicyConfig:
     def test_overrides(cls) -> dict[str, Any]:
         """Field values (typed) that make this head tiny; {} by default."""
         return {}
+
+    def processor_steps(self, tasks: Sequence[str]) -> list:
+        """The processor steps (robopolicy.policies.processor) a fresh policy of this head needs, given the
+        dataset's task strings: e.g. a TaskVocabulary or a TaskTokenizer for a language input. None by default."""
+        return []
 
     @property
     def action_key(self) -> str:

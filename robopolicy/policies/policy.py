@@ -59,6 +59,10 @@ class Policy(nn.Module):
         action = specs.pop(action_key)
         action = type(action)(action.shape, "action")
         config = config_cls(input_features=specs, output_features={action_key: action}, **overrides)
+        if language and not dataset.tasks:
+            raise StatsMismatchError(f"{dataset.root} has no task strings, but {TASK_KEY!r} (the instruction) is "
+                                     "among the policy's inputs; record tasks or drop it from the inputs")
+        processor = processor if processor is not None else Processor(config.processor_steps(dataset.tasks))
         return cls(config, make_normalizer(config, stats), processor)
 
     # ----- training / inference ------------------------------------------------------------------

@@ -24,3 +24,8 @@ class MLPFlowConfig(PolicyConfig):
     hidden: int = 256
     num_tasks: int = 4
     steps: int = 8
+
+    def processor_steps(self, tasks):
+        from robopolicy.policies.processor import TaskVocabulary
+
+        return [TaskVocabulary(tasks, key) for key in self.language_keys]

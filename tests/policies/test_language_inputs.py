@@ -10,11 +10,12 @@ import torch
 import tests.plugin_heads.configuration  # noqa: F401  (registers the test-only head)
 from robopolicy.data.dataset import open_dataset
 from robopolicy.data.features import Feature
+from robopolicy.data.normalize import StatsMismatchError
 from robopolicy.data.sampler import WindowSampler
 from robopolicy.data.stats import compute_stats
 from robopolicy.data.writer import create_writer
 from robopolicy.policies.policy import TASK_KEY, Policy
-from robopolicy.policies.processor import Processor, ProcessorError, TaskTokenizer, TaskVocabulary
+from robopolicy.policies.processor import Processor, ProcessorError, TaskTokenizer
 from robopolicy.policies.registry import get_config_class
 
 FEATURES = {
@@ -38,9 +39,9 @@ def _write(root, fmt):
 def _language_policy(ds):
     cls = get_config_class("mlp_flow_plugin")
     stats = compute_stats(ds, ["observation.state", "action"])
-    processor = Processor([TaskVocabulary(ds.tasks)])
-    return Policy.from_dataset(cls, ds, stats, input_keys=["observation.state", TASK_KEY], processor=processor,
-                               horizon=4, n_action_steps=2)
+    # the head's config asks for a TaskVocabulary over the dataset's tasks (processor_steps)
+    return Policy.from_dataset(cls, ds, stats, input_keys=["observation.state", TASK_KEY], horizon=4,
+                               n_action_steps=2)
 
 
 @pytest.mark.parametrize("fmt", ["zarr", "lerobot"])
@@ -73,6 +74,13 @@ def test_task_strings_reach_the_head_and_survive_the_checkpoint(tmp_path, fmt):
                                                     torch.Generator().manual_seed(0)), a)
     with pytest.raises(ProcessorError, match=r"unknown instruction 'open teh door'.*trained on"):
         loaded.predict_chunk({**obs, "task": "open teh door"})
+
+
+def test_a_language_policy_needs_a_dataset_with_tasks(pusht_zarr):
+    ds = open_dataset(pusht_zarr)  # diffusion_policy's store: no task strings
+    with pytest.raises(StatsMismatchError, match="has no task strings"):
+        Policy.from_dataset(get_config_class("mlp_flow_plugin"), ds, compute_stats(ds, ["state", "action"]),
+                            input_keys=["state", TASK_KEY])
 
 
 def test_real_lerobot_task_reaches_the_head(lerobot_pusht):
