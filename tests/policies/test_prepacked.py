@@ -10,10 +10,10 @@ from torch import nn
 from robopolicy.policies.act.configuration import ACTConfig
 from robopolicy.policies.act.modeling import ACTHead
 from robopolicy.policies.base import FeatureSpec
-from robopolicy.policies.common import prepacked
+from robopolicy.policies.common import kernels, prepacked
 from robopolicy.policies.common.encoders import EncoderConfig, image_trunk
 
-pytestmark = pytest.mark.skipif(not prepacked._ONEDNN, reason="this torch build has no oneDNN (mkldnn) kernels")
+pytestmark = pytest.mark.skipif(not kernels.onednn_available(), reason="this torch has no usable oneDNN (mkldnn) ops")
 
 
 @pytest.mark.parametrize("shape", [(1, 512), (11, 512), (2, 7, 512)])

@@ -14,7 +14,7 @@ from torch import nn
 
 from robopolicy.policies.act.configuration import ACTConfig
 from robopolicy.policies.base import LossOutput, PolicyHead
-from robopolicy.policies.common import prepacked, ragged
+from robopolicy.policies.common import kernels, prepacked, ragged
 from robopolicy.policies.common.dropout import dropout, use_fast_dropout
 from robopolicy.policies.common.encoders import crop_images, feature_map_shape, image_trunk, imagenet_normalize
 
@@ -99,7 +99,8 @@ class ACTHead(PolicyHead):
         return torch.cat([obs[k][:, -1].flatten(1) for k in self.state_keys], dim=-1)  # (B, S)
 
     def _posterior(self, state: torch.Tensor | None, actions: torch.Tensor, pad: torch.Tensor | None):
-        """mu, logvar (B, latent) of q(z | state, actions); padded actions are left out of the encoder entirely."""
+        """mu, logvar (B, latent) of q(z | state, actions); padded actions are masked as keys. With the CPU kernels
+        (kernels.py) they are left out of the encoder entirely; torch's vae_encoder otherwise."""
         b = actions.shape[0]
         tokens = [self.vae_cls.expand(b, -1, -1)]
         if state is not None:
@@ -110,6 +111,8 @@ class ACTHead(PolicyHead):
         lead = x.shape[1] - actions.shape[1]
         pad = torch.zeros(actions.shape[:2], dtype=torch.bool, device=x.device) if pad is None else pad
         mask = torch.cat([torch.zeros(b, lead, dtype=torch.bool, device=x.device), pad], dim=1)
+        if not kernels.enabled(x):
+            return self.vae_out(self.vae_encoder(x, src_key_padding_mask=mask)[:, 0]).chunk(2, dim=-1)
         layout = ragged.Ragged.from_valid(~mask)
         *layers, last = self.vae_encoder.layers
         rows = layout.pack(x)
@@ -133,11 +136,14 @@ class ACTHead(PolicyHead):
 
     def _decode(self, obs: dict[str, torch.Tensor], z: torch.Tensor, pad: torch.Tensor | None = None
                 ) -> torch.Tensor:
-        """Action chunk (B, H, D) in training; with `pad` (B, H) the padded steps are not decoded (zeros: the loss
-        masks them)."""
+        """Action chunk (B, H, D) in training. With the CPU kernels (kernels.py) the padded steps of `pad` (B, H)
+        are not decoded (zeros: the loss masks them) and the first layer's query self-attention is shared by the
+        batch; torch's decoder otherwise."""
         tokens = self._tokens(obs, z)
         memory = self.encoder(tokens)
         b, layers = z.shape[0], self.decoder.layers
+        if not kernels.enabled(memory):
+            return self.action_out(self.decoder(self.queries.expand(b, -1, -1), memory))
         every = ragged.Ragged.from_valid(torch.ones(b, self.config.horizon, dtype=torch.bool, device=z.device))
         x = self._query_self_attention(layers[0], b)
         for i, layer in enumerate(layers):
@@ -168,7 +174,10 @@ class ACTHead(PolicyHead):
         return layer.norm1(self.queries + layer.dropout1(out))
 
     def _encode_inference(self, tokens: torch.Tensor) -> torch.Tensor:
-        """What `encoder(tokens)` computes in eval mode, with prepacked weights. (B, T, d) -> (B, T, d)."""
+        """What `encoder(tokens)` computes in eval mode, with prepacked weights (torch's encoder where the CPU kernels
+        are off). (B, T, d) -> (B, T, d)."""
+        if not kernels.enabled(tokens):
+            return self.encoder(tokens)
         memory = tokens
         for layer in self.encoder.layers:
             memory = prepacked.encoder_layer(layer, memory)
@@ -177,7 +186,10 @@ class ACTHead(PolicyHead):
     def _decode_inference(self, memory: torch.Tensor) -> torch.Tensor:
         """What `decoder(queries, memory)` computes in eval mode, with prepacked weights and the first decoder
         layer's query-only part cached: its self-attention over the learned queries (and their cross-attention
-        projection) depend on parameters alone. memory (B, T, d) -> (B, H, d)."""
+        projection) depend on parameters alone; torch's decoder where the CPU kernels are off.
+        memory (B, T, d) -> (B, H, d)."""
+        if not kernels.enabled(memory):
+            return self.decoder(self.queries.expand(memory.shape[0], -1, -1), memory)
         first, *rest = self.decoder.layers
         x, q = self._query_constants()
         x = first.norm2(x + prepacked.attention(first.multihead_attn, x, memory, q=q))

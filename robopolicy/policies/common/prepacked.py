@@ -7,8 +7,9 @@ up to 6x (ResNet-18 layer4 conv at 3x3: 3.8 -> 0.6 ms); benchmarks/bench_kernels
 to float rounding.
 
 The packed copy is cached per weight tensor and rebuilt when the weight changes (its `_version` moves on every
-in-place update: optimizer steps, `load_state_dict`, EMA copies). Anything that needs gradients, runs off the CPU,
-is not float32 or runs under autocast takes the plain op, so training is unaffected.
+in-place update: optimizer steps, `load_state_dict`, EMA copies). Anything that needs gradients, is not float32,
+runs under autocast or where `kernels.onednn` says no (switch off, not a CPU tensor, private ops missing) takes the
+plain op, so training is unaffected.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+from robopolicy.policies.common import kernels
+
 _cache: dict[int, tuple] = {}  # id(weight) -> (weakref to weight, version key, {layout key: packed}, finalizer)
 
 
@@ -29,8 +31,8 @@ def weights_key(*tensors: torch.Tensor) -> tuple:
 
 
 def _usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (_ONEDNN and not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
-            and weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"))
+    return (not torch.is_grad_enabled() and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu") and kernels.onednn(x))
 
 
 def _packed(weight: torch.Tensor, key: tuple, pack) -> torch.Tensor:

@@ -7,7 +7,8 @@ the same results as torch's post-norm nn.TransformerEncoderLayer / nn.MultiheadA
 rounding; dropout draws from the same distributions (on the valid tokens only).
 
 ACT trains on chunks of 100 actions; near an episode's end the chunk is padded (39% of the action tokens over
-PushT's windows), and the posterior's encoder and the decoder's last layer skip them.
+PushT's windows), and the posterior's encoder and the decoder's last layer skip them. One of the CPU kernels:
+ACT uses these layers only where `kernels.enabled` (kernels.py), torch's layers elsewhere.
 """
 
 from __future__ import annotations

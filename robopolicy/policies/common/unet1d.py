@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robopolicy.policies.common import prepacked
+from robopolicy.policies.common import kernels, prepacked
 
 
 class SinusoidalEmbedding(nn.Module):
@@ -38,11 +38,13 @@ class GemmConv1d(nn.Conv1d):
     The same sums in another order (results agree to float rounding). On CPU this beats the default kernels for
     the UNet's shapes (wide channels, short chunks): at batch 1 the default path is a GEMM with N = L <= 16 columns
     (3x slower than this one, which streams the weights once), and in training oneDNN's weight gradient for
-    2048 channels at length 4 is 3x slower than the GEMM autograd derives here.
+    2048 channels at length 4 is 3x slower than the GEMM autograd derives here. nn.Conv1d's own forward where the
+    CPU kernels are off (kernels.py).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.groups != 1 or self.dilation != (1,) or self.padding_mode != "zeros" or isinstance(self.padding, str):
+        if (not kernels.enabled(x) or self.groups != 1 or self.dilation != (1,) or self.padding_mode != "zeros"
+                or isinstance(self.padding, str)):
             return super().forward(x)
         (k,), (stride,), (pad,) = self.kernel_size, self.stride, self.padding
         b = x.shape[0]
@@ -57,11 +59,12 @@ class GemmConvTranspose1d(nn.ConvTranspose1d):
     """nn.ConvTranspose1d (same parameters) as one GEMM (B*L, C) @ W(C, O*K) followed by an overlap-add (fold).
 
     Same sums in another order; on CPU 3-5x faster than the default kernel for the UNet's upsampling layers.
+    nn.ConvTranspose1d's own forward where the CPU kernels are off (kernels.py).
     """
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
-        if (output_size is not None or self.groups != 1 or self.dilation != (1,) or self.output_padding != (0,)
-                or self.padding_mode != "zeros"):
+        if (not kernels.enabled(x) or output_size is not None or self.groups != 1 or self.dilation != (1,)
+                or self.output_padding != (0,) or self.padding_mode != "zeros"):
             return super().forward(x, output_size)
         (k,), (stride,), (pad,) = self.kernel_size, self.stride, self.padding
         b, c, length = x.shape
