@@ -3,7 +3,9 @@
 checkpoints/step_NNNNNN/
   config.json  model.safetensors (EMA weights when EMA is on)  stats.json      <- a loadable policy
   train_config.json                                                            <- the run's TrainConfig
-  train_state/ live.safetensors  optimizer.safetensors  rng.safetensors  state.json
+  train_state/ modules/<name>.safetensors      every module of the update rule (policy: live weights)
+               optimizers/<name>.safetensors   every optimizer's state tensors
+               rng.safetensors  state.json     step, EMA step, optimizer param groups, the dataset trained on
 checkpoints/last  (text file naming the newest complete step directory)
 """
 
@@ -12,13 +14,25 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
-from robopolicy.policies.policy import Policy
+from robopolicy.data.normalize import Normalizer
+from robopolicy.policies.policy import STATS_FILE, Policy
 from robopolicy.train.ema import EMA
+
+
+class ResumeMismatchError(ValueError):
+    """The run would resume on other data or stats than its checkpoint was trained with."""
+
+
+def _cpu(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
 
 def _optimizer_to_files(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -26,12 +40,12 @@ def _optimizer_to_files(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Ten
     tensors = {}
     for idx, state in sd["state"].items():
         for name, value in state.items():
-            value = value if torch.is_tensor(value) else torch.tensor(value)
-            tensors[f"{idx}.{name}"] = value.detach().cpu().contiguous()
-    return tensors, {"param_groups": sd["param_groups"]}
+            tensors[f"{idx}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    return _cpu(tensors), {"param_groups": sd["param_groups"]}
 
 
 def _optimizer_from_files(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Load state saved by _optimizer_to_files (torch moves each state tensor to its parameter's device)."""
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         idx, name = key.split(".", 1)
@@ -40,9 +54,13 @@ def _optimizer_from_files(opt: torch.optim.Optimizer, tensors: dict[str, torch.T
 
 
 def save_checkpoint(
-    run_dir: Path, step: int, policy: Policy, optimizer: torch.optim.Optimizer, ema: EMA | None, train_config: dict
+    run_dir: Path, step: int, policy: Policy, modules: Mapping[str, nn.Module],
+    optimizers: Mapping[str, torch.optim.Optimizer], ema: EMA | None, train_config: dict, data: dict,
 ) -> Path:
-    """Write step_<step>/ atomically (temp dir + rename) and point checkpoints/last at it."""
+    """Write step_<step>/ atomically (temp dir + rename) and point checkpoints/last at it.
+
+    modules / optimizers: unwrapped, by name (the policy among the modules); data: what identifies the dataset
+    (see `check_resume_data`)."""
     ckpt_root = Path(run_dir) / "checkpoints"
     final = ckpt_root / f"step_{step:06d}"
     tmp = ckpt_root / f".tmp_step_{step:06d}"
@@ -50,16 +68,19 @@ def save_checkpoint(
     policy.save(tmp, state_dict=ema.state_dict() if ema is not None else None)
     (tmp / "train_config.json").write_text(json.dumps(train_config, indent=2))
     ts = tmp / "train_state"
-    ts.mkdir()
-    live = {k: v.detach().cpu().contiguous() for k, v in policy.head.state_dict().items()}
-    save_file(live, str(ts / "live.safetensors"))
-    opt_tensors, opt_meta = _optimizer_to_files(optimizer)
-    save_file(opt_tensors, str(ts / "optimizer.safetensors"))
+    (ts / "modules").mkdir(parents=True)
+    (ts / "optimizers").mkdir()
+    for name, module in modules.items():
+        save_file(_cpu(module.state_dict()), str(ts / "modules" / f"{name}.safetensors"))
+    opt_meta = {}
+    for name, opt in optimizers.items():
+        tensors, opt_meta[name] = _optimizer_to_files(opt)
+        save_file(tensors, str(ts / "optimizers" / f"{name}.safetensors"))
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     save_file(rng, str(ts / "rng.safetensors"))
-    state = {"step": step, "ema_step": ema.step if ema is not None else None, "optimizer": opt_meta}
+    state = {"step": step, "ema_step": ema.step if ema is not None else None, "optimizers": opt_meta, "data": data}
     (ts / "state.json").write_text(json.dumps(state))
     if final.exists():
         shutil.rmtree(final)
@@ -77,16 +98,57 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return path if path.exists() else None
 
 
-def load_train_state(
-    ckpt: Path, policy: Policy, optimizer: torch.optim.Optimizer, ema: EMA | None
-) -> int:
-    """Restore live weights, optimizer, EMA and RNG from `ckpt`; returns the step to continue from."""
-    ts = Path(ckpt) / "train_state"
-    if not (ts / "state.json").exists():
+def _train_state(ckpt: Path) -> dict:
+    path = Path(ckpt) / "train_state" / "state.json"
+    if not path.exists():
         raise FileNotFoundError(f"{ckpt}: no train_state/state.json; this checkpoint cannot be resumed")
-    state = json.loads((ts / "state.json").read_text())
-    policy.head.load_state_dict(load_file(str(ts / "live.safetensors")))
-    _optimizer_from_files(optimizer, load_file(str(ts / "optimizer.safetensors")), state["optimizer"])
+    state = json.loads(path.read_text())
+    if "optimizers" not in state:
+        raise FileNotFoundError(f"{ckpt}: train_state predates named modules and optimizers; it cannot be resumed")
+    return state
+
+
+def check_resume_data(ckpt: Path, policy: Policy, data: dict) -> None:
+    """Refuse to resume on another dataset (root, episodes, frame counts) or other normalizer stats than `ckpt`
+    was trained with, naming each difference (a changed dataset would otherwise be silently renormalized)."""
+    saved = _train_state(ckpt).get("data", {})
+    diffs = [f"{k}: checkpoint {saved[k]!r}, now {data.get(k)!r}" for k in sorted(saved) if saved[k] != data.get(k)]
+    before = Normalizer.load(Path(ckpt) / STATS_FILE).stats
+    now = policy.normalizer.stats
+    for key in sorted(set(before) | set(now)):
+        if key not in before or key not in now:
+            diffs.append(f"stats for {key!r}: {'only in the checkpoint' if key in before else 'new'}")
+            continue
+        changed = [s for s in sorted(set(before[key]) | set(now[key]))
+                   if s not in before[key] or s not in now[key] or before[key][s].shape != now[key][s].shape
+                   or not np.allclose(before[key][s], now[key][s], rtol=1e-6, atol=1e-9)]
+        if changed:
+            diffs.append(f"stats for {key!r} differ in {changed}")
+    if diffs:
+        raise ResumeMismatchError(
+            f"cannot resume from {ckpt}: the data differs from what it was trained on ({'; '.join(diffs)}). "
+            "Resume with the same data.uri and data.episodes, or start a new run (another --train.output_dir)"
+        )
+
+
+def load_train_state(
+    ckpt: Path, modules: Mapping[str, nn.Module], optimizers: Mapping[str, torch.optim.Optimizer], ema: EMA | None
+) -> int:
+    """Restore every module, optimizer, the EMA and the RNG from `ckpt` (modules unwrapped, on any device); returns
+    the step to continue from."""
+    ts = Path(ckpt) / "train_state"
+    state = _train_state(ckpt)
+    saved_modules = sorted(p.stem for p in (ts / "modules").glob("*.safetensors"))
+    if saved_modules != sorted(modules) or sorted(state["optimizers"]) != sorted(optimizers):
+        raise ResumeMismatchError(
+            f"cannot resume from {ckpt}: it holds modules {saved_modules} and optimizers {sorted(state['optimizers'])}"
+            f", this run has {sorted(modules)} and {sorted(optimizers)}"
+        )
+    for name, module in modules.items():
+        module.load_state_dict(load_file(str(ts / "modules" / f"{name}.safetensors")))
+    for name, opt in optimizers.items():
+        _optimizer_from_files(opt, load_file(str(ts / "optimizers" / f"{name}.safetensors")),
+                              state["optimizers"][name])
     if ema is not None:
         ema_weights = load_file(str(Path(ckpt) / "model.safetensors"))
         for k, v in ema.shadow.items():

@@ -1,19 +1,23 @@
-"""The training loop: one readable function from config to checkpoints.
+"""Training: a `Trainer` set up from a config, its loop, and a replaceable update step.
 
 accelerate handles devices and processes (1 CPU .. N GPUs / nodes; `accelerate launch --num_processes 2 --cpu`
 runs DDP over gloo). The global batch is split across processes; batches are a pure function of (seed, step),
-so `resume=True` continues exactly where the run stopped.
+and every module, optimizer, the EMA and the RNG are checkpointed, so `resume=True` continues exactly where the
+run stopped. What a step does is an `UpdateRule` (robopolicy.train.update; behaviour cloning by default);
+evaluation and other extras are callbacks (robopolicy.train.callbacks) given by the caller, so this module
+imports no simulator.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -22,12 +26,15 @@ from tqdm import tqdm
 from robopolicy.data.dataset import open_dataset
 from robopolicy.data.sampler import EpochBatchSampler, WindowSampler, _keep_batch
 from robopolicy.data.stats import compute_stats
-from robopolicy.policies.common import prepacked
 from robopolicy.policies.policy import Policy
 from robopolicy.policies.registry import from_plain, get_config_class
-from robopolicy.train.checkpoint import latest_checkpoint, load_train_state, save_checkpoint
-from robopolicy.train.config import OptimConfig, TrainConfig
+from robopolicy.train.callbacks import Callback
+from robopolicy.train.checkpoint import check_resume_data, latest_checkpoint, load_train_state, save_checkpoint
+from robopolicy.train.config import TrainConfig
 from robopolicy.train.ema import EMA
+from robopolicy.train.run_log import RunLog
+from robopolicy.train.update import POLICY, BehaviourCloning, Learner, UpdateRule
+from robopolicy.train.update import make_optimizer as make_optimizer  # re-exported: the benchmarks use it
 
 
 def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
@@ -36,12 +43,6 @@ def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
         return base_lr * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def make_optimizer(params, optim: OptimConfig) -> torch.optim.AdamW:
-    """AdamW with the fused kernel (one pass over each tensor instead of a dozen; the same update, 2x faster on
-    CPU for the paper-size UNet)."""
-    return torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay, fused=True)
 
 
 def build_policy(cfg: TrainConfig, dataset) -> Policy:
@@ -61,157 +62,193 @@ def build_policy(cfg: TrainConfig, dataset) -> Policy:
     )
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None = None) -> Path:
-    """Train and return the last checkpoint directory. `stop_after` ends early at that step (for tests)."""
-    tc = cfg.train
-    mixed = "bf16" if tc.amp == "bf16" or (tc.amp == "auto" and torch.cuda.is_available()
-                                            and torch.cuda.is_bf16_supported()) else "no"
-    # cpu=True when there is no GPU: accelerate then runs DDP over gloo across the launched processes
-    acc = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
-    run_dir = Path(tc.output_dir)
-    if not resume and (run_dir / "checkpoints").exists():
-        if not tc.overwrite:
+class Trainer:
+    """Set up in the constructor (accelerator, data, policy, the rule's modules and optimizers, EMA, resumed
+    state), then `run()` the loop; `update(batch, step)` is one optimizer step.
+
+    rule: what a step does (default BehaviourCloning); callbacks: hooks run on the main process (evaluation...);
+    resume: continue from <output_dir>/checkpoints/last; stop_after: end early at that step (for tests)."""
+
+    def __init__(self, cfg: TrainConfig, *, rule: UpdateRule | None = None, callbacks: Sequence[Callback] = (),
+                 resume: bool = False, stop_after: int | None = None):
+        self.cfg, tc = cfg, cfg.train
+        self.rule = rule or BehaviourCloning()
+        self.callbacks = list(callbacks)
+        mixed = "bf16" if tc.amp == "bf16" or (tc.amp == "auto" and torch.cuda.is_available()
+                                                and torch.cuda.is_bf16_supported()) else "no"
+        # cpu=True when there is no GPU: accelerate then runs DDP over gloo across the launched processes
+        self.acc = acc = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+        self.run_dir = Path(tc.output_dir)
+        self._claim_run_dir(resume)
+        torch.manual_seed(tc.seed + acc.process_index)
+
+        # data, policy, the rule's modules and optimizers (moved and wrapped by accelerate)
+        self.dataset = open_dataset(cfg.data.uri, cache_mb=cfg.data.cache_mb)
+        policy = build_policy(cfg, self.dataset)
+        self.windows = WindowSampler(self.dataset, policy.config.delta_indices(), episodes=cfg.data.episodes)
+        modules, optimizers = self.rule.build(policy, cfg)
+        if modules.get(POLICY) is not policy:
+            raise ValueError(f"{type(self.rule).__name__}.build must return the policy it was given as {POLICY!r}")
+        for opt in optimizers.values():
+            for group in opt.param_groups:
+                group.setdefault("base_lr", group["lr"])  # the schedule scales every group from its own base
+        self.modules, self.optimizers = self._prepare(modules, optimizers)
+        self.policy: Policy = acc.unwrap_model(self.modules[POLICY])
+        # after accelerate moved the model, so the shadows start on its device
+        self.ema = EMA(self.policy.head, tc.ema_power, tc.ema_max_decay) if tc.ema_power > 0 else None
+        self.learner = Learner(acc, self.modules, self.optimizers, cfg.optim.grad_clip)
+        self.data_info = {
+            "root": str(Path(self.dataset.root).resolve()), "episodes": _plain(cfg.data.episodes),
+            "num_episodes": self.dataset.num_episodes, "num_frames": self.dataset.num_frames,
+        }
+
+        self.start = 0
+        if resume:
+            ckpt = latest_checkpoint(self.run_dir)
+            if ckpt is None:
+                raise FileNotFoundError(f"--resume: no checkpoint under {self.run_dir / 'checkpoints'}")
+            check_resume_data(ckpt, self.policy, self.data_info)
+            self.start = load_train_state(ckpt, self._unwrapped(), self.optimizers, self.ema)
+            acc.print(f"resumed from {ckpt} at step {self.start}")
+        self.end = tc.steps if stop_after is None else min(tc.steps, stop_after)
+        self.log: RunLog | None = None
+
+    def _claim_run_dir(self, resume: bool) -> None:
+        """Refuse to replace an existing run unless asked (train.overwrite), then clear it."""
+        checkpoints = self.run_dir / "checkpoints"
+        if resume or not checkpoints.exists():
+            return
+        if not self.cfg.train.overwrite:
             raise FileExistsError(
-                f"{run_dir} already holds a training run; pass --resume to continue it, "
+                f"{self.run_dir} already holds a training run; pass --resume to continue it, "
                 "--train.overwrite=true to replace it, or choose another --train.output_dir"
             )
-        if acc.is_main_process:
-            shutil.rmtree(run_dir / "checkpoints")
-            (run_dir / "metrics.csv").unlink(missing_ok=True)
-        acc.wait_for_everyone()
-    torch.manual_seed(tc.seed + acc.process_index)
+        if self.acc.is_main_process:
+            shutil.rmtree(checkpoints)
+            (self.run_dir / "metrics.csv").unlink(missing_ok=True)
+        self.acc.wait_for_everyone()
 
-    # ------------------------------------------------------------------ data + policy
-    dataset = open_dataset(cfg.data.uri, cache_mb=cfg.data.cache_mb)
-    policy = build_policy(cfg, dataset)
-    windows = WindowSampler(dataset, policy.config.delta_indices(), episodes=cfg.data.episodes)
-    optimizer = make_optimizer(policy.head.parameters(), cfg.optim)
-    ema = EMA(policy.head, tc.ema_power, tc.ema_max_decay) if tc.ema_power > 0 else None
-    start = 0
-    if resume:
-        ckpt = latest_checkpoint(run_dir)
-        if ckpt is None:
-            raise FileNotFoundError(f"--resume: no checkpoint under {run_dir / 'checkpoints'}")
-        start = load_train_state(ckpt, policy, optimizer, ema)
-        acc.print(f"resumed from {ckpt} at step {start}")
-    end = tc.steps if stop_after is None else min(tc.steps, stop_after)
-    batches = EpochBatchSampler(
-        len(windows), tc.batch_size, seed=tc.seed, start_step=start, num_steps=max(0, end - start),
-        rank=acc.process_index, world_size=acc.num_processes,
-    )
-    loader = torch.utils.data.DataLoader(
-        windows, batch_sampler=batches, collate_fn=_keep_batch, num_workers=cfg.data.num_workers,
-        generator=torch.Generator().manual_seed(tc.seed),  # keeps the loader off the global RNG (exact resume)
-    )
-    model, optimizer = acc.prepare(policy, optimizer)
-    acc.print(
-        f"training {cfg.policy['type']} on {cfg.data.uri}: {len(windows)} windows, steps {start}..{end}, "
-        f"global batch {tc.batch_size} over {acc.num_processes} process(es) on {acc.device}"
-    )
+    def _prepare(self, modules: dict, optimizers: dict) -> tuple[dict, dict]:
+        """accelerate.prepare the trainable modules and the optimizers in one call (it re-points each optimizer
+        at its moved parameters); modules without trainable parameters (targets) are only moved."""
+        trainable = [n for n, m in modules.items() if any(p.requires_grad for p in m.parameters())]
+        prepared = self.acc.prepare(*(modules[n] for n in trainable), *optimizers.values())
+        prepared = prepared if isinstance(prepared, tuple) else (prepared,)
+        out_modules = {n: modules[n].to(self.acc.device) for n in modules}
+        out_modules.update(zip(trainable, prepared[: len(trainable)]))
+        return out_modules, dict(zip(optimizers, prepared[len(trainable):]))
 
-    # ------------------------------------------------------------------ logging
-    if acc.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-        metrics_file = (run_dir / "metrics.csv").open("a", newline="")
-        metrics_csv = csv.writer(metrics_file)
-        if start == 0:
-            metrics_csv.writerow(["step", "loss", "lr", "grad_norm", "samples_per_s", "train_s"])
-        tb = None
-        if tc.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+    def _unwrapped(self) -> dict[str, torch.nn.Module]:
+        return {n: self.acc.unwrap_model(m) for n, m in self.modules.items()}
 
-            tb = SummaryWriter(str(run_dir / "tensorboard"))
-        wandb_run = _start_wandb(tc.wandb_project, run_dir, cfg) if tc.wandb_project else None
-    bar = tqdm(total=end, initial=start, disable=not (tc.progress and acc.is_main_process), desc="train",
-               dynamic_ncols=True)
-    last_ckpt = None
-    t_log, seen = time.perf_counter(), 0
-    train_s = 0.0  # wall time of data loading + steps since this process started; evals and checkpoints excluded
-    t_mark = time.perf_counter()
+    # ------------------------------------------------------------------ one step
+    def update(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
+        """Schedule every optimizer's learning rate, run the rule's step on `batch` (step `step`, 0-based), update
+        the EMA. Returns the rule's log values (detached tensors)."""
+        scale = lr_at(step, 1.0, self.cfg.optim.warmup_steps, self.cfg.train.steps)
+        for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] = group["base_lr"] * scale
+        batch = {k: v.to(self.acc.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        values = self.rule.update(self.learner, batch, step)
+        if self.ema is not None:
+            self.ema.update(self.policy.head)
+        return values
 
     # ------------------------------------------------------------------ the loop
-    model.train()
-    for step, batch in enumerate(loader, start=start):
-        lr = lr_at(step, cfg.optim.lr, cfg.optim.warmup_steps, tc.steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch = {k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        with acc.autocast():
-            out = model(batch)
-        acc.backward(out.loss)
-        grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.update(acc.unwrap_model(model).head)
-        seen += tc.batch_size
-        done = step + 1
-        train_s += time.perf_counter() - t_mark
-
-        loss = acc.reduce(out.loss.detach(), "mean").item()
-        if acc.is_main_process:
-            rate = seen / max(1e-9, time.perf_counter() - t_log)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{rate:.0f}", refresh=False)
-            if done % tc.log_every == 0 or done == end:
-                metrics_csv.writerow(
-                    [done, f"{loss:.6f}", f"{lr:.3e}", f"{float(grad_norm):.4f}", f"{rate:.1f}", f"{train_s:.2f}"]
-                )
-                metrics_file.flush()
-                if tb is not None:
-                    tb.add_scalar("train/loss", loss, done)
-                    tb.add_scalar("train/lr", lr, done)
-                    tb.add_scalar("train/samples_per_s", rate, done)
-                if wandb_run is not None:
-                    wandb_run.log({"train/loss": loss, "train/lr": lr, "train/samples_per_s": rate}, step=done)
-                t_log, seen = time.perf_counter(), 0
-        if done % tc.save_every == 0 or done == end:
-            acc.wait_for_everyone()
-            if acc.is_main_process:
-                last_ckpt = save_checkpoint(run_dir, done, acc.unwrap_model(model), optimizer, ema, cfg.to_dict())
-        if tc.eval_every and cfg.eval.env and (done % tc.eval_every == 0 or done == end) and acc.is_main_process:
-            _periodic_eval(cfg, acc.unwrap_model(model), ema, run_dir / "eval" / f"step_{done:06d}", tb, done)
-        t_mark = time.perf_counter()
-
-    bar.close()
-    if acc.is_main_process:
-        metrics_file.close()
-        if tb is not None:
-            tb.close()
-        if wandb_run is not None:
-            wandb_run.finish()
-    acc.wait_for_everyone()
-    return last_ckpt or latest_checkpoint(run_dir)
-
-
-def _start_wandb(project: str, run_dir: Path, cfg: TrainConfig):
-    try:
-        import wandb
-    except ImportError:
-        raise SystemExit("train.wandb_project is set but wandb is not installed: pip install wandb") from None
-    return wandb.init(project=project, name=run_dir.name, dir=str(run_dir), config=cfg.to_dict(), resume="allow")
-
-
-def _periodic_eval(cfg: TrainConfig, policy: Policy, ema: EMA | None, out_dir: Path, tb, step: int) -> None:
-    """Evaluate the EMA weights in simulation without disturbing the live weights."""
-    from robopolicy.sim.evaluate import evaluate
-
-    live = {k: v.clone() for k, v in policy.head.state_dict().items()}
-    if ema is not None:
-        policy.head.load_state_dict(ema.state_dict())
-    policy.eval()
-    try:
-        result = evaluate(
-            policy, cfg.eval.env, n_episodes=cfg.eval.episodes, seed=cfg.eval.seed, out_dir=out_dir,
-            n_envs=cfg.eval.n_envs, max_steps=cfg.eval.max_steps, video_episodes=cfg.eval.videos,
-            overwrite=True, progress=False,
+    def run(self) -> Path:
+        """Train from self.start to self.end; returns the last checkpoint directory."""
+        acc, tc = self.acc, self.cfg.train
+        batches = EpochBatchSampler(
+            len(self.windows), tc.batch_size, seed=tc.seed, start_step=self.start,
+            num_steps=max(0, self.end - self.start), rank=acc.process_index, world_size=acc.num_processes,
         )
-        if tb is not None:
-            tb.add_scalar("eval/pc_success", result.pc_success, step)
-            if result.avg_max_coverage is not None:
-                tb.add_scalar("eval/avg_max_coverage", result.avg_max_coverage, step)
-    finally:
-        policy.head.load_state_dict(live)
-        policy.train()
-        prepacked.release(policy.head)  # the packed inference copies would sit unused through training
+        loader = torch.utils.data.DataLoader(
+            self.windows, batch_sampler=batches, collate_fn=_keep_batch, num_workers=self.cfg.data.num_workers,
+            generator=torch.Generator().manual_seed(tc.seed),  # keeps the loader off the global RNG (exact resume)
+        )
+        acc.print(
+            f"training {self.cfg.policy['type']} on {self.cfg.data.uri}: {len(self.windows)} windows, steps "
+            f"{self.start}..{self.end}, global batch {tc.batch_size} over {acc.num_processes} process(es) on "
+            f"{acc.device}"
+        )
+        main = acc.is_main_process
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "train_config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+            self.log = RunLog(self.run_dir, self.start, tensorboard=tc.tensorboard, wandb_project=tc.wandb_project,
+                              config=self.cfg.to_dict())
+            self._call("on_train_start")
+        bar = tqdm(total=self.end, initial=self.start, disable=not (tc.progress and main), desc="train",
+                   dynamic_ncols=True)
+        for module in self.modules.values():  # targets (no trainable parameters) stay in eval mode
+            module.train(any(p.requires_grad for p in module.parameters()))
+        last_ckpt = None
+        t_log, seen = time.perf_counter(), 0
+        train_s = 0.0  # wall time of data loading + steps since this process started; evals, checkpoints excluded
+        t_mark = time.perf_counter()
+        for step, batch in enumerate(loader, start=self.start):
+            values = self.update(batch, step)
+            seen += tc.batch_size
+            done = step + 1
+            train_s += time.perf_counter() - t_mark
+            if done % tc.log_every == 0 or done == self.end:
+                logs = self._gather(values)  # the only host sync of a step, on logging steps (every process)
+                logs.update(lr=self._lr(), samples_per_s=seen / max(1e-9, time.perf_counter() - t_log),
+                            train_s=train_s)
+                if main:
+                    self.log.row(done, logs)
+                    bar.set_postfix(loss=f"{logs['loss']:.4f}", samples_s=f"{logs['samples_per_s']:.0f}",
+                                    refresh=False)
+                    self._call("on_log", done, logs)
+                t_log, seen = time.perf_counter(), 0
+            bar.update(1)
+            if done % tc.save_every == 0 or done == self.end:
+                last_ckpt = self.save(done)
+            if main:
+                self._call("on_step_end", done)
+            t_mark = time.perf_counter()
+        bar.close()
+        if main:
+            self._call("on_train_end")
+            self.log.close()
+        acc.wait_for_everyone()
+        return last_ckpt or latest_checkpoint(self.run_dir)
+
+    def save(self, step: int) -> Path | None:
+        """Checkpoint every module, optimizer and the EMA (main process; all processes must call it)."""
+        self.acc.wait_for_everyone()
+        if not self.acc.is_main_process:
+            return None
+        ckpt = save_checkpoint(self.run_dir, step, self.policy, self._unwrapped(), self.optimizers, self.ema,
+                               self.cfg.to_dict(), self.data_info)
+        self._call("on_save", step, ckpt)
+        return ckpt
+
+    def log_scalars(self, step: int, values: dict[str, float]) -> None:
+        """Tensorboard / wandb scalars from a callback (main process)."""
+        if self.log is not None:
+            self.log.scalars(step, values)
+
+    def _gather(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Mean over processes of each scalar, as floats."""
+        stacked = torch.stack([v.detach().float().reshape(()).to(self.acc.device) for v in values.values()])
+        return dict(zip(values, self.acc.reduce(stacked, "mean").tolist()))
+
+    def _lr(self) -> float:
+        opt = self.optimizers.get(POLICY) or next(iter(self.optimizers.values()))
+        return opt.param_groups[0]["lr"]
+
+    def _call(self, hook: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None = None, rule: UpdateRule | None = None,
+          callbacks: Sequence[Callback] = ()) -> Path:
+    """Train and return the last checkpoint directory (see `Trainer`)."""
+    return Trainer(cfg, rule=rule, callbacks=callbacks, resume=resume, stop_after=stop_after).run()
+
+
+def _plain(episodes) -> list[int] | None:
+    return None if episodes is None else [int(e) for e in episodes]

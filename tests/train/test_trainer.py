@@ -1,4 +1,5 @@
-"""Trainer: runs, logs, checkpoints, and resumes exactly (same losses after resume as without interruption)."""
+"""Trainer: runs, logs, checkpoints, and resumes exactly (same losses after resume as without interruption), with
+metrics.csv free of duplicated steps, refusing other data on resume, and pluggable update rules (actor + critic)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import pytest
 import torch
 
 from robopolicy.policies.policy import Policy
+from robopolicy.train.callbacks import Callback
+from robopolicy.train.checkpoint import ResumeMismatchError
 from robopolicy.train.config import load_config
 from robopolicy.train.trainer import lr_at, train
 
@@ -82,12 +85,71 @@ def test_overrides_and_unknown_fields(tmp_path):
 def test_periodic_eval_writes_eval_info(pusht_zarr, tmp_path):
     import json
 
+    from robopolicy.train.sim_eval import sim_eval_callback
+
     cfg = load_config(None, [
         *TINY, f"--data.uri={pusht_zarr}", "--data.episodes=[0,1]", "--train.steps=2", "--train.eval_every=2",
         "--eval.env=pusht", "--eval.episodes=1", "--eval.max_steps=5", "--eval.videos=0",
         f"--train.output_dir={tmp_path}",
     ])
-    train(cfg)
+    train(cfg, callbacks=[sim_eval_callback(cfg.eval, cfg.train.eval_every)])
     info = json.loads((tmp_path / "eval/step_000002/eval_info.json").read_text())
     assert info["env"] == "pusht" and len(info["per_episode"]) == 1
     assert 0.0 <= info["aggregated"]["avg_max_coverage"] <= 1.0
+
+
+def test_trainer_imports_no_simulator():
+    import subprocess
+    import sys
+
+    code = ("import sys, robopolicy.train.trainer; "
+            "bad = [m for m in sys.modules if m.startswith(('robopolicy.sim', 'mujoco', 'gymnasium', 'robosuite'))]; "
+            "assert not bad, bad")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+class _CrashAt(Callback):
+    """Stands in for a run killed after logging `step` (its last checkpoint is older)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, trainer, step):
+        if step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_metrics_csv_has_each_step_once_after_resume(pusht_zarr, tmp_path):
+    cfg = load_config(None, [*TINY, f"--data.uri={pusht_zarr}", "--data.episodes=[0,1]", "--train.steps=7",
+                             "--train.save_every=3", f"--train.output_dir={tmp_path}"])
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, callbacks=[_CrashAt(5)])
+    assert sorted(_losses(tmp_path)) == [1, 2, 3, 4, 5]  # steps 4, 5 logged after the checkpoint at 3
+    train(cfg, resume=True)
+    with open(tmp_path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == list(range(1, 8))
+    assert {"loss", "lr", "grad_norm", "samples_per_s", "train_s"} <= set(rows[0])
+    assert all(float(r["grad_norm"]) > 0 for r in rows)
+
+
+def test_resume_on_other_data_is_refused_naming_the_difference(pusht_zarr, tmp_path):
+    args = [*TINY, f"--data.uri={pusht_zarr}", "--train.steps=4", f"--train.output_dir={tmp_path}"]
+    train(load_config(None, [*args, "--data.episodes=[0,1]"]), stop_after=2)
+    with pytest.raises(ResumeMismatchError, match=r"episodes: checkpoint \[0, 1\], now \[0, 1, 2\].*stats for"):
+        train(load_config(None, [*args, "--data.episodes=[0,1,2]"]), resume=True)
+
+
+def test_head_metrics_are_logged_as_columns(pusht_zarr, tmp_path):
+    cfg = load_config(None, [
+        "--policy.type=act", "--policy.dim_model=32", "--policy.dim_feedforward=64", "--policy.n_heads=4",
+        "--policy.horizon=8", "--policy.n_action_steps=8", "--policy.n_encoder_layers=1",
+        "--data.input_keys=[state]", "--data.episodes=[0,1]", "--train.batch_size=8",
+        "--train.steps=2", "--train.log_every=1", "--train.tensorboard=false", "--train.progress=false",
+        f"--data.uri={pusht_zarr}", f"--train.output_dir={tmp_path}",
+    ])
+    train(cfg)
+    with open(tmp_path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {"l1", "kl"} <= set(rows[0]) and all(float(r["l1"]) >= 0 for r in rows)
