@@ -20,11 +20,15 @@ LeRobot (B) alternate A, B, A, B, ... so both see the same background load. Repo
 and the speedup (robopolicy / LeRobot throughput, LeRobot / robopolicy latency). Both sides use the same torch
 (2.14.1, shared by the LeRobot venv) and the same `torch.set_num_threads`.
 
+`--kernels-off` adds a third side, robopolicy with its CPU kernels switched off (ROBOPOLICY_CPU_KERNELS=off:
+plain torch modules, policies/common/kernels.py), alternating with the other two: the "kernels" column is what the
+switch buys (robopolicy on / off, as a speedup).
+
 `--presets` also times `predict_chunk` (batch 1) of the CPU-practical presets in configs/ (robopolicy only).
 
 Usage:
   .venv/bin/python benchmarks/bench_policy_speed.py [--repeats 3] [--threads 2] [--cases a,b] [--json out.json]
-      [--lerobot-python /work/lrvenv/bin/python | --no-lerobot] [--presets] [--no-act-padding]
+      [--lerobot-python /work/lrvenv/bin/python | --no-lerobot] [--kernels-off] [--presets] [--no-act-padding]
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ LEROBOT_SCRIPT = REPO / "benchmarks" / "lerobot_policy_reference.py"
 DEFAULT_LEROBOT_PYTHON = "/work/lrvenv/bin/python"
 IMAGE, STATE, ACTION = "observation.image", "observation.state", "action"
 ACT_BATCHES = 12  # 1 warm-up + 11 timed ACT training steps, each on its own batch
+KERNELS_OFF = "robopolicy_kernels_off"  # the side run with ROBOPOLICY_CPU_KERNELS=off
 PRESETS = ("diffusion_pusht_image_cpu", "flow_pusht_state_cpu", "act_pusht_cpu", "diffusion_pusht_state_cpu")
 
 
@@ -88,7 +93,8 @@ def speedup(case: Case, ours: float, theirs: float) -> float:
 
 
 def summarize(case: Case, values: dict[str, list[float]]) -> dict:
-    """Medians per side, the speedup over LeRobot measured side by side (or over the reference figure)."""
+    """Medians per side, the speedup over LeRobot measured side by side (or over the reference figure), and the
+    speedup of the CPU kernels over robopolicy without them (when that side ran)."""
     ours = statistics.median(values["robopolicy"])
     row = {"case": case.name, "unit": case.unit, "robopolicy": ours, "robopolicy_runs": values["robopolicy"],
            "reference": case.reference, "goal": case.goal, "vs_reference": speedup(case, ours, case.reference)}
@@ -98,6 +104,9 @@ def summarize(case: Case, values: dict[str, list[float]]) -> dict:
     else:
         row |= {"lerobot": None, "lerobot_runs": [], "speedup": row["vs_reference"]}
     row["goal_met"] = row["speedup"] >= case.goal
+    if values.get(KERNELS_OFF):
+        off = statistics.median(values[KERNELS_OFF])
+        row |= {"kernels_off": off, "kernels_off_runs": values[KERNELS_OFF], "kernels": speedup(case, ours, off)}
     return row
 
 
@@ -111,13 +120,14 @@ def fmt(value: float | None, unit: str) -> str:
 
 def format_table(rows: list[dict]) -> str:
     head = f"{'case':<16} {'unit':<10} {'robopolicy':>11} {'LeRobot':>11} {'speedup':>8} {'goal':>6} {'met':>4}" \
-           f"  {'LeRobot ref':>11}"
+           f"  {'LeRobot ref':>11}  {'kernels off':>11} {'kernels':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
+        kernels = f"{r['kernels']:>7.2f}x" if "kernels" in r else f"{'-':>8}"
         lines.append(
             f"{r['case']:<16} {r['unit']:<10} {fmt(r['robopolicy'], r['unit']):>11} {fmt(r['lerobot'], r['unit']):>11}"
             f" {r['speedup']:>7.2f}x {r['goal']:>5.1f}x {'yes' if r['goal_met'] else 'NO':>4}"
-            f"  {fmt(r['reference'], r['unit']):>11}"
+            f"  {fmt(r['reference'], r['unit']):>11}  {fmt(r.get('kernels_off'), r['unit']):>11} {kernels}"
         )
     return "\n".join(lines)
 
@@ -245,6 +255,8 @@ def time_policy(policy, batches: list[dict] | None, obs: dict | None, steps: int
 def robopolicy_worker(case: str, batches: Path, steps: int, warmup: int) -> dict:
     import torch
 
+    from robopolicy.policies.common import kernels
+
     torch.manual_seed(0)
     data = torch.load(batches, weights_only=False)
     family = "act" if case.startswith("act") else "diffusion"
@@ -255,7 +267,8 @@ def robopolicy_worker(case: str, batches: Path, steps: int, warmup: int) -> dict
     value, times = time_policy(policy, part["batches"] if train else None, None if train else part["obs"], steps,
                                warmup, ema=family == "diffusion")
     return {"side": "robopolicy", "case": case, "value": value, "unit": CASES[case].unit, "times": times,
-            "params": sum(p.numel() for p in policy.head.parameters()), "threads": torch.get_num_threads()}
+            "params": sum(p.numel() for p in policy.head.parameters()), "threads": torch.get_num_threads(),
+            "kernels": kernels.mode(), "kernels_enabled": kernels.enabled("cpu")}
 
 
 def preset_worker(name: str, steps: int, warmup: int) -> dict:
@@ -297,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lerobot-python", default=os.environ.get("LEROBOT_PYTHON", DEFAULT_LEROBOT_PYTHON))
     ap.add_argument("--no-lerobot", action="store_true", help="compare against the reference figures only")
     ap.add_argument("--presets", action="store_true", help="also time the CPU-practical presets' predict_chunk")
+    ap.add_argument("--kernels-off", action="store_true",
+                    help="also run robopolicy with ROBOPOLICY_CPU_KERNELS=off, alternating with the other sides")
     ap.add_argument("--no-act-padding", action="store_true",
                     help="mark every action of the ACT batches as real (no padding): the worst case for robopolicy")
     ap.add_argument("--preset-names", default=",".join(PRESETS))
@@ -330,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"{lerobot_python} not found: create the LeRobot venv (benchmarks/setup_lerobot_venv.sh) "
                      "or pass --no-lerobot to compare against the reference figures")
         sides.append("lerobot")
+    if args.kernels_off:
+        sides.append(KERNELS_OFF)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(REPO)}
     loads = [load_average()]
     print(f"threads {args.threads}, repeats {args.repeats}, load average at start {loads[0]}", flush=True)
@@ -347,16 +364,19 @@ def main(argv: list[str] | None = None) -> int:
                 steps = str(CASES[case].steps)
                 common = ["--case", case, "--batches", str(batches), "--steps", steps,
                           "--warmup", str(CASES[case].warmup), "--threads", str(args.threads)]
-                if side == "robopolicy":
-                    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "robopolicy", *common]
-                else:
+                side_env = env
+                if side == "lerobot":
                     cmd = [str(lerobot_python), str(LEROBOT_SCRIPT), *common]
+                else:
+                    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "robopolicy", *common]
+                    if side == KERNELS_OFF:
+                        side_env = {**env, "ROBOPOLICY_CPU_KERNELS": "off"}
                 t0 = time.perf_counter()
-                result = run_worker(cmd, env)
+                result = run_worker(cmd, side_env)
                 result |= {"repeat": rep, "wall_s": time.perf_counter() - t0, "load_after": load_average()}
                 raw.append(result)
                 values[side].append(result["value"])
-                print(f"  {case:<15} run {rep + 1} {side:<10} {fmt(result['value'], result['unit']):>10} "
+                print(f"  {case:<15} run {rep + 1} {side:<22} {fmt(result['value'], result['unit']):>10} "
                       f"{result['unit']}  (load {result['load_after'][0]:.2f})", flush=True)
             rows.append(summarize(CASES[case], values))
     loads.append(load_average())

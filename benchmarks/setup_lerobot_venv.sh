@@ -7,7 +7,8 @@
 # `lerobot.datasets.lerobot_dataset` needs, at LeRobot's pins. torchcodec is not installed: it needs system
 # FFmpeg shared libraries and its 0.10 build targets torch 2.10; the scripts use video_backend="pyav".
 # LeRobot's pyav path needs torchvision.io.VideoReader (gone in torchvision 0.26+): benchmarks/lerobot_runtime.py
-# supplies it at run time.
+# supplies it at run time. transformers is installed at LeRobot's pin (<5) because `lerobot.policies` imports it
+# whenever it is importable, and the project venv's transformers 5 needs a newer huggingface-hub than LeRobot's.
 #
 # Usage: bash benchmarks/setup_lerobot_venv.sh [VENV_DIR]   (default /work/lrvenv; never the project venv)
 set -euo pipefail
@@ -46,6 +47,7 @@ PIP=("$VENV/bin/pip" install --disable-pip-version-check)
     "setuptools>=77.0.3,<81.0.0" \
     "pandas>=2.2.2,<2.4.0" \
     "diffusers==0.35.2" \
-    "pyserial==3.5"
+    "pyserial==3.5" \
+    "transformers>=4.57.1,<5.0.0"
 
 "$VENV/bin/python" -c 'import torch, lerobot.datasets.lerobot_dataset; print("LeRobot venv ready; torch", torch.__version__, "from", torch.__file__)'
