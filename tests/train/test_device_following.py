@@ -1,0 +1,78 @@
+"""Device discipline on a CPU-only machine: every tensor of every registered head follows `.to()` (device and
+dtype), and the EMA follows its model, so tensors created on the CPU behind the model's back (the class of bug
+that only fails on a GPU) show up here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import tests.plugin_heads.configuration  # noqa: F401  (the plugin head is registered too)
+from robopolicy.policies.base import FeatureSpec
+from robopolicy.policies.policy import Policy, make_normalizer
+from robopolicy.policies.registry import available_policies, get_config_class
+from robopolicy.train.ema import EMA
+
+HEADS = available_policies()
+STATE = {"observation.state": FeatureSpec((5,), "state")}
+IMAGE = {"observation.image": FeatureSpec((3, 32, 32), "image")}
+ACTION = {"action": FeatureSpec((2,), "action")}
+
+
+def _policy(name: str) -> Policy:
+    features = STATE if name == "mlp_flow_plugin" else {**STATE, **IMAGE}
+    cfg = get_config_class(name).for_tests(features, ACTION)
+    stats = {k: {"min": np.zeros(n), "max": np.full(n, 4.0), "mean": np.full(n, 2.0), "std": np.ones(n)}
+             for k, n in (("observation.state", 5), ("action", 2))}
+    torch.manual_seed(0)
+    return Policy(cfg, make_normalizer(cfg, stats)).eval()
+
+
+def _stray_tensors(model: nn.Module) -> list[str]:
+    """Tensor attributes that are neither parameters nor buffers (`.to()` would leave them behind)."""
+    return [f"{mod_name or type(model).__name__}.{attr}" for mod_name, mod in model.named_modules()
+            for attr, value in vars(mod).items() if torch.is_tensor(value)]
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_every_tensor_follows_to_meta(name):
+    policy = _policy(name)
+    assert not _stray_tensors(policy), "tensors outside parameters/buffers do not follow .to()"
+    policy.to("meta")
+    left = [k for k, t in [*policy.named_parameters(), *policy.named_buffers()] if t.device.type != "meta"]
+    assert not left, f"stayed behind on .to('meta'): {left}"
+    assert policy.device.type == "meta"
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_float64_policy_samples_float64(name):
+    """A head that builds its noise, time grid or masks without the input's device/dtype fails here."""
+    policy = _policy(name).to(torch.float64)
+    obs = policy.config.fake_obs(2, torch.Generator().manual_seed(0))
+    head_obs = {k: v.double() if torch.is_tensor(v) and v.dtype.is_floating_point else v for k, v in obs.items()}
+    chunk = policy.head.sample(head_obs, generator=torch.Generator().manual_seed(0))
+    assert chunk.dtype == torch.float64 and torch.isfinite(chunk).all()
+    batch = {k: v.double() if torch.is_tensor(v) and v.dtype.is_floating_point else v
+             for k, v in policy.config.fake_batch(2, torch.Generator().manual_seed(0)).items()}
+    assert policy.head.loss(batch).loss.dtype == torch.float64
+
+
+def test_ema_follows_its_model_to_another_device():
+    """EMA built before the model moved (accelerate's prepare, `.to("cuda")`): the update must not mix devices."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    ema = EMA(model)
+    model.to("meta")
+    ema.update(model)
+    assert {t.device.type for t in ema.state_dict().values()} == {"meta"}
+
+
+def test_ema_average_is_unchanged_by_following():
+    model = nn.Linear(2, 2)
+    ema = EMA(model, power=1.0)
+    before = {k: v.clone() for k, v in ema.state_dict().items()}
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)  # step 0: decay 0 -> the shadow becomes the live weights
+    torch.testing.assert_close(ema.state_dict()["weight"], before["weight"] + 1.0)
