@@ -7,6 +7,9 @@
   dropout   nn.Dropout vs robopolicy's FastDropout (policies/common/dropout.py), forward + backward on an ACT
             feed-forward activation (600 x 3200).
 
+The "prepacked / fast" side needs the CPU kernels on (policies/common/kernels.py): the script refuses to run
+when the switch is off or the oneDNN ops are missing, since both columns would then time the same torch op.
+
 Usage: .venv/bin/python benchmarks/bench_kernels.py [--repeats 3]
 """
 
@@ -19,7 +22,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from robopolicy.policies.common import prepacked
+from robopolicy.policies.common import kernels, prepacked
 from robopolicy.policies.common.dropout import dropout
 
 LINEARS = [  # (rows, in, out): where they occur
@@ -49,6 +52,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    if not kernels.onednn("cpu"):
+        raise SystemExit(f"CPU kernels off ({kernels.ENV}={kernels.mode()}, oneDNN ops usable: "
+                         f"{kernels.onednn_available()}): nothing to compare")
     torch.set_num_threads(1)
     torch.manual_seed(0)
     print("linear, batch-1 inference shapes (8 distinct weights per timing), torch F.linear vs prepacked:")

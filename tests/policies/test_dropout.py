@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from robopolicy.policies.common import kernels
 from robopolicy.policies.common.dropout import FastDropout, dropout, use_fast_dropout
 
 
@@ -31,3 +32,12 @@ def test_swap_replaces_every_dropout_and_keeps_the_state_dict():
     layer.eval()
     x = torch.randn(2, 5, 16)
     torch.testing.assert_close(layer(x), layer(x))  # eval: deterministic
+
+
+def test_switch_off_is_torch_dropout():
+    x = torch.randn(1000, 50)
+    with kernels.override(False):
+        torch.manual_seed(3)
+        ours = dropout(x, 0.2, training=True)
+    torch.manual_seed(3)
+    torch.testing.assert_close(ours, torch.nn.functional.dropout(x, 0.2, True), rtol=0, atol=0)

@@ -60,7 +60,8 @@ def _group_norm(channels: int, **_ignored) -> nn.GroupNorm:
 def image_trunk(cfg: EncoderConfig) -> nn.Module:
     """A timm CNN without pooling or classifier: (N, C, H, W) -> feature map (N, C', H', W').
 
-    Its convolutions run with prepacked weights at inference (prepacked.py); parameters and state dict are timm's.
+    Its convolutions run with prepacked weights at inference where the CPU kernels are on (prepacked.py,
+    kernels.py); parameters and state dict are timm's.
     """
     import timm
 
