@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from robopolicy.cli.device import add_device_argument, check_device
+
 DESCRIPTION = """\
 Deploy a policy checkpoint to a robot: fixed-rate loop, safety limits, e-stop, async inference, RTC.
 
@@ -48,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--episode-time", type=float, default=30.0, help="seconds per run (default: %(default)s)")
     p.add_argument("--inference", choices=("sync", "process", "server"), default="sync", help="default: %(default)s")
     p.add_argument("--server", help="host:port of a `robopolicy serve` server (--inference server)")
+    add_device_argument(p, default=None, what="cpu; with --inference server: the `robopolicy serve --device`")
     p.add_argument("--executor", choices=("auto", "receding_horizon", "temporal_ensembling"), default="auto",
                    help="sync chunk execution (default: %(default)s)")
     p.add_argument("--n-action-steps", type=int, help="actions executed per chunk (default: the policy's)")
@@ -71,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = DeployConfig(fps=args.fps, episode_time_s=args.episode_time, executor=args.executor,
                        n_action_steps=args.n_action_steps, max_velocity=args.max_velocity, watchdog_s=args.watchdog,
                        estop_mode=args.estop, max_consecutive_faults=args.max_faults, rtc=args.rtc)
+    if args.device is not None and args.inference == "server":
+        raise SystemExit("--device applies to --inference sync / process; pass it to `robopolicy serve` instead")
+    device = check_device(args.device or "cpu")
     rig = source = None
     port, calibration = args.robot_port, args.calibration
     try:
@@ -83,11 +89,11 @@ def run(args: argparse.Namespace) -> int:
         if args.inference == "sync":
             from robopolicy.policies.policy import load_policy
 
-            policy = load_policy(args.checkpoint).eval()
+            policy = load_policy(args.checkpoint, map_location=device).eval()
         elif args.inference == "process":
             from robopolicy.runtime.async_inference import ProcessChunkSource
 
-            source = ProcessChunkSource(args.checkpoint)
+            source = ProcessChunkSource(args.checkpoint, device=device)
         else:
             from robopolicy.runtime.async_inference import RemotePolicyClient
 

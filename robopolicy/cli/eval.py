@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from robopolicy.cli.device import add_device_argument, check_device
 from robopolicy.runtime.executors import EXECUTOR_KINDS
 from robopolicy.sim.envs import ENV_HELP
 from robopolicy.sim.evaluate import DEFAULT_SEED
@@ -49,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "else receding horizon with the policy's n_action_steps (default auto)",
     )
     p.add_argument("--n-action-steps", type=int, default=None, help="override the policy's n_action_steps")
-    p.add_argument("--device", default="cpu", help="torch device for the policy (default cpu)")
+    add_device_argument(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing eval_info.json in --out")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -76,12 +77,11 @@ def run(args: argparse.Namespace) -> int:
     from robopolicy.policies.policy import load_policy
 
     try:
-        policy = load_policy(args.checkpoint, map_location=args.device)
+        policy = load_policy(args.checkpoint, map_location=check_device(args.device))
     except (FileNotFoundError, ValueError, KeyError) as e:
         return _fail(f"cannot load the policy from {args.checkpoint}: {e}")
-    if hasattr(policy, "to"):
-        policy = policy.to(args.device)
-    print(f"evaluating {args.checkpoint} on {args.env}: {args.episodes} episodes from seed {args.seed} -> {out}")
+    print(f"evaluating {args.checkpoint} on {args.env} ({args.device}): {args.episodes} episodes from seed {args.seed} "
+          f"-> {out}")
     evaluate(
         policy,
         args.env,

@@ -114,7 +114,7 @@ class Deployer:
             def sync(t: int, history: ObservationHistory) -> np.ndarray:
                 if executor.needs_chunk():
                     with torch.inference_mode():
-                        executor.push(self.policy.predict_chunk(history.window()))
+                        executor.push(self.policy.predict_chunk(history.window()).cpu())  # chunk from any device
                 return executor.pop()[0].numpy()
 
             return sync

@@ -1,7 +1,7 @@
 """Asynchronous inference: the next chunk is computed while the current one executes.
 
 Chunk sources (same interface; every call the control loop makes is non-blocking):
-- `ProcessChunkSource(checkpoint)`: a worker process (spawn, torch threads = 1) loads the policy and answers
+- `ProcessChunkSource(checkpoint, device=...)`: a worker process (spawn, torch threads = 1) loads the policy and answers
   over a pipe in the wire format of `robopolicy.runtime.policy_server` (no pickle).
 - `RemotePolicyClient(host, port)`: the same requests to a `PolicyServer` over TCP.
 - `ThreadChunkSource(service)`: in-process, on a background thread (tests, or a GPU in the same process).
@@ -181,7 +181,7 @@ class ThreadChunkSource(ChunkSource):
         return self.service.handle(request)
 
 
-def _worker_main(conn, checkpoint: str, torch_threads: int) -> None:
+def _worker_main(conn, checkpoint: str, torch_threads: int, device: str) -> None:
     """Policy worker process: load, announce info, answer frames until the pipe closes."""
     import torch
 
@@ -194,7 +194,7 @@ def _worker_main(conn, checkpoint: str, torch_threads: int) -> None:
     try:
         from robopolicy.policies.policy import load_policy
 
-        service = PolicyService(load_policy(checkpoint))
+        service = PolicyService(load_policy(checkpoint, map_location=device))
         service.warmup()
     except Exception as exc:
         conn.send_bytes(encode(Message("error", {"message": f"{type(exc).__name__}: {exc}"})))
@@ -217,12 +217,12 @@ class ProcessChunkSource(ChunkSource):
     """A policy in a worker process. The constructor blocks until the worker has loaded the checkpoint
     (startup_timeout seconds) and raises RemotePolicyError with the worker's error if it could not."""
 
-    def __init__(self, checkpoint: str | Path, *, start_method: str = "spawn", torch_threads: int = 1,
-                 startup_timeout: float = 120.0):
+    def __init__(self, checkpoint: str | Path, *, device: str = "cpu", start_method: str = "spawn",
+                 torch_threads: int = 1, startup_timeout: float = 120.0):
         super().__init__()
         ctx = mp.get_context(start_method)
         self._conn, child = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=_worker_main, args=(child, str(checkpoint), torch_threads),
+        self.process = ctx.Process(target=_worker_main, args=(child, str(checkpoint), torch_threads, device),
                                    name="robopolicy-policy-worker", daemon=True)
         self.process.start()
         child.close()

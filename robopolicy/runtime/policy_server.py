@@ -292,10 +292,12 @@ class PolicyServer:
         self._accept_thread: threading.Thread | None = None
 
     @classmethod
-    def from_checkpoint(cls, checkpoint, host: str = "127.0.0.1", port: int = 0) -> PolicyServer:
+    def from_checkpoint(cls, checkpoint, host: str = "127.0.0.1", port: int = 0, *, device: str = "cpu"
+                        ) -> PolicyServer:
+        """Load `checkpoint` onto `device` (e.g. "cuda"), warm it up and bind (port 0: a free one)."""
         from robopolicy.policies.policy import load_policy
 
-        service = PolicyService(load_policy(checkpoint))
+        service = PolicyService(load_policy(checkpoint, map_location=device))
         service.warmup()
         return cls(service, host, port)
 
@@ -360,13 +362,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (no authentication: trusted networks)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--device", default="cpu", help="torch device for the policy (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    server = PolicyServer.from_checkpoint(args.checkpoint, args.host, args.port)
-    print(f"serving {args.checkpoint} on {server.address[0]}:{server.address[1]}", flush=True)
+    server = PolicyServer.from_checkpoint(args.checkpoint, args.host, args.port, device=args.device)
+    print(f"serving {args.checkpoint} on {server.address[0]}:{server.address[1]} ({args.device})", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
