@@ -11,6 +11,8 @@ import pytest
 import torch
 
 import tests.plugin_heads.configuration  # noqa: F401  (the plugin head is registered too)
+from robopolicy.data.features import Feature
+from robopolicy.data.writer import create_writer
 from robopolicy.policies.base import FeatureSpec
 from robopolicy.policies.policy import Policy, make_normalizer
 from robopolicy.policies.registry import available_policies, get_config_class
@@ -57,8 +59,25 @@ def _losses(run_dir):
 
 
 # ----- training ----------------------------------------------------------------------------------------------
-def test_training_with_ema_and_bf16_on_cuda_resumes(pusht_zarr, tmp_path):
-    base = [*TINY, f"--data.uri={pusht_zarr}", "--data.episodes=[0,1,2,3]", "--train.steps=6", "--train.amp=bf16"]
+@pytest.fixture(scope="module")
+def small_zarr(tmp_path_factory):
+    """4 episodes x 50 frames of a 5-d state and 2-d action (a GPU machine need not hold ../shared/data)."""
+    root = tmp_path_factory.mktemp("data") / "small.zarr"
+    features = {"state": Feature("state", "float32", (5,), "state"),
+                "action": Feature("action", "float32", (2,), "action")}
+    rng = np.random.default_rng(0)
+    writer = create_writer(root, features, 10, format="zarr")
+    for _ in range(4):
+        for _ in range(50):
+            writer.add_frame({"state": rng.normal(size=5).astype(np.float32),
+                              "action": rng.normal(size=2).astype(np.float32)})
+        writer.save_episode()
+    writer.finalize()
+    return root
+
+
+def test_training_with_ema_and_bf16_on_cuda_resumes(small_zarr, tmp_path):
+    base = [*TINY, f"--data.uri={small_zarr}", "--train.steps=6", "--train.amp=bf16"]
     full = load_config(None, [*base, f"--train.output_dir={tmp_path / 'full'}", "--train.save_every=100"])
     trainer = Trainer(full)
     assert trainer.acc.device.type == "cuda" and trainer.acc.mixed_precision == "bf16"
