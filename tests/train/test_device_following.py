@@ -76,3 +76,44 @@ def test_ema_average_is_unchanged_by_following():
         model.weight.add_(1.0)
     ema.update(model)  # step 0: decay 0 -> the shadow becomes the live weights
     torch.testing.assert_close(ema.state_dict()["weight"], before["weight"] + 1.0)
+
+
+def test_policy_commands_take_a_device():
+    from robopolicy.cli.main import build_parser
+
+    parser = build_parser()
+    for command in ("eval", "serve", "deploy"):
+        sub = parser._subparsers._group_actions[0].choices[command]
+        assert "--device" in sub.format_help(), command
+    args = parser.parse_args(["serve", "--checkpoint", "x", "--device", "cuda:1"])
+    assert args.device == "cuda:1"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_unavailable_device_is_refused_with_a_reason():
+    from robopolicy.cli.device import check_device
+
+    assert check_device("cpu") == "cpu"
+    with pytest.raises(SystemExit, match="CUDA is not available here"):
+        check_device("cuda")
+    with pytest.raises(SystemExit, match="--device 'gpu0'"):
+        check_device("gpu0")
+
+
+def test_deploy_refuses_a_device_for_a_remote_server():
+    from robopolicy.cli.main import main
+
+    with pytest.raises(SystemExit, match="pass it to `robopolicy serve`"):
+        main(["deploy", "--checkpoint", "x", "--robot", "y.yaml", "--inference", "server", "--server", "h:1",
+              "--device", "cpu"])
+
+
+def test_server_loads_the_checkpoint_onto_the_device(tmp_path):
+    from robopolicy.runtime.policy_server import PolicyServer
+
+    ckpt = _policy("flow").save(tmp_path / "ckpt")
+    server = PolicyServer.from_checkpoint(ckpt, device="cpu")
+    try:
+        assert server.service.policy.device.type == "cpu"
+    finally:
+        server.stop()
