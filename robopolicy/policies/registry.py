@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import typing
 from importlib.metadata import entry_points
 from typing import Any
 
+from robopolicy.config_parsing import from_plain
 from robopolicy.policies.base import FeatureSpec, PolicyConfig, PolicyHead
 
 ENTRY_POINT_GROUP = "robopolicy.policies"
@@ -131,41 +131,6 @@ def config_from_dict(data: dict[str, Any]) -> PolicyConfig:
     data = dict(data)
     cls = get_config_class(data.pop("type"))
     return from_plain(cls, data)
-
-
-def from_plain(cls: type, data: dict[str, Any]) -> Any:
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - known
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown config fields {sorted(unknown)}")
-    kwargs = {}
-    for name, value in data.items():
-        kwargs[name] = _coerce(hints[name], value)
-    return cls(**kwargs)
-
-
-def _coerce(hint: Any, value: Any) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if value is None:
-        return None
-    if dataclasses.is_dataclass(hint):
-        return from_plain(hint, value)
-    if origin is dict and len(args) == 2:
-        return {k: _coerce(args[1], v) for k, v in value.items()}
-    if origin is tuple:
-        inner = args[0] if args else Any
-        return tuple(_coerce(inner, v) for v in value)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(a, value)
-            except (TypeError, ValueError):
-                continue
-    return value
 
 
 def feature_specs(features: dict[str, Any]) -> dict[str, FeatureSpec]:

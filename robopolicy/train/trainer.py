@@ -10,7 +10,6 @@ imports no simulator.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import shutil
@@ -27,7 +26,6 @@ from robopolicy.data.dataset import open_dataset
 from robopolicy.data.sampler import EpochBatchSampler, WindowSampler, _keep_batch
 from robopolicy.data.stats import compute_stats
 from robopolicy.policies.policy import Policy
-from robopolicy.policies.registry import from_plain, get_config_class
 from robopolicy.train.callbacks import Callback
 from robopolicy.train.checkpoint import check_resume_data, latest_checkpoint, load_train_state, save_checkpoint
 from robopolicy.train.config import TrainConfig
@@ -47,18 +45,15 @@ def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
 
 def build_policy(cfg: TrainConfig, dataset) -> Policy:
     """A fresh policy for `dataset`, with stats of the normalized keys computed by streaming over it."""
-    fields = dict(cfg.policy)
-    config_cls = get_config_class(fields.pop("type"))
+    head = cfg.policy_config()  # validated; the fields the preset sets override the head's defaults
+    overrides = {name: getattr(head, name) for name in cfg.policy if name != "type"}
     input_keys = list(cfg.data.input_keys) if cfg.data.input_keys else [
         k for k, f in dataset.features.items() if f.kind in ("state", "image", "video")
     ]
     numeric = [k for k in [*input_keys, cfg.data.action_key] if not dataset.feature(k).is_visual]
     stats = compute_stats(dataset, numeric, episodes=cfg.data.episodes)
-    overrides = from_plain(config_cls, fields)  # typed (nested dataclasses, tuples) from the YAML dict
-    kwargs = {f.name: getattr(overrides, f.name) for f in dataclasses.fields(config_cls)
-              if f.name in fields}
     return Policy.from_dataset(
-        config_cls, dataset, stats, input_keys=input_keys, action_key=cfg.data.action_key, **kwargs
+        type(head), dataset, stats, input_keys=input_keys, action_key=cfg.data.action_key, **overrides
     )
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robopolicy.config_parsing import NormMode, check
 from robopolicy.policies.base import LossOutput, PolicyConfig
 from robopolicy.policies.common.encoders import EncoderConfig, ObsEncoder
 from robopolicy.policies.common.transformer1d import TransformerDenoiser
@@ -21,28 +22,44 @@ from robopolicy.policies.common.unet1d import ConditionalUnet1D
 
 @dataclass(frozen=True)
 class UnetConfig:
-    down_dims: tuple[int, ...] = (256, 512, 1024)
-    kernel_size: int = 5
-    n_groups: int = 8
-    step_embed_dim: int = 128
-    predict_scale: bool = True
+    down_dims: tuple[int, ...] = (256, 512, 1024)  # channels per level; the horizon must divide by 2**(levels-1)
+    kernel_size: int = 5  # temporal convolution width (odd)
+    n_groups: int = 8  # GroupNorm groups (divide every down_dims entry)
+    step_embed_dim: int = 128  # sinusoidal timestep embedding size (even)
+    predict_scale: bool = True  # FiLM predicts scale and bias (else bias only)
+
+    def __post_init__(self):
+        check(len(self.down_dims) > 0 and min(self.down_dims) >= 1, "down_dims", self.down_dims,
+              "a non-empty list of channel counts >= 1")
+        check(self.kernel_size >= 1 and self.kernel_size % 2 == 1, "kernel_size", self.kernel_size, "odd and >= 1")
+        check(self.n_groups >= 1, "n_groups", self.n_groups, ">= 1")
+        check(all(d % self.n_groups == 0 for d in self.down_dims), "down_dims", self.down_dims,
+              f"divisible by n_groups ({self.n_groups})")
+        check(self.step_embed_dim >= 2 and self.step_embed_dim % 2 == 0, "step_embed_dim", self.step_embed_dim,
+              "even and >= 2")
 
 
 @dataclass(frozen=True)
 class TransformerConfig:
-    n_layer: int = 8
-    n_head: int = 4
-    n_emb: int = 256
-    p_drop_emb: float = 0.0
-    p_drop_attn: float = 0.01
-    causal: bool = True
+    n_layer: int = 8  # decoder layers
+    n_head: int = 4  # attention heads (divide n_emb)
+    n_emb: int = 256  # token width
+    p_drop_emb: float = 0.0  # dropout on the input embeddings
+    p_drop_attn: float = 0.01  # dropout in the attention layers
+    causal: bool = True  # action tokens attend to earlier ones only
+
+    def __post_init__(self):
+        check(self.n_layer >= 1, "n_layer", self.n_layer, ">= 1")
+        check(self.n_head >= 1, "n_head", self.n_head, ">= 1")
+        check(self.n_emb >= 2 and self.n_emb % 2 == 0, "n_emb", self.n_emb, "even and >= 2")
+        check(self.n_emb % self.n_head == 0, "n_emb", self.n_emb, f"divisible by n_head ({self.n_head})")
+        check(0 <= self.p_drop_emb < 1, "p_drop_emb", self.p_drop_emb, "in [0, 1)")
+        check(0 <= self.p_drop_attn < 1, "p_drop_attn", self.p_drop_attn, "in [0, 1)")
 
 
 @dataclass(frozen=True)
 class DenoiserConfig:
-    """backbone: "unet" (1-D UNet with FiLM) or "transformer"."""
-
-    backbone: Literal["unet", "transformer"] = "unet"
+    backbone: Literal["unet", "transformer"] = "unet"  # the conditional network: 1-D UNet with FiLM, or transformer
     unet: UnetConfig = field(default_factory=UnetConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -50,20 +67,30 @@ class DenoiserConfig:
 
 @dataclass(frozen=True)
 class DenoisingHeadConfig(PolicyConfig):
-    """The fields diffusion and flow heads share (the diffusion_policy defaults: T_o 2, H 16, 8 executed).
+    """The fields diffusion and flow heads share (the diffusion_policy defaults: T_o 2, H 16, 8 executed)."""
 
-    denoiser: observation encoder + conditional network; num_inference_steps: denoising / integration steps;
-    minibatch_k: Level-2 minibatching (Mini-Diffuser): each encoded observation is reused for K noised action
-    samples; mask_padding: drop padded chunk steps from the loss (diffusion_policy trains on edge-repeated pads).
-    """
+    n_obs_steps: int = 2  # observation history T_o
+    horizon: int = 16  # predicted chunk length H (starts at the oldest observation step)
+    n_action_steps: int = 8  # actions executed per chunk, from the current step
+    state_norm: NormMode = "min_max"  # normalization of state inputs
+    action_norm: NormMode = "min_max"  # normalization of actions
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)  # observation encoder + conditional network
+    num_inference_steps: int = 10  # denoising / integration steps at inference
+    minibatch_k: int = 1  # Level-2 minibatching (Mini-Diffuser): noised action samples per encoded observation
+    mask_padding: bool = False  # drop padded chunk steps from the loss (diffusion_policy trains on edge-repeated pads)
 
-    n_obs_steps: int = 2
-    horizon: int = 16
-    n_action_steps: int = 8
-    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
-    num_inference_steps: int = 10
-    minibatch_k: int = 1
-    mask_padding: bool = False
+    def __post_init__(self):
+        check(self.n_obs_steps >= 1, "n_obs_steps", self.n_obs_steps, ">= 1")
+        check(self.horizon >= 1, "horizon", self.horizon, ">= 1")
+        check(self.n_action_steps >= 1, "n_action_steps", self.n_action_steps, ">= 1")
+        check(self.n_obs_steps - 1 + self.n_action_steps <= self.horizon, "n_action_steps", self.n_action_steps,
+              f"<= horizon - n_obs_steps + 1 ({self.horizon - self.n_obs_steps + 1}): the chunk starts at the "
+              "oldest observation step")
+        levels = len(self.denoiser.unet.down_dims)
+        check(self.denoiser.backbone != "unet" or self.horizon % 2 ** (levels - 1) == 0, "horizon", self.horizon,
+              f"divisible by {2 ** (levels - 1)} for a {levels}-level UNet (denoiser.unet.down_dims)")
+        check(self.num_inference_steps >= 1, "num_inference_steps", self.num_inference_steps, ">= 1")
+        check(self.minibatch_k >= 1, "minibatch_k", self.minibatch_k, ">= 1")
 
     @classmethod
     def test_overrides(cls) -> dict:

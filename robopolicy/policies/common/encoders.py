@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robopolicy.config_parsing import check
 from robopolicy.policies.base import FeatureSpec
 from robopolicy.policies.common.prepacked import prepack_layers, release
 
@@ -21,18 +22,23 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """backbone: timm model name; pretrained loads ImageNet weights (needs the hub: off by default).
-    group_norm replaces BatchNorm (EMA breaks BatchNorm); spatial_softmax_keypoints > 0 replaces global average pooling
-    with a spatial softmax over that many keypoints; crop_shape: random crop at train time, centre crop at eval.
-    """
+    """The image encoder of every camera; state inputs are concatenated as they are."""
 
-    backbone: str = "resnet18"
-    pretrained: bool = False
-    group_norm: bool = True
-    spatial_softmax_keypoints: int = 32
-    crop_shape: tuple[int, int] | None = None
-    image_feature_dim: int = 64
-    shared_backbone: bool = False
+    backbone: str = "resnet18"  # timm model name of the image trunk
+    pretrained: bool = False  # load ImageNet weights (needs the Hugging Face hub)
+    group_norm: bool = True  # replace BatchNorm with GroupNorm (EMA breaks BatchNorm)
+    spatial_softmax_keypoints: int = 32  # > 0: spatial softmax over that many keypoints; 0: global average pooling
+    crop_shape: tuple[int, int] | None = None  # [H, W] random crop at train time, centre crop at eval; null: none
+    image_feature_dim: int = 64  # feature size per camera
+    shared_backbone: bool = False  # one trunk for every camera
+
+    def __post_init__(self):
+        check(self.backbone != "", "backbone", self.backbone, "a timm model name, e.g. 'resnet18'")
+        check(self.spatial_softmax_keypoints >= 0, "spatial_softmax_keypoints", self.spatial_softmax_keypoints,
+              ">= 0 (0: global average pooling)")
+        check(self.crop_shape is None or min(self.crop_shape) >= 1, "crop_shape", self.crop_shape,
+              "[H, W] with H, W >= 1, or null")
+        check(self.image_feature_dim >= 1, "image_feature_dim", self.image_feature_dim, ">= 1")
 
 
 class SpatialSoftmax(nn.Module):
