@@ -6,6 +6,7 @@ import argparse
 import importlib
 import sys
 
+from robopolicy.config_parsing import ConfigError
 from robopolicy.data.errors import DatasetError
 
 # name -> module under robopolicy.cli (imported lazily so `--help` stays fast)
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args._run(args) or 0)
-    except DatasetError as e:
+    except (DatasetError, ConfigError) as e:
         print(f"robopolicy {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
