@@ -58,6 +58,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, [*policy_type, *args.overrides])
     if not cfg.data.uri:
         raise ConfigError("data.uri='': set the dataset in the preset or with --data.uri=PATH")
-    ckpt = train(cfg, resume=args.resume)
+    callbacks = []
+    if cfg.train.eval_every and cfg.eval.env:
+        from robopolicy.train.sim_eval import sim_eval_callback
+
+        callbacks.append(sim_eval_callback(cfg.eval, cfg.train.eval_every))
+    ckpt = train(cfg, resume=args.resume, callbacks=callbacks)
     print(f"checkpoint: {ckpt}")
     return 0
