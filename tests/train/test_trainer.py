@@ -83,16 +83,16 @@ def test_overrides_and_unknown_fields(tmp_path):
 
 
 def test_periodic_eval_writes_eval_info(pusht_zarr, tmp_path):
+    """Through the command line, which injects the sim-eval callback (the trainer imports no simulator)."""
     import json
 
-    from robopolicy.train.sim_eval import sim_eval_callback
+    from robopolicy.cli.main import main
 
-    cfg = load_config(None, [
-        *TINY, f"--data.uri={pusht_zarr}", "--data.episodes=[0,1]", "--train.steps=2", "--train.eval_every=2",
-        "--eval.env=pusht", "--eval.episodes=1", "--eval.max_steps=5", "--eval.videos=0",
+    assert main([
+        "train", *TINY, f"--data.uri={pusht_zarr}", "--data.episodes=[0,1]", "--train.steps=2",
+        "--train.eval_every=2", "--eval.env=pusht", "--eval.episodes=1", "--eval.max_steps=5", "--eval.videos=0",
         f"--train.output_dir={tmp_path}",
-    ])
-    train(cfg, callbacks=[sim_eval_callback(cfg.eval, cfg.train.eval_every)])
+    ]) == 0
     info = json.loads((tmp_path / "eval/step_000002/eval_info.json").read_text())
     assert info["env"] == "pusht" and len(info["per_episode"]) == 1
     assert 0.0 <= info["aggregated"]["avg_max_coverage"] <= 1.0
