@@ -14,7 +14,8 @@ Requests: "info" -> "info" {meta: policy description, including its capabilities
 "predict" with arrays "obs:<key>" (B, T_o, ...) raw observation windows, meta {"task": str or B strings} (the
 instruction, for policies with a language input), optional "prev_actions" (B, R, D) plus meta {"delay", "rtc":
 RTCConfig fields} for real-time chunking (policies with the "guidance" capability) and meta {"seed"} for
-reproducible sampling -> "chunk" with array "action" (B, H, D) float32 and meta {"inference_s"}. Failures -> "error" {meta: {"message", "type"}}; the connection stays usable.
+reproducible sampling -> "chunk" with array "action" (B, H, D) float32 and meta {"inference_s"}.
+Failures -> "error" {meta: {"message", "type"}}; the connection stays usable.
 
     python -m robopolicy.runtime.policy_server --checkpoint runs/x --host 0.0.0.0 --port 8765
 """
@@ -247,7 +248,8 @@ class PolicyService:
 
         obs = self._observation(request)
         seed = request.meta.get("seed")
-        generator = None if seed is None else torch.Generator().manual_seed(int(seed))
+        device = getattr(self.policy, "device", torch.device("cpu"))  # sampling noise is drawn on the policy's device
+        generator = None if seed is None else torch.Generator(device=device).manual_seed(int(seed))
         prev = request.arrays.get("prev_actions")
         with self._lock:
             start = time.perf_counter()

@@ -159,8 +159,6 @@ def test_policy_server_rtc_request_on_cuda(tmp_path):
     assert chunk.shape == (1, policy.config.horizon, 2) and np.isfinite(chunk).all()
 
 
-@pytest.mark.xfail(reason="PolicyService builds a CPU torch.Generator for meta 'seed', which a CUDA head cannot "
-                          "sample with (runtime/policy_server.py PolicyService._predict)", strict=False)
 def test_policy_server_seeded_request_on_cuda(tmp_path):
     ckpt = tiny_policy("flow").save(tmp_path / "ckpt")
     obs = tiny_obs(tiny_policy("flow"), batch=1)
