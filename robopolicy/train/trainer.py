@@ -25,7 +25,7 @@ from tqdm import tqdm
 from robopolicy.data.dataset import open_dataset
 from robopolicy.data.sampler import EpochBatchSampler, WindowSampler, _keep_batch
 from robopolicy.data.stats import compute_stats
-from robopolicy.policies.policy import Policy
+from robopolicy.policies.policy import TASK_KEY, Policy
 from robopolicy.train.callbacks import Callback
 from robopolicy.train.checkpoint import check_resume_data, latest_checkpoint, load_train_state, save_checkpoint
 from robopolicy.train.config import TrainConfig
@@ -50,7 +50,7 @@ def build_policy(cfg: TrainConfig, dataset) -> Policy:
     input_keys = list(cfg.data.input_keys) if cfg.data.input_keys else [
         k for k, f in dataset.features.items() if f.kind in ("state", "image", "video")
     ]
-    numeric = [k for k in [*input_keys, cfg.data.action_key] if not dataset.feature(k).is_visual]
+    numeric = [k for k in [*input_keys, cfg.data.action_key] if k != TASK_KEY and not dataset.feature(k).is_visual]
     stats = compute_stats(dataset, numeric, episodes=cfg.data.episodes)
     return Policy.from_dataset(
         type(head), dataset, stats, input_keys=input_keys, action_key=cfg.data.action_key, **overrides
