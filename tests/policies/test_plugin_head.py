@@ -39,12 +39,13 @@ def _run(code: str, env: dict) -> str:
 
 
 @pytest.mark.timeout(300)
-def test_plugin_head_trains_loads_samples_and_is_guided_in_fresh_processes(tmp_path, pusht_zarr):
+def test_plugin_head_trains_loads_samples_and_is_guided_in_fresh_processes(tmp_path, lerobot_pusht):
+    """On LeRobot's real PushT (agent xy state + the task string as a language input)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(_plugin_distribution(tmp_path / "site")), str(REPO)])}
     run_dir = tmp_path / "run"
     train = (
         "import sys; from robopolicy.cli.main import main; sys.exit(main(['train', "
-        f"'--data.uri={pusht_zarr}', '--data.input_keys=[state]', '--data.episodes=[0,1,2,3]', "
+        f"'--data.uri={lerobot_pusht}', '--data.input_keys=[observation.state,task]', '--data.episodes=[0,1,2,3]', "
         "'--policy.type=mlp_flow_plugin', '--policy.horizon=8', '--policy.n_action_steps=4', "
         "'--train.steps=30', '--train.batch_size=16', '--train.save_every=30', '--train.progress=false', "
         f"'--train.tensorboard=false', '--optim.warmup_steps=5', '--optim.lr=0.001', '--train.output_dir={run_dir}']))"
@@ -60,7 +61,8 @@ from robopolicy.runtime.rtc import RTCConfig, rtc_sample
 assert "mlp_flow_plugin" in available_policies()
 policy = load_policy({str(run_dir)!r})
 assert type(policy.head).__module__ == "tests.plugin_heads.modeling"
-obs = {{"state": torch.rand(3, 1, 5) * 500}}
+assert policy.processor.steps[0].tasks == ["Push the T-shaped block onto the T-shaped target."]
+obs = {{"observation.state": torch.rand(3, 1, 2) * 500, "task": policy.processor.steps[0].tasks[0]}}
 chunks = policy.predict_chunk(obs, torch.Generator().manual_seed(0), num_samples=6)
 assert chunks.shape == (3, 6, 8, 2), chunks.shape
 assert (chunks[:, 0] - chunks[:, 1]).abs().mean() > 1.0  # independent draws
