@@ -13,8 +13,8 @@ from robopolicy.policies.base import FeatureSpec
 def _head(dropout: float, decoder_layers: int = 1) -> ACTHead:
     cfg = ACTConfig(
         input_features={"state": FeatureSpec((5,), "state")}, output_features={"action": FeatureSpec((2,), "action")},
-        horizon=12, dim_model=32, n_heads=4, dim_feedforward=64, n_encoder_layers=2, n_vae_encoder_layers=3,
-        n_decoder_layers=decoder_layers, latent_dim=8, dropout=dropout,
+        horizon=12, n_action_steps=12, dim_model=32, n_heads=4, dim_feedforward=64, n_encoder_layers=2,
+        n_vae_encoder_layers=3, n_decoder_layers=decoder_layers, latent_dim=8, dropout=dropout,
     )
     return ACTHead(cfg)
 

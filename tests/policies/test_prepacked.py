@@ -76,7 +76,8 @@ def _act(image: bool) -> ACTHead:
     if image:
         inputs["image"] = FeatureSpec((3, 64, 64), "image")
     cfg = ACTConfig(input_features=inputs, output_features={"action": FeatureSpec((2,), "action")}, horizon=12,
-                    dim_model=32, n_heads=4, dim_feedforward=64, n_encoder_layers=2, n_decoder_layers=2, latent_dim=8)
+                    n_action_steps=12, dim_model=32, n_heads=4, dim_feedforward=64, n_encoder_layers=2,
+                    n_decoder_layers=2, latent_dim=8)
     return ACTHead(cfg)
 
 
