@@ -12,7 +12,8 @@ from robopolicy.policies.common.unet1d import ConditionalUnet1D, GemmConv1d, Gem
 
 @pytest.mark.parametrize(
     ("c_in", "c_out", "kernel", "stride", "padding", "length"),
-    [(7, 5, 5, 1, 2, 16), (6, 4, 3, 2, 1, 8), (3, 9, 1, 1, 0, 4), (4, 4, 5, 1, 2, 3)],
+    [(7, 5, 5, 1, 2, 16), (6, 4, 3, 2, 1, 8), (3, 9, 1, 1, 0, 4), (4, 4, 5, 1, 2, 3),
+     (512, 256, 5, 1, 2, 16)],  # 2.6 MB of weights: the GEMMs run on oneDNN (prepacked._OneDNNLinear)
 )
 def test_gemm_conv1d_matches_conv1d_forward_and_backward(c_in, c_out, kernel, stride, padding, length):
     torch.manual_seed(0)
@@ -33,7 +34,7 @@ def test_gemm_conv1d_matches_conv1d_forward_and_backward(c_in, c_out, kernel, st
 
 
 @pytest.mark.parametrize(("c_in", "c_out", "kernel", "stride", "padding", "length"),
-                         [(8, 8, 4, 2, 1, 4), (5, 3, 4, 2, 1, 1), (4, 6, 3, 1, 1, 7)])
+                         [(8, 8, 4, 2, 1, 4), (5, 3, 4, 2, 1, 1), (4, 6, 3, 1, 1, 7), (512, 512, 4, 2, 1, 4)])
 def test_gemm_conv_transpose1d_matches_conv_transpose1d(c_in, c_out, kernel, stride, padding, length):
     torch.manual_seed(1)
     ours = GemmConvTranspose1d(c_in, c_out, kernel, stride=stride, padding=padding)

@@ -38,6 +38,28 @@ def test_small_weights_stay_on_torch_linear():
     assert id(w) not in prepacked._cache
 
 
+@pytest.mark.parametrize(("rows", "transposed"), [(None, False), ((256, 768), False), (None, True)])
+def test_training_linear_runs_onednn_with_f_linear_gradients(rows, transposed, monkeypatch):
+    torch.manual_seed(0)
+    w = torch.randn(1024, 512, requires_grad=True)
+    b = torch.randn(512 if transposed else 1024, requires_grad=True)
+    x = torch.randn(37, 1024 if transposed else 512, requires_grad=True)
+    matrix = w.t() if transposed else w if rows is None else w[rows[0]:rows[1]]
+    bias = b if rows is None else b[rows[0]:rows[1]]
+    ref = F.relu(F.linear(x, matrix, bias))
+    g = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, (x, w, b), g)
+    calls = []
+    monkeypatch.setattr(prepacked, "_matmul", lambda *a: calls.append(1) or torch.ops.mkldnn._linear_pointwise(
+        *a, *([None] if len(a) == 2 else []), "none", [], ""))
+    out = prepacked.linear(x, w, b, relu=True, rows=rows, transposed=transposed)
+    grads = torch.autograd.grad(out, (x, w, b), g)
+    assert len(calls) == 3  # forward, input and weight gradients by oneDNN
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    for ours, theirs in zip(grads, ref_grads):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-3)
+
+
 def test_packed_weight_follows_in_place_updates_and_grad_mode_uses_autograd():
     torch.manual_seed(0)
     lin = nn.Linear(512, 1024)
