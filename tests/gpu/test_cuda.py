@@ -10,18 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-import tests.plugin_heads.configuration  # noqa: F401  (the plugin head is registered too)
 from robopolicy.data.features import Feature
 from robopolicy.data.writer import create_writer
-from robopolicy.policies.base import FeatureSpec
-from robopolicy.policies.policy import Policy, make_normalizer
-from robopolicy.policies.registry import available_policies, get_config_class
+from robopolicy.policies.policy import Policy
 from robopolicy.runtime.async_inference import ProcessChunkSource, RemotePolicyClient
 from robopolicy.runtime.executors import now_index
 from robopolicy.runtime.policy_server import PolicyServer
 from robopolicy.runtime.rtc import RTCConfig, rtc_sample
 from robopolicy.train.config import load_config
 from robopolicy.train.trainer import Trainer, train
+from tests.policies.contract import HEADS, contract_policy
 from tests.runtime.policy_fixtures import tiny_obs, tiny_policy
 from tests.train.test_trainer import TINY
 
@@ -29,19 +27,6 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available()"
                                  " is False); run benchmarks/gpu_smoke.sh on a GPU machine")]
 CUDA = torch.device("cuda")
-HEADS = available_policies()
-STATE = {"observation.state": FeatureSpec((5,), "state")}
-IMAGE = {"observation.image": FeatureSpec((3, 32, 32), "image")}
-ACTION = {"action": FeatureSpec((2,), "action")}
-
-
-def _policy(name: str) -> Policy:
-    features = STATE if name == "mlp_flow_plugin" else {**STATE, **IMAGE}
-    cfg = get_config_class(name).for_tests(features, ACTION)
-    stats = {k: {"min": np.zeros(n), "max": np.full(n, 4.0), "mean": np.full(n, 2.0), "std": np.ones(n)}
-             for k, n in (("observation.state", 5), ("action", 2))}
-    torch.manual_seed(0)
-    return Policy(cfg, make_normalizer(cfg, stats)).eval()
 
 
 def _raw_obs(policy: Policy, batch: int = 2) -> dict:
@@ -100,8 +85,8 @@ def test_training_with_ema_and_bf16_on_cuda_resumes(small_zarr, tmp_path):
 # ----- every head ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", HEADS)
 def test_head_chunk_and_loss_on_cuda(name):
-    cpu_policy = _policy(name)
-    policy = _policy(name).to(CUDA)
+    cpu_policy = contract_policy(name)
+    policy = contract_policy(name).to(CUDA)
     obs = _raw_obs(policy)
     chunk = policy.predict_chunk(obs)  # CPU observations: Policy.prepare moves them to the head's device
     assert chunk.device.type == "cuda" and chunk.shape == (2, policy.config.horizon, 2)

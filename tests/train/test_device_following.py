@@ -4,30 +4,12 @@ that only fails on a GPU) show up here."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
-import tests.plugin_heads.configuration  # noqa: F401  (the plugin head is registered too)
-from robopolicy.policies.base import FeatureSpec
-from robopolicy.policies.policy import Policy, make_normalizer
-from robopolicy.policies.registry import available_policies, get_config_class
 from robopolicy.train.ema import EMA
-
-HEADS = available_policies()
-STATE = {"observation.state": FeatureSpec((5,), "state")}
-IMAGE = {"observation.image": FeatureSpec((3, 32, 32), "image")}
-ACTION = {"action": FeatureSpec((2,), "action")}
-
-
-def _policy(name: str) -> Policy:
-    features = STATE if name == "mlp_flow_plugin" else {**STATE, **IMAGE}
-    cfg = get_config_class(name).for_tests(features, ACTION)
-    stats = {k: {"min": np.zeros(n), "max": np.full(n, 4.0), "mean": np.full(n, 2.0), "std": np.ones(n)}
-             for k, n in (("observation.state", 5), ("action", 2))}
-    torch.manual_seed(0)
-    return Policy(cfg, make_normalizer(cfg, stats)).eval()
+from tests.policies.contract import HEADS, contract_policy
 
 
 def _stray_tensors(model: nn.Module) -> list[str]:
@@ -38,7 +20,7 @@ def _stray_tensors(model: nn.Module) -> list[str]:
 
 @pytest.mark.parametrize("name", HEADS)
 def test_every_tensor_follows_to_meta(name):
-    policy = _policy(name)
+    policy = contract_policy(name)
     assert not _stray_tensors(policy), "tensors outside parameters/buffers do not follow .to()"
     policy.to("meta")
     left = [k for k, t in [*policy.named_parameters(), *policy.named_buffers()] if t.device.type != "meta"]
@@ -49,7 +31,7 @@ def test_every_tensor_follows_to_meta(name):
 @pytest.mark.parametrize("name", HEADS)
 def test_float64_policy_samples_float64(name):
     """A head that builds its noise, time grid or masks without the input's device/dtype fails here."""
-    policy = _policy(name).to(torch.float64)
+    policy = contract_policy(name).to(torch.float64)
     obs = policy.config.fake_obs(2, torch.Generator().manual_seed(0))
     head_obs = {k: v.double() if torch.is_tensor(v) and v.dtype.is_floating_point else v for k, v in obs.items()}
     chunk = policy.head.sample(head_obs, generator=torch.Generator().manual_seed(0))
@@ -111,7 +93,7 @@ def test_deploy_refuses_a_device_for_a_remote_server():
 def test_server_loads_the_checkpoint_onto_the_device(tmp_path):
     from robopolicy.runtime.policy_server import PolicyServer
 
-    ckpt = _policy("flow").save(tmp_path / "ckpt")
+    ckpt = contract_policy("flow").save(tmp_path / "ckpt")
     server = PolicyServer.from_checkpoint(ckpt, device="cpu")
     try:
         assert server.service.policy.device.type == "cpu"
