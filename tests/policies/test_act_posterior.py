@@ -10,10 +10,10 @@ from robopolicy.policies.act.modeling import ACTHead, first_token_output
 from robopolicy.policies.base import FeatureSpec
 
 
-def _head(dropout: float, decoder_layers: int = 1) -> ACTHead:
+def _head(dropout: float, decoder_layers: int = 1, dim: int = 32) -> ACTHead:
     cfg = ACTConfig(
         input_features={"state": FeatureSpec((5,), "state")}, output_features={"action": FeatureSpec((2,), "action")},
-        horizon=12, n_action_steps=12, dim_model=32, n_heads=4, dim_feedforward=64, n_encoder_layers=2,
+        horizon=12, n_action_steps=12, dim_model=dim, n_heads=4, dim_feedforward=2 * dim, n_encoder_layers=2,
         n_vae_encoder_layers=3, n_decoder_layers=decoder_layers, latent_dim=8, dropout=dropout,
     )
     return ACTHead(cfg)
@@ -64,10 +64,10 @@ def _dense_reference_loss(head: ACTHead, batch: dict[str, torch.Tensor], eps: to
     return (l1 + head.config.kl_weight * kl[:, None]).mean()
 
 
-@pytest.mark.parametrize("decoder_layers", [1, 2])
-def test_training_skips_padded_actions_with_the_same_loss_and_gradients(decoder_layers):
+@pytest.mark.parametrize(("decoder_layers", "dim"), [(1, 32), (2, 32), (1, 512)])  # 512: oneDNN-size linears
+def test_training_skips_padded_actions_with_the_same_loss_and_gradients(decoder_layers, dim):
     torch.manual_seed(0)
-    head = _head(dropout=0.0, decoder_layers=decoder_layers).train()
+    head = _head(dropout=0.0, decoder_layers=decoder_layers, dim=dim).train()
     batch = {"state": torch.randn(4, 1, 5), "action": torch.randn(4, 12, 2),
              "action_is_pad": torch.zeros(4, 12, dtype=torch.bool)}
     batch["action_is_pad"][1, 7:] = True

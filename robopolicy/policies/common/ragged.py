@@ -8,7 +8,8 @@ rounding; dropout draws from the same distributions (on the valid tokens only).
 
 ACT trains on chunks of 100 actions; near an episode's end the chunk is padded (39% of the action tokens over
 PushT's windows), and the posterior's encoder and the decoder's last layer skip them. One of the CPU kernels:
-ACT uses these layers only where `kernels.enabled` (kernels.py), torch's layers elsewhere.
+ACT uses these layers only where `kernels.enabled` (kernels.py), torch's layers elsewhere. Their projections and
+feed-forward run on 2-D rows through `prepacked.linear` (oneDNN's matmul with gradients where the ops exist).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robopolicy.policies.common.dropout import dropout
+from robopolicy.policies.common.prepacked import linear
 
 
 @dataclass(frozen=True)
@@ -59,10 +61,10 @@ def attention(mha: nn.MultiheadAttention, query: torch.Tensor, memory: torch.Ten
     d, h = mha.embed_dim, mha.num_heads
     w, b = mha.in_proj_weight, mha.in_proj_bias
     if query is memory:
-        q, k, v = layout.unpack(F.linear(query, w, b)).chunk(3, dim=-1)
+        q, k, v = layout.unpack(linear(query, w, b)).chunk(3, dim=-1)
     else:
-        q = layout.unpack(F.linear(query, w[:d], b[:d] if b is not None else None))
-        kv = F.linear(memory, w[d:], b[d:] if b is not None else None)
+        q = layout.unpack(linear(query, w, b, rows=(0, d)))
+        kv = linear(memory.flatten(0, -2), w, b, rows=(d, 3 * d)).view(*memory.shape[:-1], 2 * d)
         k, v = (memory_layout.unpack(kv) if memory_layout is not None else kv).chunk(2, dim=-1)
     mask = None if memory_layout is None else memory_layout.valid[:, None, None, :]  # True = attend
     q, k, v = _heads(q, h), _heads(k, h), _heads(v, h)
@@ -74,11 +76,13 @@ def attention(mha: nn.MultiheadAttention, query: torch.Tensor, memory: torch.Ten
     else:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     out = layout.pack(out.transpose(1, 2).flatten(2))  # (Nq, d)
-    return mha.out_proj(out)
+    return linear(out, mha.out_proj.weight, mha.out_proj.bias)
 
 
 def feed_forward(layer: nn.TransformerEncoderLayer | nn.TransformerDecoderLayer, x: torch.Tensor) -> torch.Tensor:
-    return layer.linear2(layer.dropout(layer.activation(layer.linear1(x))))
+    """linear2(dropout(activation(linear1(x)))) on rows x (N, d) -> (N, d)."""
+    h = layer.activation(linear(x, layer.linear1.weight, layer.linear1.bias))
+    return linear(layer.dropout(h), layer.linear2.weight, layer.linear2.bias)
 
 
 def self_attention_block(layer: nn.TransformerEncoderLayer | nn.TransformerDecoderLayer, x: torch.Tensor,
