@@ -1,7 +1,8 @@
 """The one switch for robopolicy's CPU kernels; every kernel site asks `enabled` (or `onednn`) before running.
 
 The kernels (same parameters, state dicts and results as torch's modules, to float rounding):
-  - prepacked.py: oneDNN-prepacked linear / conv weights for no-grad inference (private `torch.ops.mkldnn` ops);
+  - prepacked.py: oneDNN-prepacked linear / conv weights for no-grad inference and oneDNN matmuls (forward and
+    backward) for the large training GEMMs (private `torch.ops.mkldnn` ops);
   - unet1d.py: GemmConv1d / GemmConvTranspose1d, the UNet's convolutions as one GEMM each;
   - dropout.py: dropout by thresholded uniforms (same distribution as nn.Dropout, not the same mask);
   - ragged.py + ACT: training on the valid (unpadded) tokens only, the learned queries' self-attention once per batch;
