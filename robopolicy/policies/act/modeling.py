@@ -231,7 +231,7 @@ class ACTHead(PolicyHead):
         pred = self._decode(batch, z, pad)
         l1 = F.l1_loss(pred, actions, reduction="none").mean(-1)  # (B, H)
         if pad is not None:
-            l1 = l1 * (~pad).float()
+            l1 = l1 * (~pad).to(l1.dtype)
         per_step = l1 + c.kl_weight * kl[:, None]
         return LossOutput(per_step, valid=None if pad is None else ~pad,
                           metrics={"l1": l1.detach().mean(), "kl": kl.detach().mean()})
