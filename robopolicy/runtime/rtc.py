@@ -96,10 +96,15 @@ def pigdm_guide(target: torch.Tensor, weights: torch.Tensor, beta: float) -> Gui
     x0 moves by noise_std * w(tau) * g, which the head's affine output map turns into out + that / x0_per_out.
     With num_samples > 1 the B targets are repeated over each observation's samples."""
 
+    placed: dict = {}  # (device, dtype, batch) -> (Y, W) there: moved and repeated once, not at every step
+
     def guide(denoise, x: torch.Tensor, step: DenoisingStep) -> torch.Tensor:
-        y, w = target.to(device=x.device, dtype=x.dtype), weights.to(device=x.device, dtype=x.dtype)
-        if y.shape[0] != x.shape[0]:
-            y = y.repeat_interleave(x.shape[0] // y.shape[0], 0)
+        where = (x.device, x.dtype, x.shape[0])
+        if where not in placed:
+            y = target.to(device=x.device, dtype=x.dtype)
+            placed[where] = (y.repeat_interleave(x.shape[0] // y.shape[0], 0) if y.shape[0] != x.shape[0] else y,
+                             weights.to(device=x.device, dtype=x.dtype))
+        y, w = placed[where]
         with torch.enable_grad():
             x_ = x.detach().requires_grad_(True)
             out = denoise(x_)
