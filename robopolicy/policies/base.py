@@ -11,7 +11,8 @@ and an `nn.Module` with three duties:
   (B, N, H, D) for `num_samples=N`; each observation is encoded once whatever N is.
 
 Optional capabilities are declared in `capabilities`, never discovered with isinstance:
-`GUIDANCE` (the head calls a `Guide` at every denoising step, what real-time chunking needs).
+`GUIDANCE` (the head calls a `Guide` at every denoising step, what real-time chunking needs) and `LANGUAGE` (the
+head conditions on a "language" input; a head without it refuses one instead of ignoring the instruction).
 
 Everything else (action queues, temporal ensembling, real-time chunking) lives in `robopolicy.runtime`;
 normalization and processors live in the policy wrapper, so heads see normalized tensors only.
@@ -20,6 +21,7 @@ normalization and processors live in the policy wrapper, so heads see normalized
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,8 +30,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from robopolicy.config_parsing import ConfigError
+
 GUIDANCE = "guidance"
-CAPABILITIES = frozenset({GUIDANCE})
+LANGUAGE = "language"
+CAPABILITIES = frozenset({GUIDANCE, LANGUAGE})
 
 
 @dataclass(frozen=True)
@@ -244,6 +249,10 @@ class PolicyHead(nn.Module, ABC):
         register_head(cls)
 
     def __init__(self, config: PolicyConfig):
+        if config.language_keys and not self.supports(LANGUAGE):
+            raise ConfigError(f"{type(self).__name__} does not condition on an instruction, but {config.language_keys} "
+                              "is among its inputs: drop it from data.input_keys or use a head with the "
+                              f"{LANGUAGE!r} capability")
         super().__init__()
         self.config = config
 
@@ -253,16 +262,13 @@ class PolicyHead(nn.Module, ABC):
 
     @property
     def device(self) -> torch.device:
-        for tensor in (*self.parameters(), *self.buffers()):
-            return tensor.device
-        return torch.device("cpu")
+        first = next(itertools.chain(self.parameters(), self.buffers()), None)
+        return torch.device("cpu") if first is None else first.device
 
     @property
     def dtype(self) -> torch.dtype:
-        for p in self.parameters():
-            if p.dtype.is_floating_point:
-                return p.dtype
-        return torch.float32
+        first = next((p for p in self.parameters() if p.dtype.is_floating_point), None)
+        return torch.float32 if first is None else first.dtype
 
     @abstractmethod
     def loss(self, batch: dict[str, Any]) -> LossOutput:

@@ -7,13 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robopolicy.policies.base import GUIDANCE, DenoisingStep, LossOutput, PolicyHead
+from robopolicy.policies.base import GUIDANCE, LANGUAGE, DenoisingStep, LossOutput, PolicyHead
 from tests.plugin_heads.configuration import MLPFlowConfig
 
 
 class MLPFlowHead(PolicyHead):
     config_class = MLPFlowConfig
-    capabilities = frozenset({GUIDANCE})
+    capabilities = frozenset({GUIDANCE, LANGUAGE})
 
     def __init__(self, config: MLPFlowConfig):
         super().__init__(config)

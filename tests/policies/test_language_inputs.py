@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import tests.plugin_heads.configuration  # noqa: F401  (registers the test-only head)
+from robopolicy.config_parsing import ConfigError
 from robopolicy.data.dataset import open_dataset
 from robopolicy.data.features import Feature
 from robopolicy.data.normalize import StatsMismatchError
@@ -81,6 +82,25 @@ def test_a_language_policy_needs_a_dataset_with_tasks(pusht_zarr):
     with pytest.raises(StatsMismatchError, match="has no task strings"):
         Policy.from_dataset(get_config_class("mlp_flow_plugin"), ds, compute_stats(ds, ["state", "action"]),
                             input_keys=["state", TASK_KEY])
+
+
+@pytest.mark.parametrize("name", ["diffusion", "flow", "act"])
+def test_heads_without_the_language_capability_refuse_an_instruction(tmp_path, name):
+    ds = _write(tmp_path / "ds", "zarr")
+    with pytest.raises(ConfigError, match=r"does not condition on an instruction, but \['task'\].*data.input_keys"):
+        Policy.from_dataset(get_config_class(name), ds, compute_stats(ds, ["observation.state", "action"]),
+                            input_keys=["observation.state", TASK_KEY])
+
+
+def test_train_command_refuses_an_instruction_for_a_head_without_language(tmp_path, capsys):
+    from robopolicy.cli.main import main
+
+    ds = _write(tmp_path / "ds", "zarr")
+    rc = main(["train", f"--data.uri={tmp_path / 'ds'}", "--data.input_keys=[observation.state,task]",
+               "--train.steps=1", "--train.batch_size=4", f"--train.output_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "DiffusionHead does not condition on an instruction" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "checkpoints").exists() and ds.num_episodes == 3
 
 
 def test_real_lerobot_task_reaches_the_head(lerobot_pusht):

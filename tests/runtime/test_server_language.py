@@ -42,7 +42,7 @@ def test_instruction_travels_in_the_request_and_rtc_works_remotely():
     service = PolicyService(policy)
     service.warmup()  # guided warmup because the head declares guidance; a trained instruction for the vocabulary
     with PolicyServer(service) as server, RemotePolicyClient(*server.address) as client:
-        assert client.info["capabilities"] == ["guidance"] and client.info["language_inputs"] == ["task"]
+        assert client.info["capabilities"] == ["guidance", "language"] and client.info["language_inputs"] == ["task"]
         for task in TASKS:
             np.testing.assert_array_equal(client.predict_chunk(obs, seed=7, task=task), local[task].numpy())
         assert not np.allclose(local[TASKS[0]].numpy(), local[TASKS[1]].numpy())
