@@ -8,6 +8,8 @@ import sys
 
 from robopolicy.config_parsing import ConfigError
 from robopolicy.data.errors import DatasetError
+from robopolicy.data.normalize import StatsMismatchError
+from robopolicy.runtime.policy_server import RemotePolicyError
 
 # name -> module under robopolicy.cli (imported lazily so `--help` stays fast)
 SUBCOMMANDS = {
@@ -44,8 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args._run(args) or 0)
-    except (DatasetError, ConfigError) as e:
-        print(f"robopolicy {args.command}: error: {e}", file=sys.stderr)
+    except (DatasetError, ConfigError, FileNotFoundError, StatsMismatchError, RemotePolicyError) as e:
+        # bad input the message already names (dataset, config field, checkpoint file, policy worker): one line
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e  # KeyError's str() adds quotes
+        print(f"robopolicy {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

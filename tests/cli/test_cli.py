@@ -55,3 +55,16 @@ def test_validate_reports_missing_videos(so101_record, capsys):
 def test_validate_clean_zarr(pusht_zarr, capsys):
     assert main(["validate", str(pusht_zarr)]) == 0
     assert "no problems found" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [
+    ["serve", "--checkpoint", "{missing}"],
+    ["deploy", "--checkpoint", "{missing}", "--robot", "real/so101_follower.yaml", "--emulate"],
+    ["deploy", "--checkpoint", "{missing}", "--robot", "real/so101_follower.yaml", "--emulate", "--inference",
+     "process"],
+])
+def test_policy_commands_name_a_missing_checkpoint_without_a_traceback(argv, tmp_path, capsys):
+    missing = tmp_path / "no_run"
+    rc = main([a.format(missing=missing) for a in argv])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{missing}: checkpoint file config.json is missing" in err and "Traceback" not in err
