@@ -33,9 +33,10 @@ import pyarrow.parquet as pq
 
 from robopolicy.data.errors import DatasetError
 from robopolicy.data.features import INDEX_KEYS, SUCCESS_COLUMN, Feature
+from robopolicy.data.journal import Journal
 from robopolicy.data.stats import DEFAULT_BINS, STAT_NAMES, RunningStats, array_stats, stats_to_json
 from robopolicy.data.video_encode import VideoOptions, append_video, choose_codec, encode_video, probe_video
-from robopolicy.data.writer import EpisodeWriter, prepare_root
+from robopolicy.data.writer import EpisodeWriter
 
 CODEBASE_VERSION = "v3.0"
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
@@ -201,6 +202,12 @@ class LeRobotWriter(EpisodeWriter):
     vcodec/crf/g/preset/pix_fmt: video encoder settings (VideoOptions); vcodec="auto" picks AV1 or H.264.
     """
 
+    format = "lerobot"
+    _transactional = (
+        "info", "tasks", "_episode_rows", "_data_cursor", "_meta_cursor", "_video_cursors", "_global",
+        "_codecs", "_video_info",
+    )  # fmt: skip
+
     def __init__(
         self,
         root: str | Path,
@@ -229,10 +236,9 @@ class LeRobotWriter(EpisodeWriter):
         super().__init__(root, features, fps)
         self.video_options = VideoOptions(codec=vcodec, pix_fmt=pix_fmt, g=g, crf=crf, preset=preset)
         self.stats_bins = stats_bins
-        self._finalized = False
         self._codecs: dict[str, str] = {}
         self._video_info: dict[str, dict] = {}
-        if prepare_root(self.root, overwrite=overwrite, append=append) and (self.root / "meta/info.json").exists():
+        if self._open_root(overwrite=overwrite, append=append) and (self.root / "meta/info.json").exists():
             self._open_existing()
             return
         if append and any(self.root.iterdir()):
@@ -484,11 +490,13 @@ class LeRobotWriter(EpisodeWriter):
     def num_episodes(self) -> int:
         return int(self.info["total_episodes"])
 
-    def save_episode(self, task: str | None = None, success: bool | None = None) -> int:
-        if self._finalized:
-            raise RuntimeError(f"{self.root}: writer is finalized; open a new one with append=True")
-        data, buffered_task = self._take_episode()
-        task = task if task is not None else (buffered_task if buffered_task is not None else "")
+    def _commit_file(self) -> str:
+        return "meta/info.json"
+
+    def _write_episode(
+        self, data: dict[str, np.ndarray], task: str | None, success: bool | None, journal: Journal
+    ) -> int:
+        task = task if task is not None else ""
         n = len(next(iter(data.values())))
         ep_index = self.num_episodes
         start = int(self.info["total_frames"])
@@ -640,14 +648,10 @@ class LeRobotWriter(EpisodeWriter):
             np.savez_compressed(f, **arrays)
         os.replace(tmp, self.root / SKETCH_FILE)
 
-    def finalize(self) -> None:
-        """Flush; files are already complete after every save_episode. Idempotent."""
-        if self._finalized:
-            return
-        self._drop_unsaved()
+    def _close(self) -> None:
+        """Files are already complete after every save_episode."""
         for tmp in self.root.rglob(".*.tmp"):
             tmp.unlink()
-        self._finalized = True
 
 
 _SKETCH_FIELDS = ("frames", "n", "integer", "mean", "m2", "min", "max", "log2w", "lo", "counts")

@@ -1,13 +1,24 @@
 """One `EpisodeWriter` API for every format: add_frame, save_episode, discard_episode, finalize.
 
-Crash safety contract (all formats): frames of the current episode are buffered outside the dataset's
-visible state; `save_episode` makes an episode visible atomically (the episode index is updated last), so a
-crash mid-episode leaves every earlier episode readable and no half episode visible. Opening a non-empty
-directory needs `overwrite=True` (wipe) or `append=True` (continue an existing dataset of the same features).
+Nothing lost, nothing silently wrong (all formats):
+- `add_frame` refuses a value it cannot store exactly: a wrong shape (never reshaped), an unknown key, a
+  number out of the feature dtype's range (300 into int8, 1e300 into float32) or a fraction for an integer
+  feature. It copies the value, so a caller that reuses its arrays cannot change buffered frames.
+- `save_episode` is one transaction (robopolicy.data.journal): when it fails part way, the files and the
+  writer are exactly as before the call, the buffered frames are kept, and `EpisodeSaveError` says why. A
+  process killed inside it leaves every earlier episode readable and no half episode visible; the next
+  writer (append=True) finishes or undoes the interrupted save by itself.
+- One writer at a time: a second writer on the same directory is refused (`DatasetLockedError`).
+- `overwrite=True` deletes only a dataset robopolicy wrote (it leaves a `.robopolicy-dataset` marker) and
+  refuses a directory holding anything else (a `.git`, a `.env`, a stray file).
 """
 
 from __future__ import annotations
 
+import copy
+import fcntl
+import json
+import os
 import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -17,10 +28,24 @@ from typing import Any
 import numpy as np
 
 from robopolicy.data.errors import DatasetError, DatasetExistsError
-from robopolicy.data.features import Feature
+from robopolicy.data.features import INDEX_KEYS, Feature
+from robopolicy.data.journal import JOURNAL_DIR, Journal, recover
 
-# Entries a dataset directory may hold (LeRobot v3 and zarr v2/v3); anything else means "not a dataset".
-_DATASET_ENTRIES = {"meta", "data", "videos", "images", ".zgroup", ".zattrs", ".zmetadata", "zarr.json"}
+MARKER_FILE = ".robopolicy-dataset"
+LOCK_FILE = ".robopolicy.lock"
+# Entries a robopolicy dataset directory may hold (LeRobot v3 and zarr v2/v3 layouts, and ours).
+DATASET_ENTRIES = {
+    "meta", "data", "videos", "images", ".zgroup", ".zattrs", ".zmetadata", "zarr.json",
+    MARKER_FILE, LOCK_FILE, JOURNAL_DIR,
+}  # fmt: skip
+
+
+class EpisodeSaveError(DatasetError):
+    """save_episode failed part way; the dataset and the buffered frames are as before the call."""
+
+
+class DatasetLockedError(DatasetError):
+    """Another writer has the dataset open."""
 
 
 class EpisodeWriter(ABC):
@@ -30,7 +55,14 @@ class EpisodeWriter(ABC):
       frame_index / episode_index / index / task_index, which writers fill in). Visual features have
       shape (H, W, C) and take uint8 HWC frames in `add_frame`.
     fps: frames per second of the recording.
+
+    Subclasses call `_open_root` in their constructor, implement `_write_episode` (every file through the
+    journal), name the file whose replacement commits a save (`_commit_file`) and the attributes a failed
+    save must restore (`_transactional`).
     """
+
+    format: str = ""
+    _transactional: tuple[str, ...] = ()
 
     def __init__(self, root: str | Path, features: Mapping[str, Feature], fps: float):
         self.root = Path(root)
@@ -38,26 +70,37 @@ class EpisodeWriter(ABC):
         self.fps = fps
         self._buffer: dict[str, list[np.ndarray]] = {k: [] for k in self.features}
         self._task: str | None = None
+        self._finalized = False
+        self._lock: _DirLock | None = None
 
+    # ----- frames ------------------------------------------------------------------------------------
     @property
     def frames_in_episode(self) -> int:
         return len(next(iter(self._buffer.values()))) if self._buffer else 0
 
     def add_frame(self, frame: Mapping[str, Any], task: str | None = None) -> None:
-        """Append one frame: {key: array with the feature's shape}; `task` is the episode's task string."""
+        """Append one frame: {key: array with the feature's shape}; `task` is the episode's task string.
+
+        A "task" entry in `frame` is taken as the task (LeRobot's add_frame convention)."""
+        self._check_open()
+        frame = dict(frame)
+        if "task" in frame and "task" not in self.features:
+            task = frame.pop("task") if task is None else task
+            frame.pop("task", None)
         missing = set(self.features) - set(frame)
         if missing:
-            raise KeyError(f"add_frame: frame is missing features {sorted(missing)}")
-        for key, feat in self.features.items():
-            value = np.asarray(frame[key])
-            if feat.is_visual:
-                if value.shape != feat.shape or value.dtype != np.uint8:
-                    raise ValueError(
-                        f"add_frame: {key!r} must be uint8 {feat.shape} (H, W, C), got {value.dtype} {value.shape}"
-                    )
-            elif value.size != int(np.prod(feat.shape)):
-                raise ValueError(f"add_frame: {key!r} must have shape {feat.shape}, got {value.shape}")
-            self._buffer[key].append(value.reshape(feat.shape) if not feat.is_visual else value)
+            raise KeyError(f"{self.root}: add_frame: frame is missing features {sorted(missing)}")
+        unknown = sorted(set(frame) - set(self.features))
+        if unknown:
+            bookkeeping = [k for k in unknown if k in INDEX_KEYS]
+            hint = f" ({bookkeeping} are filled in by the writer)" if bookkeeping else ""
+            raise KeyError(
+                f"{self.root}: add_frame: {unknown} are not features of this dataset{hint}; "
+                f"its features are {sorted(self.features)}"
+            )
+        values = {key: _checked_value(key, frame[key], feat) for key, feat in self.features.items()}
+        for key, value in values.items():
+            self._buffer[key].append(value)
         if task is not None:
             self._task = task
 
@@ -78,64 +121,215 @@ class EpisodeWriter(ABC):
             )
             self.discard_episode()
 
-    def _take_episode(self) -> tuple[dict[str, np.ndarray], str | None]:
+    # ----- saving ------------------------------------------------------------------------------------
+    def save_episode(self, task: str | None = None, success: bool | None = None) -> int:
+        """Write the buffered frames as one episode; returns its episode index.
+
+        All or nothing: on failure the dataset and the writer are unchanged, the frames stay buffered
+        (call save_episode again once the cause is fixed, or discard_episode), and EpisodeSaveError says why.
+        """
+        self._check_open()
         n = self.frames_in_episode
         if n == 0:
-            raise ValueError("save_episode: no frames were added since the last save")
+            raise ValueError(f"{self.root}: save_episode: no frames were added since the last save")
         data = {k: np.stack(v) for k, v in self._buffer.items()}
-        task = self._task
+        task = task if task is not None else self._task
+        saved = {name: copy.deepcopy(getattr(self, name)) for name in self._transactional}
+        journal = Journal.begin(self.root, self._commit_file())
+        try:
+            index = self._write_episode(data, task, success, journal)
+        except BaseException as e:
+            journal.rollback()
+            for name, value in saved.items():
+                setattr(self, name, value)
+            if not isinstance(e, Exception):  # KeyboardInterrupt / SystemExit: rolled back, pass it on
+                raise
+            raise EpisodeSaveError(
+                f"{self.root}: save_episode failed ({type(e).__name__}: {e}); nothing was written and the "
+                f"{n} buffered frames are kept: fix the cause and call save_episode() again, or discard_episode()"
+            ) from e
+        journal.commit()
         self.discard_episode()
-        return data, task
+        return index
 
     @abstractmethod
-    def save_episode(self, task: str | None = None, success: bool | None = None) -> int:
-        """Write the buffered frames as one episode; returns its episode index."""
+    def _write_episode(
+        self, data: dict[str, np.ndarray], task: str | None, success: bool | None, journal: Journal
+    ) -> int:
+        """Write one episode ({key: (T, ...)}) through `journal`, the commit file last; returns its index."""
 
     @abstractmethod
+    def _commit_file(self) -> str:
+        """Path (relative to root) whose replacement makes a save visible."""
+
     def finalize(self) -> None:
-        """Flush everything and write final metadata. Idempotent."""
+        """Flush everything, write final metadata and release the dataset. Idempotent."""
+        if self._finalized:
+            return
+        self._drop_unsaved()
+        self._close()
+        self._finalized = True
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _close(self) -> None:
+        """Format-specific last writes at finalize."""
+
+    def _check_open(self) -> None:
+        if self._finalized:
+            raise RuntimeError(f"{self.root}: writer is finalized; open a new one with append=True")
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, *exc):
-        if exc_type is None:
-            self.finalize()
-        else:
+        if exc_type is not None:
             self.discard_episode()
-            self.finalize()
+        self.finalize()
+
+    def __del__(self):
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
+
+    # ----- the directory -----------------------------------------------------------------------------
+    def _open_root(self, *, overwrite: bool, append: bool) -> bool:
+        """Lock and prepare the directory; returns True when an existing dataset should be continued."""
+        if overwrite and append:
+            raise ValueError("pass either overwrite=True or append=True, not both")
+        if self.root.exists() and not self.root.is_dir():
+            raise DatasetExistsError(f"{self.root}: exists and is not a directory")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = _DirLock(self.root)
+        try:
+            entries = [p for p in self.root.iterdir() if p.name != LOCK_FILE]
+            if entries and append:
+                recover(self.root)
+                return True
+            if entries and not overwrite:
+                raise DatasetExistsError(
+                    f"{self.root}: directory is not empty; pass overwrite=True to replace it or append=True "
+                    "to add episodes"
+                )
+            if entries:
+                check_overwritable(self.root)
+                for entry in entries:
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            _write_marker(self.root, self.format)
+            return False
+        except BaseException:
+            self._lock.release()
+            self._lock = None
+            raise
 
 
-def prepare_root(root: Path, *, overwrite: bool, append: bool) -> bool:
-    """Check the target directory; returns True when an existing dataset should be continued.
-
-    Empty or missing: fine (created). Non-empty: needs `append=True` (continue) or `overwrite=True` (the
-    old dataset is deleted; refused when the directory does not look like a dataset, so a mistyped path
-    never wipes unrelated files).
-    """
-    if overwrite and append:
-        raise ValueError("pass either overwrite=True or append=True, not both")
-    if root.exists() and not root.is_dir():
-        raise DatasetExistsError(f"{root}: exists and is not a directory")
-    entries = [p for p in root.iterdir()] if root.exists() else []
-    if not entries:
-        root.mkdir(parents=True, exist_ok=True)
-        return False
-    if append:
+def written_by_robopolicy(root: Path) -> bool:
+    """True when `root` holds a dataset robopolicy wrote (its marker, or the traces older versions left)."""
+    if (root / MARKER_FILE).exists() or (root / "meta/robopolicy_stats_sketch.npz").exists():
         return True
-    if not overwrite:
-        raise DatasetExistsError(
-            f"{root}: directory is not empty; pass overwrite=True to replace it or append=True to add episodes"
-        )
-    foreign = sorted(p.name for p in entries if p.name not in _DATASET_ENTRIES and not p.name.startswith("."))
+    for attrs in (root / ".zattrs", root / "zarr.json"):
+        try:
+            raw = json.loads(attrs.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(raw, dict) and "robopolicy" in raw.get("attributes", raw):
+            return True
+    return False
+
+
+def check_overwritable(root: Path) -> None:
+    """Raise unless `root` is a dataset robopolicy wrote and holds nothing else."""
+    root = Path(root)
+    foreign = sorted(p.name for p in root.iterdir() if p.name not in DATASET_ENTRIES)
     if foreign:
         raise DatasetError(
-            f"{root}: refusing to overwrite a directory that does not look like a dataset "
-            f"(unexpected entries {foreign[:5]}); delete it yourself or choose another path"
+            f"{root}: refusing to overwrite a directory that does not look like a dataset: it holds entries "
+            f"no robopolicy dataset has ({foreign[:5]}); delete it yourself or choose another path"
         )
-    shutil.rmtree(root)
-    root.mkdir(parents=True)
-    return False
+    if not written_by_robopolicy(root):
+        raise DatasetError(
+            f"{root}: refusing to overwrite a directory that does not look like a dataset robopolicy wrote "
+            f"(no {MARKER_FILE} marker); delete it yourself or choose another path"
+        )
+
+
+def _write_marker(root: Path, fmt: str) -> None:
+    tmp = root / f".{MARKER_FILE}.tmp"
+    tmp.write_text(json.dumps({"written_by": "robopolicy", "format": fmt}) + "\n")
+    os.replace(tmp, root / MARKER_FILE)
+
+
+class _DirLock:
+    """An exclusive flock on `<root>/.robopolicy.lock`, held while a writer is open."""
+
+    def __init__(self, root: Path):
+        self.path = root / LOCK_FILE
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise DatasetLockedError(
+                    f"{root}: another writer (pid {holder}) has this dataset open; wait until it finishes "
+                    "(finalize) or write somewhere else"
+                ) from None
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:  # the holder released and removed it between our open and lock
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+
+def _checked_value(key: str, value: Any, feat: Feature) -> np.ndarray:
+    """`value` as a fresh array of the feature's dtype and exact shape, or a ValueError naming `key`."""
+    arr = np.asarray(value)
+    shape = tuple(feat.shape)
+    if feat.is_visual:
+        if arr.shape != shape or arr.dtype != np.uint8:
+            raise ValueError(f"add_frame: {key!r} must be uint8 {shape} (H, W, C), got {arr.dtype} {arr.shape}")
+        return arr.copy()
+    if not feat.is_numeric:
+        return np.array(value, dtype=object)
+    if arr.shape != shape and not (arr.size == 1 and int(np.prod(shape)) == 1 and arr.ndim <= 1 and len(shape) <= 1):
+        raise ValueError(f"add_frame: {key!r} must have shape {shape}, got {arr.shape} (values are never reshaped)")
+    want = np.dtype(feat.dtype)
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"add_frame: {key!r} must be numeric ({want}), got {arr.dtype}")
+    if want.kind == "f":
+        out = arr.astype(want)
+        if arr.dtype.kind == "f" and (np.isinf(out) & np.isfinite(arr)).any():
+            raise ValueError(
+                f"add_frame: {key!r} holds values beyond {want}'s range (max {np.finfo(want).max:.3g}): "
+                f"{arr[np.isinf(out) & np.isfinite(arr)][:3].tolist()}"
+            )
+    elif want.kind in "iub":
+        if arr.dtype.kind == "f" and (not np.isfinite(arr).all() or (arr != np.round(arr)).any()):
+            raise ValueError(f"add_frame: {key!r} is {want} but got non-integer values {arr.ravel()[:4].tolist()}")
+        info = np.iinfo(want) if want.kind != "b" else None
+        lo, hi = (info.min, info.max) if info is not None else (0, 1)
+        if arr.size and (arr.min() < lo or arr.max() > hi):
+            raise ValueError(f"add_frame: {key!r} is {want} (range {lo}..{hi}) but got {arr.min()}..{arr.max()}")
+        out = arr.astype(want)
+    else:
+        out = arr.astype(want)
+    return out.reshape(shape).copy() if out.shape != shape else out.copy()
 
 
 def create_writer(

@@ -20,7 +20,8 @@ import zarr
 
 from robopolicy.data.errors import DatasetError
 from robopolicy.data.features import Feature
-from robopolicy.data.writer import EpisodeWriter, prepare_root
+from robopolicy.data.journal import Journal
+from robopolicy.data.writer import EpisodeWriter
 from robopolicy.data.zarr_format import ATTRS_KEY
 
 IMAGE_CHUNK_BYTES = 4 * 2**20
@@ -31,6 +32,9 @@ EPISODE_ENDS_CHUNK = 1024
 
 class ZarrWriter(EpisodeWriter):
     """EpisodeWriter for a zarr store (see module docstring). fps may be None (unknown)."""
+
+    format = "zarr"
+    _transactional = ("_ends", "_attrs")
 
     def __init__(
         self,
@@ -51,8 +55,7 @@ class ZarrWriter(EpisodeWriter):
                 raise ValueError(f"{self.root}: feature name {key!r} may not contain '/' in a zarr store")
         self.zarr_format = zarr_format
         self.compression_level = compression_level
-        self._finalized = False
-        if prepare_root(self.root, overwrite=overwrite, append=append):
+        if self._open_root(overwrite=overwrite, append=append):
             self._open_existing()
         else:
             self._create()
@@ -149,11 +152,12 @@ class ZarrWriter(EpisodeWriter):
     def num_episodes(self) -> int:
         return int(self._ends.size)
 
-    def save_episode(self, task: str | None = None, success: bool | None = None) -> int:
-        if self._finalized:
-            raise RuntimeError(f"{self.root}: writer is finalized; open a new one with append=True")
-        data, buffered_task = self._take_episode()
-        task = task if task is not None else buffered_task
+    def _commit_file(self) -> str:
+        return "meta/episode_ends/" + (".zarray" if self.zarr_format == 2 else "zarr.json")
+
+    def _write_episode(
+        self, data: dict[str, np.ndarray], task: str | None, success: bool | None, journal: Journal
+    ) -> int:
         n = len(next(iter(data.values())))
         start = int(self._ends[-1]) if self._ends.size else 0
         for key, values in data.items():
@@ -166,12 +170,6 @@ class ZarrWriter(EpisodeWriter):
         self._group["meta/episode_ends"].append(np.array([start + n], dtype=np.int64))  # commit point
         self._ends = np.append(self._ends, start + n)
         return self.num_episodes - 1
-
-    def finalize(self) -> None:
-        if self._finalized:
-            return
-        self._drop_unsaved()
-        self._finalized = True
 
 
 def _valid_prefix(ends: np.ndarray, max_rows: int) -> np.ndarray:
