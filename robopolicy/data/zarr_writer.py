@@ -67,7 +67,8 @@ class ZarrWriter(EpisodeWriter):
         return zarr.codecs.BloscCodec(cname="zstd", clevel=self.compression_level, shuffle="bitshuffle")
 
     def _create(self) -> None:
-        self._group = zarr.open_group(str(self.root), mode="w", zarr_format=self.zarr_format)
+        # mode "a": "w" would delete the writer lock and the robopolicy marker already in the folder
+        self._group = zarr.open_group(str(self.root), mode="a", zarr_format=self.zarr_format)
         data = self._group.create_group("data")
         meta = self._group.create_group("meta")
         for key, feat in self.features.items():
