@@ -98,6 +98,7 @@ class EpisodeWriter(ABC):
                 f"{self.root}: add_frame: {unknown} are not features of this dataset{hint}; "
                 f"its features are {sorted(self.features)}"
             )
+        _check_task(self.root, task)
         values = {key: _checked_value(key, frame[key], feat) for key, feat in self.features.items()}
         for key, value in values.items():
             self._buffer[key].append(value)
@@ -132,6 +133,7 @@ class EpisodeWriter(ABC):
         n = self.frames_in_episode
         if n == 0:
             raise ValueError(f"{self.root}: save_episode: no frames were added since the last save")
+        _check_task(self.root, task)
         data = {k: np.stack(v) for k, v in self._buffer.items()}
         task = task if task is not None else self._task
         saved = {name: copy.deepcopy(getattr(self, name)) for name in self._transactional}
@@ -295,6 +297,11 @@ class _DirLock:
         finally:
             os.close(self._fd)  # closing drops the flock
             self._fd = None
+
+
+def _check_task(root: Path, task: Any) -> None:
+    if task is not None and not isinstance(task, str):
+        raise TypeError(f"{root}: task must be a string (the instruction), got {type(task).__name__} {task!r}")
 
 
 def _checked_value(key: str, value: Any, feat: Feature) -> np.ndarray:
