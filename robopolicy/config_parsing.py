@@ -97,8 +97,10 @@ def _coerce(hint: Any, value: Any, path: tuple[str, ...]) -> Any:
         return value
     # draccus reads True as 1, a string or a mapping as a sequence and anything as a str: refuse those here
     sequence = any(typing.get_origin(a) is tuple for a in options)
+    mapping = any(typing.get_origin(a) is dict or a is dict for a in options)
     wrong = (
-        (isinstance(value, dict) and not any(typing.get_origin(a) is dict for a in options))
+        (isinstance(value, dict) and not mapping)
+        or (mapping and len(options) == 1 and not isinstance(value, Mapping))
         or (isinstance(value, list | tuple) and not sequence)
         or (isinstance(value, str) and sequence and str not in options)
         or (isinstance(value, bool) and bool not in options and any(a in (int, float) for a in options))
@@ -110,7 +112,7 @@ def _coerce(hint: Any, value: Any, path: tuple[str, ...]) -> Any:
     except DecodingError as e:
         raise ConfigError(f"{dotted((*path, *map(str, e.key_path)))}: {' '.join(e.message.split())} "
                           f"(must be {type_name(hint)})") from None
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, AttributeError, KeyError) as e:
         raise ConfigError(f"{where}={value!r}: must be {type_name(hint)} ({e})") from None
 
 

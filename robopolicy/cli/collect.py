@@ -67,6 +67,7 @@ def resolve_format(out: str, fmt: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from robopolicy.config_parsing import ConfigError
     from robopolicy.data.errors import DatasetError, DatasetExistsError
     from robopolicy.sim.collect import CollectConfig, collect
 
@@ -81,19 +82,18 @@ def run(args: argparse.Namespace) -> int:
             image_size=args.image_size,
             only_successful=args.only_successful,
         )
-    except ValueError as e:
-        print(f"robopolicy collect: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:  # an unknown env or an out-of-range option: `robopolicy.cli.main` prints it, exit 2
+        raise ConfigError(str(e)) from e
     fmt = resolve_format(args.out, args.format)
     try:
         result = collect(
             config, args.out, format=fmt, overwrite=args.overwrite, append=args.append, progress=not args.no_progress
         )
     except DatasetExistsError as e:
-        print(f"robopolicy collect: {e} (command line: --overwrite or --append)", file=sys.stderr)
+        print(f"robopolicy collect: error: {e} (command line: --overwrite or --append)", file=sys.stderr)
         return 1
     except DatasetError as e:
-        print(f"robopolicy collect: {e}", file=sys.stderr)
+        print(f"robopolicy collect: error: {e}", file=sys.stderr)
         return 1
     print(result.summary())
     if len(result.saved) < config.episodes:

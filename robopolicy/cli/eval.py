@@ -72,14 +72,10 @@ def run(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else default_out_dir(args.env)
     if (out / EVAL_INFO_FILE).exists() and not args.overwrite:
         return _fail(f"{out / EVAL_INFO_FILE} exists; pass --overwrite or choose another --out")
-    if not args.checkpoint.is_dir():
-        return _fail(f"checkpoint directory {args.checkpoint} does not exist")
     from robopolicy.policies.policy import load_policy
 
-    try:
-        policy = load_policy(args.checkpoint, map_location=check_device(args.device))
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        return _fail(f"cannot load the policy from {args.checkpoint}: {e}")
+    # a bad checkpoint raises a CheckpointError / ConfigError naming the file: `robopolicy.cli.main` prints it
+    policy = load_policy(args.checkpoint, map_location=check_device(args.device))
     print(f"evaluating {args.checkpoint} on {args.env} ({args.device}): {args.episodes} episodes from seed {args.seed} "
           f"-> {out}")
     evaluate(

@@ -56,14 +56,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-keys", action="store_true", help="do not listen to the keyboard")
     p.add_argument("--realtime", action="store_true", help="run the loop thread in SCHED_FIFO (root or rtprio)")
     p.add_argument("--emulate", action="store_true", help="emulated servos + MuJoCo arm + scripted operator")
-    p.add_argument("--camera", default=None, metavar="WxH", help="with --emulate: render a 'front' camera of this size")
+    p.add_argument("--camera", default=None, type=camera_size, metavar="WxH",
+                   help="with --emulate: render a 'front' camera of this size")
     p.add_argument("--seed", type=int, default=0, help="with --emulate: task and operator seed (default: %(default)s)")
 
 
-def _size(text: str | None) -> tuple[int, int] | None:
-    if not text:
-        return None
-    w, h = text.lower().split("x")
+def camera_size(text: str) -> tuple[int, int]:
+    """--camera WxH -> (width, height), or an argparse error naming the value."""
+    w, sep, h = text.lower().partition("x")
+    if not sep or not w.isdigit() or not h.isdigit() or int(w) < 1 or int(h) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxHEIGHT in pixels, e.g. 128x96")
     return int(w), int(h)
 
 
@@ -82,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         from robopolicy.real.emulated import SimArmRig
 
         leader = None if args.teleop in ("keyboard", "gamepad") else args.teleop
-        rig = SimArmRig(args.robot, leader, seed=args.seed, camera=_size(args.camera), fps=args.fps)
+        rig = SimArmRig(args.robot, leader, seed=args.seed, camera=args.camera, fps=args.fps)
         robot_port = rig.follower.port
         teleop_port = rig.leader.port if rig.leader else None
         cameras, calibration, on_phase = rig.cameras, calibration or "defaults", rig.on_phase

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from robopolicy.data.dataset import open_dataset
+from robopolicy.data.errors import DatasetError
 from robopolicy.data.stats import compute_stats, stats_to_json
 
 
@@ -16,11 +17,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("uri", help="local zarr store, LeRobot directory or hf://<repo_id>")
     p.add_argument("--keys", nargs="+", default=None, help="features to compute (default: numeric and visual)")
     p.add_argument("--out", type=Path, default=None, help="write LeRobot-style stats.json here")
-    p.add_argument("--bins", type=int, default=5000, help="histogram bins per dimension for quantiles")
+    p.add_argument("--bins", type=_positive_int, default=5000, help="histogram bins per dimension for quantiles")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
     with open_dataset(args.uri) as ds:
+        if ds.num_frames == 0:
+            raise DatasetError(f"{args.uri}: the dataset has {ds.num_episodes} episodes and no frames, nothing to "
+                               "compute stats of; record or collect episodes into it first")
+        unknown = [k for k in args.keys or () if k not in ds.features]
+        if unknown:
+            raise DatasetError(f"--keys: {unknown} not features of {args.uri}; it has {sorted(ds.features)}")
         stats = compute_stats(ds, args.keys, bins=args.bins)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,11 +12,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from robopolicy.config_parsing import ConfigError, dotted
 from robopolicy.data.dataset import Dataset
 from robopolicy.data.normalize import Normalizer, StatsMismatchError
 from robopolicy.policies.base import FeatureSpec, LossOutput, PolicyConfig
@@ -24,7 +27,22 @@ from robopolicy.policies.processor import Processor
 from robopolicy.policies.registry import config_from_dict, config_to_dict, feature_specs, make_head
 
 CONFIG_FILE, WEIGHTS_FILE, STATS_FILE = "config.json", "model.safetensors", "stats.json"
+TRAIN_CONFIG_FILE = "train_config.json"  # the run's TrainConfig, saved beside the policy by the trainer
 TASK_KEY = "task"  # the sampler's per-frame instruction string, as a "language" input
+CORRUPT_HINT = "re-save the checkpoint or pick another one (e.g. an earlier checkpoints/step_* directory)"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded (missing, corrupt or inconsistent files); the message names the file
+    and says what to do."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint directory, a file in it, or the run's checkpoints/last pointer is missing."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """Weights whose keys or shapes differ from the head that config.json describes."""
 
 
 class Policy(nn.Module):
@@ -131,19 +149,32 @@ class Policy(nn.Module):
 
     @classmethod
     def load(cls, directory: str | Path, map_location: str = "cpu") -> Policy:
-        """Load a checkpoint directory, or a training run directory (its checkpoints/last)."""
+        """Load a checkpoint directory, or a training run directory (its checkpoints/last).
+
+        Every failure is a CheckpointError (or ConfigError / StatsMismatchError / ProcessorError) naming the file
+        and, where it applies, the field, key or parameter."""
         directory = resolve_checkpoint(directory)
         for name in (CONFIG_FILE, WEIGHTS_FILE, STATS_FILE):
-            if not (directory / name).exists():
-                raise FileNotFoundError(f"{directory}: checkpoint file {name} is missing")
-        config = config_from_dict(json.loads((directory / CONFIG_FILE).read_text()))
-        normalizer = Normalizer.load(directory / STATS_FILE)
-        expected = {k: f.shape for k, f in {**config.input_features, **config.output_features}.items()
-                    if f.kind not in ("image", "language")}
-        normalizer.check_compatible(expected, source=str(directory / STATS_FILE))
-        policy = cls(config, normalizer, Processor.load(directory))
-        weights = load_file(str(directory / WEIGHTS_FILE))
-        check_weights(policy.head.state_dict(), weights, directory / WEIGHTS_FILE)
+            if not (directory / name).is_file():
+                raise CheckpointNotFoundError(f"{directory}: checkpoint file {name} is missing; pass a checkpoint "
+                                              "directory (config.json, model.safetensors, stats.json) or a training "
+                                              "run directory")
+        config = read_config(directory / CONFIG_FILE)
+        normalizer = read_stats(directory / STATS_FILE, config)
+        processor = Processor.load(directory)
+        try:
+            policy = cls(config, normalizer, processor)
+        except (ConfigError, StatsMismatchError):
+            raise
+        except Exception as e:
+            raise CheckpointError(f"{directory / CONFIG_FILE}: cannot build the {config.name!r} head it describes "
+                                  f"({type(e).__name__}: {e}); {CORRUPT_HINT}") from e
+        weights = read_weights(directory / WEIGHTS_FILE)
+        mismatch = weights_mismatch(policy.head.state_dict(), weights)
+        if mismatch:
+            raise CheckpointMismatchError(
+                f"{directory / WEIGHTS_FILE} does not fit the head its config.json describes: {mismatch}; "
+                f"{_matching_config_hint(directory, config, weights)}")
         policy.head.load_state_dict(weights)
         return policy.to(map_location).eval()
 
@@ -164,17 +195,150 @@ class Policy(nn.Module):
                 )
 
 
-def check_weights(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], source: Path) -> None:
-    """Refuse weights whose keys or shapes differ from the head built from config.json, naming the tensors."""
+def weights_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> str:
+    """How `found` differs from the `expected` state dict: the first parameter of another shape (both shapes),
+    then the counts of shape mismatches, missing and unexpected tensors; "" when they fit."""
+    shapes = [k for k, v in expected.items() if k in found and tuple(found[k].shape) != tuple(v.shape)]
+    kinds = [k for k, v in expected.items() if k in found and k not in shapes
+             and found[k].is_floating_point() != v.is_floating_point()]
     missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
-    shapes = [f"{k}: checkpoint {tuple(found[k].shape)}, head {tuple(v.shape)}" for k, v in expected.items()
-              if k in found and tuple(found[k].shape) != tuple(v.shape)]
-    if missing or unexpected or shapes:
-        parts = [f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}" if missing else "",
-                 f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}" if unexpected else "",
-                 f"shape mismatch {shapes[:5]}" if shapes else ""]
-        raise StatsMismatchError(f"{source} does not fit the head its config.json describes: "
-                                 + "; ".join(p for p in parts if p) + " (config and weights from different runs?)")
+    parts = []
+    if shapes:
+        k = shapes[0]
+        parts.append(f"parameter {k!r} has shape {tuple(found[k].shape)} in the file but {tuple(expected[k].shape)} "
+                     f"in the head" + (f" ({len(shapes) - 1} more parameters differ in shape)" if len(shapes) > 1
+                                       else ""))
+    if kinds:
+        parts.append(f"parameter {kinds[0]!r} is {found[kinds[0]].dtype} in the file but "
+                     f"{expected[kinds[0]].dtype} in the head")
+    if missing:
+        parts.append(f"{len(missing)} parameter(s) missing from the file (first: {missing[0]!r})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected parameter(s) in the file (first: {unexpected[0]!r})")
+    return "; ".join(parts)
+
+
+def _matching_config_hint(directory: Path, config: PolicyConfig, weights: Mapping[str, torch.Tensor]) -> str:
+    """What to do about weights that do not fit config.json: name the fields of the run's train_config.json
+    whose head fits them, when there is one, else say that config and weights come from different runs."""
+    generic = ("config.json and model.safetensors come from different runs or head settings: put back the "
+               "config.json saved with these weights, or pick a checkpoint directory whose files belong together")
+    preset = _train_config_policy(directory)
+    if not preset:
+        return generic
+    plain = config_to_dict(config)
+    candidate = _merge(plain, {k: v for k, v in preset.items() if k not in ("input_features", "output_features")})
+    if candidate == plain:
+        return generic
+    try:
+        shapes = make_head(config_from_dict(candidate)).state_dict()  # on the CPU (some heads refuse "meta")
+    except Exception:  # the run's preset no longer builds a head: no better advice than the generic one
+        return generic
+    if weights_mismatch(shapes, weights):
+        return generic
+    changes = ", ".join(f"{dotted(path)}={new!r} (config.json has {old!r})"
+                        for path, old, new in _differences(plain, candidate))
+    return (f"the weights fit the policy of {directory / TRAIN_CONFIG_FILE}: set {changes} in config.json, "
+            f"or copy the policy fields from {TRAIN_CONFIG_FILE}")
+
+
+def _train_config_policy(directory: Path) -> dict[str, Any] | None:
+    """The `policy` section of train_config.json beside (or one level above) the checkpoint, if readable."""
+    for path in (directory / TRAIN_CONFIG_FILE, directory.parent.parent / TRAIN_CONFIG_FILE):
+        try:
+            policy = json.loads(path.read_text()).get("policy")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(policy, dict):
+            return policy
+    return None
+
+
+def _merge(base: Any, update: Any) -> Any:
+    """`base` with the values of `update` (nested mappings merged key by key)."""
+    if isinstance(base, dict) and isinstance(update, dict):
+        return {**base, **{k: _merge(base.get(k), v) for k, v in update.items()}}
+    return update
+
+
+def _differences(a: Any, b: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any, Any]]:
+    """(field path, value in a, value in b) for every leaf where the nested mappings a and b differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), (*path, str(k)))]
+    return [] if a == b else [(path, a, b)]
+
+
+def read_json(path: Path, what: str) -> Any:
+    """Parsed JSON of a checkpoint file, or a CheckpointError naming the file (`what`: what the file holds)."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(f"{path}: the checkpoint's {what} file is missing; {CORRUPT_HINT}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: cannot read the checkpoint's {what} ({e}); {CORRUPT_HINT}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: corrupt {what}, not valid JSON ({e}); {CORRUPT_HINT}") from None
+
+
+def read_config(path: Path) -> PolicyConfig:
+    """The head config in a checkpoint's config.json; a ConfigError naming the file and the field when a value
+    is of the wrong type, unknown or out of range."""
+    data = read_json(path, "policy config")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must be a JSON object with the head `type` and its fields, got "
+                          f"{type(data).__name__}; {CORRUPT_HINT}")
+    if not isinstance(data.get("type"), str):
+        problem = "missing" if "type" not in data else f"{data['type']!r}, not a string"
+        raise ConfigError(f"{path}: field 'type' (the head name) is {problem}; {CORRUPT_HINT}")
+    try:
+        return config_from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except KeyError as e:  # an unknown head type
+        raise ConfigError(f"{path}: field 'type': {e.args[0] if e.args else e}") from None
+    except (TypeError, ValueError) as e:  # a head config's own __post_init__ refusing a value
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def read_stats(path: Path, config: PolicyConfig) -> Normalizer:
+    """The normalizer in a checkpoint's stats.json, checked against the features of `config`."""
+    data = read_json(path, "normalizer stats")
+    try:
+        if not isinstance(data, dict) or not isinstance(data.get("stats"), dict) or not isinstance(
+                data.get("modes"), dict):
+            raise TypeError("expected a JSON object with 'modes' and 'stats' mappings")
+        normalizer = Normalizer.from_json(data)
+    except StatsMismatchError as e:
+        raise StatsMismatchError(f"{path}: {e.args[0] if e.args else e}") from None
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise CheckpointError(f"{path}: corrupt normalizer stats ({type(e).__name__}: {e}); {CORRUPT_HINT}") from None
+    for key, values in normalizer.stats.items():
+        for name, value in values.items():
+            if not np.issubdtype(np.asarray(value).dtype, np.number) or not np.isfinite(value).all():
+                raise CheckpointError(f"{path}: stats {key!r}/{name!r} are not finite numbers; {CORRUPT_HINT}")
+    expected = {k: f.shape for k, f in {**config.input_features, **config.output_features}.items()
+                if f.kind not in ("image", "language")}
+    normalizer.check_compatible(expected, source=str(path))
+    return normalizer
+
+
+def read_weights(path: Path, what: str = "weights") -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file; a CheckpointError naming the file when it is truncated, not a safetensors
+    file, or holds NaN / inf."""
+    try:
+        tensors = load_file(str(path))
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(f"{path}: the checkpoint's {what} file is missing; {CORRUPT_HINT}") from None
+    except Exception as e:  # safetensors raises SafetensorError (truncated, random bytes) or OSError
+        raise CheckpointError(f"{path}: corrupt or truncated {what} file, not a readable safetensors file "
+                              f"({' '.join(str(e).split())}); {CORRUPT_HINT}") from None
+    for key, value in tensors.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise CheckpointError(f"{path}: tensor {key!r} holds NaN or inf (a diverged run or a damaged file); "
+                                  f"{CORRUPT_HINT}")
+    return tensors
 
 
 def make_normalizer(config: PolicyConfig, stats: Mapping[str, Mapping]) -> Normalizer:
@@ -184,12 +348,42 @@ def make_normalizer(config: PolicyConfig, stats: Mapping[str, Mapping]) -> Norma
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint dir as given, or for a run dir the one named in <run>/checkpoints/last."""
+    """A checkpoint dir as given, or for a run dir the one named in <run>/checkpoints/last; a
+    CheckpointNotFoundError saying what is missing otherwise."""
     path = Path(path)
-    last = path / "checkpoints" / "last"
-    if not (path / CONFIG_FILE).exists() and last.exists():
-        return last.parent / last.read_text().strip()
-    return path
+    if not path.exists():
+        raise CheckpointNotFoundError(f"{path}: checkpoint file config.json is missing: no such directory; pass a "
+                                      "checkpoint directory (config.json, model.safetensors, stats.json) or a "
+                                      "training run directory")
+    if not path.is_dir():
+        raise CheckpointNotFoundError(f"{path}: is a file, not a checkpoint directory; pass the directory that "
+                                      "holds config.json, model.safetensors and stats.json, or a training run")
+    if (path / CONFIG_FILE).exists() or not (path / "checkpoints").is_dir():
+        return path
+    return checkpoint_from_last(path)
+
+
+def checkpoint_from_last(run_dir: Path) -> Path:
+    """The step directory that <run_dir>/checkpoints/last names; a CheckpointNotFoundError naming the pointer and
+    the step directories there when it is missing, unreadable or names no directory."""
+    ckpts = Path(run_dir) / "checkpoints"
+    last = ckpts / "last"
+    steps = sorted(p.name for p in ckpts.glob("step_*") if p.is_dir()) if ckpts.is_dir() else []
+    choose = (f"pass one of {steps[-3:]} directly (or write its name into {last})" if steps
+              else "no step_* directories are there either; train first")
+    try:
+        name = last.read_text().strip()
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(f"{ckpts}: no `last` pointer (checkpoints/last is missing); {choose}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointNotFoundError(f"{last}: unreadable `last` pointer ({e}); {choose}") from None
+    if not name or "/" in name or name in (".", ".."):
+        raise CheckpointNotFoundError(f"{last}: the `last` pointer should name a step directory, got {name!r}; "
+                                      f"{choose}")
+    target = ckpts / name
+    if not target.is_dir():
+        raise CheckpointNotFoundError(f"{last} names {name}, which does not exist in {ckpts}; {choose}")
+    return target
 
 
 def load_policy(directory: str | Path, map_location: str = "cpu") -> Policy:

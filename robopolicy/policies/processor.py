@@ -155,12 +155,21 @@ class Processor:
             return cls()
         try:
             entries = json.loads(path.read_text())["steps"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ProcessorError(f"{path}: not a processor file ({exc}); re-save the checkpoint") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+            raise ProcessorError(f"{path}: not a processor file ({type(exc).__name__}: {exc}); re-save the "
+                                 "checkpoint or pick another one") from None
+        if not isinstance(entries, list):
+            raise ProcessorError(f"{path}: 'steps' must be a list of steps, got {type(entries).__name__}; re-save "
+                                 "the checkpoint or pick another one")
         steps = []
         for i, entry in enumerate(entries):
+            if not isinstance(entry, dict) or not isinstance(entry.get("files", ""), str) or not isinstance(
+                    entry.get("state", {}), dict):
+                raise ProcessorError(f"{path}: step {i} must be a mapping with 'kind', 'state' (a mapping) and "
+                                     f"'files' (a path), got {str(entry)[:80]}; re-save the checkpoint or pick "
+                                     "another one")
             kind = entry.get("kind")
-            if kind not in _STEPS:
+            if not isinstance(kind, str) or kind not in _STEPS:
                 raise ProcessorError(f"{path}: step {i} has unknown kind {kind!r}; known: {sorted(_STEPS)} "
                                      "(import the package that defines it)")
             try:

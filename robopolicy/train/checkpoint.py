@@ -19,16 +19,33 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from robopolicy.data.normalize import Normalizer
-from robopolicy.policies.policy import STATS_FILE, Policy
+from robopolicy.policies.policy import (
+    STATS_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    CheckpointNotFoundError,
+    Policy,
+    checkpoint_from_last,
+    read_json,
+    read_stats,
+    read_weights,
+    weights_mismatch,
+)
 from robopolicy.train.ema import EMA
+
+RESUME_HINT = ("point checkpoints/last at an earlier step_* directory (write its name into the file), or start a "
+               "new run (another --train.output_dir, or --train.overwrite=true)")
 
 
 class ResumeMismatchError(ValueError):
     """The run would resume on other data or stats than its checkpoint was trained with."""
+
+
+class ResumeError(CheckpointError):
+    """A checkpoint whose training state cannot be restored (missing, corrupt or of another run's shape)."""
 
 
 def _cpu(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -44,13 +61,25 @@ def _optimizer_to_files(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Ten
     return _cpu(tensors), {"param_groups": sd["param_groups"]}
 
 
-def _optimizer_from_files(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """Load state saved by _optimizer_to_files (torch moves each state tensor to its parameter's device)."""
+def _optimizer_from_files(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict,
+                          source: Path) -> None:
+    """Load state saved by _optimizer_to_files (torch moves each state tensor to its parameter's device); a
+    ResumeError naming `source` when it does not fit the optimizer."""
+    params = [p for group in opt.param_groups for p in group["params"]]
     state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = value
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    try:
+        for key, value in tensors.items():
+            idx, name = key.split(".", 1)
+            state.setdefault(int(idx), {})[name] = value
+        for idx, entry in state.items():
+            for name, value in entry.items():
+                if value.dim() > 0 and tuple(value.shape) != tuple(params[idx].shape):
+                    raise ValueError(f"state {idx}.{name} has shape {tuple(value.shape)}, its parameter "
+                                     f"{tuple(params[idx].shape)}")
+        opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        raise ResumeError(f"{source}: optimizer state does not fit this run's optimizer ({e}); {RESUME_HINT}"
+                          ) from None
 
 
 def save_checkpoint(
@@ -91,20 +120,39 @@ def save_checkpoint(
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    last = Path(run_dir) / "checkpoints" / "last"
-    if not last.exists():
+    """The step directory checkpoints/last names, or None when there is none (or it is unreadable)."""
+    try:
+        return checkpoint_from_last(Path(run_dir))
+    except CheckpointNotFoundError:
         return None
-    path = last.parent / last.read_text().strip()
-    return path if path.exists() else None
+
+
+def resume_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint `--resume` continues from: what <run_dir>/checkpoints/last names, or a
+    CheckpointNotFoundError (a FileNotFoundError) saying what is missing."""
+    if not (Path(run_dir) / "checkpoints").is_dir():
+        raise CheckpointNotFoundError(f"--resume: no checkpoint under {Path(run_dir) / 'checkpoints'} (no such "
+                                      "directory); train without --resume first, or set --train.output_dir to "
+                                      "the run to continue")
+    try:
+        return checkpoint_from_last(Path(run_dir))
+    except CheckpointNotFoundError as e:
+        raise CheckpointNotFoundError(f"--resume: no checkpoint to continue from: {e}") from None
 
 
 def _train_state(ckpt: Path) -> dict:
     path = Path(ckpt) / "train_state" / "state.json"
     if not path.exists():
-        raise FileNotFoundError(f"{ckpt}: no train_state/state.json; this checkpoint cannot be resumed")
-    state = json.loads(path.read_text())
-    if "optimizers" not in state:
-        raise FileNotFoundError(f"{ckpt}: train_state predates named modules and optimizers; it cannot be resumed")
+        raise CheckpointNotFoundError(f"{ckpt}: no train_state/state.json; this checkpoint cannot be resumed "
+                                      f"({RESUME_HINT})")
+    state = read_json(path, "training state")
+    if not isinstance(state, dict) or "optimizers" not in state:
+        raise ResumeError(f"{path}: not a training state of this version (a mapping with 'step', 'optimizers', "
+                          f"'data'); this checkpoint cannot be resumed ({RESUME_HINT})")
+    for key, kind in (("step", int), ("optimizers", dict), ("data", dict)):
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            raise ResumeError(f"{path}: field {key!r} is {'missing' if key not in state else repr(state[key])}, "
+                              f"must be {kind.__name__}; the file is damaged ({RESUME_HINT})")
     return state
 
 
@@ -113,7 +161,7 @@ def check_resume_data(ckpt: Path, policy: Policy, data: dict) -> None:
     was trained with, naming each difference (a changed dataset would otherwise be silently renormalized)."""
     saved = _train_state(ckpt).get("data", {})
     diffs = [f"{k}: checkpoint {saved[k]!r}, now {data.get(k)!r}" for k in sorted(saved) if saved[k] != data.get(k)]
-    before = Normalizer.load(Path(ckpt) / STATS_FILE).stats
+    before = read_stats(Path(ckpt) / STATS_FILE, policy.config).stats
     now = policy.normalizer.stats
     for key in sorted(set(before) | set(now)):
         if key not in before or key not in now:
@@ -144,18 +192,48 @@ def load_train_state(
             f"cannot resume from {ckpt}: it holds modules {saved_modules} and optimizers {sorted(state['optimizers'])}"
             f", this run has {sorted(modules)} and {sorted(optimizers)}"
         )
+    # read and check every file before changing anything, so a damaged checkpoint leaves the run as it was
+    module_weights = {name: _read(ts / "modules" / f"{name}.safetensors", f"{name!r} module weights")
+                      for name in modules}
     for name, module in modules.items():
-        module.load_state_dict(load_file(str(ts / "modules" / f"{name}.safetensors")))
-    for name, opt in optimizers.items():
-        _optimizer_from_files(opt, load_file(str(ts / "optimizers" / f"{name}.safetensors")),
-                              state["optimizers"][name])
+        _check_fits(module.state_dict(), module_weights[name], ts / "modules" / f"{name}.safetensors")
+    opt_tensors = {name: _read(ts / "optimizers" / f"{name}.safetensors", f"{name!r} optimizer state")
+                   for name in optimizers}
+    ema_weights = _read(Path(ckpt) / WEIGHTS_FILE, "EMA weights") if ema is not None else None
     if ema is not None:
-        ema_weights = load_file(str(Path(ckpt) / "model.safetensors"))
+        _check_fits(ema.shadow, ema_weights, Path(ckpt) / WEIGHTS_FILE)
+    rng = _read(ts / "rng.safetensors", "RNG state")
+    if "torch" not in rng or rng["torch"].dtype != torch.uint8:
+        raise ResumeError(f"{ts / 'rng.safetensors'}: no 'torch' generator state (uint8); the file is damaged "
+                          f"({RESUME_HINT})")
+    for name, module in modules.items():
+        module.load_state_dict(module_weights[name])
+    for name, opt in optimizers.items():
+        _optimizer_from_files(opt, opt_tensors[name], state["optimizers"][name],
+                              ts / "optimizers" / f"{name}.safetensors")
+    if ema is not None:
         for k, v in ema.shadow.items():
             v.copy_(ema_weights[k])
-        ema.step = state["ema_step"] or 0
-    rng = load_file(str(ts / "rng.safetensors"))
-    torch.set_rng_state(rng["torch"])
-    if torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([rng[k] for k in sorted(rng) if k.startswith("cuda")])
+        ema.step = state.get("ema_step") or 0
+    try:
+        torch.set_rng_state(rng["torch"])
+        if torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([rng[k] for k in sorted(rng) if k.startswith("cuda")])
+    except RuntimeError as e:
+        raise ResumeError(f"{ts / 'rng.safetensors'}: RNG state rejected by torch ({e}); {RESUME_HINT}") from None
     return int(state["step"])
+
+
+def _read(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """A safetensors file of the training state, or a ResumeError naming it (missing, truncated, corrupt)."""
+    try:
+        return read_weights(path, what)
+    except CheckpointError as e:
+        raise ResumeError(f"cannot resume: {e}") from None
+
+
+def _check_fits(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], source: Path) -> None:
+    mismatch = weights_mismatch(expected, found)
+    if mismatch:
+        raise ResumeError(f"cannot resume from {source}: {mismatch} (the run's config differs from the one the "
+                          f"checkpoint was trained with: resume with the same preset and overrides, or {RESUME_HINT})")

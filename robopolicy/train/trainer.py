@@ -22,12 +22,20 @@ import torch
 from accelerate import Accelerator
 from tqdm import tqdm
 
-from robopolicy.data.dataset import open_dataset
+from robopolicy.config_parsing import ConfigError, suggest
+from robopolicy.data.dataset import Dataset, open_dataset
+from robopolicy.data.errors import DatasetError
 from robopolicy.data.sampler import EpochBatchSampler, WindowSampler, _keep_batch
 from robopolicy.data.stats import compute_stats
 from robopolicy.policies.policy import TASK_KEY, Policy
 from robopolicy.train.callbacks import Callback
-from robopolicy.train.checkpoint import check_resume_data, latest_checkpoint, load_train_state, save_checkpoint
+from robopolicy.train.checkpoint import (
+    check_resume_data,
+    latest_checkpoint,
+    load_train_state,
+    resume_checkpoint,
+    save_checkpoint,
+)
 from robopolicy.train.config import TrainConfig
 from robopolicy.train.ema import EMA
 from robopolicy.train.run_log import RunLog
@@ -43,9 +51,36 @@ def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def check_trainable(cfg: TrainConfig, dataset: Dataset) -> None:
+    """Refuse, naming the field or the dataset, data that leaves nothing to train on: no episodes or frames,
+    episode indices outside the dataset, input / action keys the dataset lacks."""
+    uri = cfg.data.uri
+    if dataset.num_episodes == 0 or dataset.num_frames == 0:
+        raise DatasetError(f"{uri}: the dataset has {dataset.num_episodes} episodes and {dataset.num_frames} frames, "
+                           "nothing to train on; record or collect episodes into it first (robopolicy record / "
+                           "robopolicy collect --append)")
+    episodes = cfg.data.episodes or ()
+    outside = [e for e in episodes if e >= dataset.num_episodes]
+    if outside:
+        raise ConfigError(f"data.episodes: {outside[:5]} outside the dataset; {uri} has episodes "
+                          f"0..{dataset.num_episodes - 1}")
+    if episodes and all(dataset.episodes[e].length == 0 for e in episodes):
+        raise DatasetError(f"{uri}: the episodes {list(episodes)[:5]} of data.episodes have no frames, nothing to "
+                           "train on; choose other data.episodes")
+    features = sorted(dataset.features)
+    for key in cfg.data.input_keys or ():
+        if key != TASK_KEY and key not in dataset.features:
+            raise ConfigError(f"data.input_keys: {key!r} is not a feature of {uri}; it has {features}"
+                              f"{suggest(key, features)}")
+    if cfg.data.action_key not in dataset.features:
+        raise ConfigError(f"data.action_key={cfg.data.action_key!r}: not a feature of {uri}; it has {features}"
+                          f"{suggest(cfg.data.action_key, features)}")
+
+
 def build_policy(cfg: TrainConfig, dataset) -> Policy:
     """A fresh policy for `dataset`, with stats of the normalized keys computed by streaming over it."""
     head = cfg.policy_config()  # validated; the fields the preset sets override the head's defaults
+    check_trainable(cfg, dataset)
     overrides = {name: getattr(head, name) for name in cfg.policy if name != "type"}
     input_keys = list(cfg.data.input_keys) if cfg.data.input_keys else [
         k for k, f in dataset.features.items() if f.kind in ("state", "image", "video")
@@ -75,6 +110,7 @@ class Trainer:
         self.acc = acc = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
         self.run_dir = Path(tc.output_dir)
         self._claim_run_dir(resume)
+        ckpt = resume_checkpoint(self.run_dir) if resume else None  # before the data: fail fast on a bad run dir
         torch.manual_seed(tc.seed + acc.process_index)
 
         # data, policy, the rule's modules and optimizers (moved and wrapped by accelerate)
@@ -98,10 +134,7 @@ class Trainer:
         }
 
         self.start = 0
-        if resume:
-            ckpt = latest_checkpoint(self.run_dir)
-            if ckpt is None:
-                raise FileNotFoundError(f"--resume: no checkpoint under {self.run_dir / 'checkpoints'}")
+        if ckpt is not None:
             check_resume_data(ckpt, self.policy, self.data_info)
             self.start = load_train_state(ckpt, self._unwrapped(), self.optimizers, self.ema)
             acc.print(f"resumed from {ckpt} at step {self.start}")
