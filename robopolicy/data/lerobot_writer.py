@@ -13,16 +13,21 @@ parquet: LeRobot loads that parquet with `datasets` and keeps unknown columns, w
 (which LeRobot validates every frame against) stay untouched, and no fake per-frame column appears in
 training batches.
 
-Crash safety: frames are buffered in memory until save_episode. Each save rewrites the affected files as
-temp files and os.replace()s them in the order videos, data, episodes metadata, tasks, stats.json and
-info.json last (the commit point). Any interrupted state is repaired by opening with append=True.
+Crash safety: frames are buffered in memory until save_episode, and each save is one journaled transaction
+(robopolicy.data.journal): every file it changes (the episode's mp4 and the encoder's attempt files, the
+video file it is appended to, the data parquet, the episodes parquet, tasks.parquet, stats.json, the stats
+sketch) is written as a recorded temp file and os.replace()d through the journal, and meta/info.json last
+(the commit point). A failed save restores every file; a killed one is rolled back (or confirmed, when
+info.json was already replaced) by the next writer opened with append=True. Readers only trust what
+info.json's totals cover, so leftovers of older versions (rows, video beyond to_timestamp) are ignored, and
+appending keeps only the committed rows of the data file it continues.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +41,7 @@ from robopolicy.data.features import INDEX_KEYS, SUCCESS_COLUMN, Feature
 from robopolicy.data.journal import Journal
 from robopolicy.data.stats import DEFAULT_BINS, STAT_NAMES, RunningStats, array_stats, stats_to_json
 from robopolicy.data.video_encode import VideoOptions, append_video, choose_codec, encode_video, probe_video
-from robopolicy.data.writer import EpisodeWriter
+from robopolicy.data.writer import LOCK_FILE, MARKER_FILE, EpisodeWriter
 
 CODEBASE_VERSION = "v3.0"
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
@@ -69,26 +74,44 @@ class _Cursor:
         self.used = 0.0
 
 
-# ----- small file helpers ------------------------------------------------------------------------
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    tmp.write_text(json.dumps(obj, indent=4))
-    os.replace(tmp, path)
+# ----- small file helpers (every write goes through the save's journal) -----------------------------
+def _write_json(journal: Journal, path: Path, obj) -> None:
+    journal.write_bytes(path, json.dumps(obj, indent=4).encode())
 
 
 def _write_tables(path: Path, tables: list[pa.Table], schema: pa.Schema) -> None:
-    """Write `tables` as one parquet file (one row group each, snappy) via temp + os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    with pq.ParquetWriter(tmp, schema, compression="snappy", use_dictionary=True) as w:
+    """Write `tables` as a new parquet file at `path` (one row group each, snappy)."""
+    with pq.ParquetWriter(path, schema, compression="snappy", use_dictionary=True) as w:
         for t in tables:
             w.write_table(t, row_group_size=max(1, t.num_rows))
-    os.replace(tmp, path)
+
+
+def _write_parquet(journal: Journal, path: Path, tables: list[pa.Table], schema: pa.Schema) -> None:
+    journal.write_with(path, lambda tmp: _write_tables(tmp, tables, schema))
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a path
+        np.savez_compressed(f, **arrays)
+
+
+def _committed_row_groups(path: Path, rows: int) -> list[pa.Table]:
+    """The row groups holding the first `rows` rows of `path` (rows beyond, left by an interrupted save of
+    an older version, are dropped)."""
+    pf = pq.ParquetFile(path)
+    try:
+        tables, have = [], 0
+        for i in range(pf.num_row_groups):
+            if have >= rows:
+                break
+            t = pf.read_row_group(i)
+            tables.append(t.slice(0, rows - have) if have + t.num_rows > rows else t)
+            have += tables[-1].num_rows
+    finally:
+        pf.close()
+    if have < rows:
+        raise DatasetError(f"{path}: holds {have} rows but the episodes metadata says {rows}; cannot append to it")
+    return tables
 
 
 def _size_mb(path: Path) -> float:
@@ -228,7 +251,7 @@ class LeRobotWriter(EpisodeWriter):
         video_files_size_in_mb: float = 200,
         stats_bins: int = DEFAULT_BINS,
     ):
-        if fps is None or fps <= 0:
+        if not isinstance(fps, numbers.Real) or isinstance(fps, bool) or not np.isfinite(fps) or fps <= 0:
             raise ValueError(f"{root}: LeRobot datasets need a positive fps, got {fps!r}")
         clash = sorted(set(features) & set(INDEX_KEYS))
         if clash:
@@ -238,11 +261,34 @@ class LeRobotWriter(EpisodeWriter):
         self.stats_bins = stats_bins
         self._codecs: dict[str, str] = {}
         self._video_info: dict[str, dict] = {}
-        if self._open_root(overwrite=overwrite, append=append) and (self.root / "meta/info.json").exists():
-            self._open_existing()
-            return
-        if append and any(self.root.iterdir()):
-            raise DatasetError(f"{self.root}: cannot append, meta/info.json is missing (not a LeRobot dataset)")
+        continuing = self._open_root(overwrite=overwrite, append=append)
+        try:
+            if continuing and (self.root / "meta/info.json").exists():
+                self._open_existing()
+            else:
+                self._create(video, robot_type, chunks_size, data_files_size_in_mb, video_files_size_in_mb)
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+            raise
+
+    def _create(
+        self,
+        video: bool | None,
+        robot_type: str | None,
+        chunks_size: int,
+        data_files_size_in_mb: float,
+        video_files_size_in_mb: float,
+    ) -> None:
+        """A new, empty dataset: info.json with zero episodes (committed through a journal)."""
+        leftovers = [p.name for p in self.root.iterdir() if p.name not in (MARKER_FILE, LOCK_FILE)]
+        if leftovers:  # append=True on a directory that is not a LeRobot dataset
+            raise DatasetError(
+                f"{self.root}: cannot append, meta/info.json is missing (not a LeRobot dataset; it holds "
+                f"{sorted(leftovers)[:5]})"
+            )
+        fps = self.fps
         self._store: dict[str, str] = {}
         for key, feat in self.features.items():
             if feat.is_visual:
@@ -270,8 +316,14 @@ class LeRobotWriter(EpisodeWriter):
         self._data_cursor = _Cursor()
         self._meta_cursor = _Cursor()
         self._video_cursors = {k: _Cursor() for k in self._video_keys}
-        self._global = {k: RunningStats(self._stats_dim(k), stats_bins) for k in self._stats_keys}
-        _write_json(self.root / "meta/info.json", self.info)
+        self._global = {k: RunningStats(self._stats_dim(k), self.stats_bins) for k in self._stats_keys}
+        journal = Journal.begin(self.root, self._commit_file())
+        try:
+            _write_json(journal, self.root / "meta/info.json", self.info)
+        except BaseException:
+            journal.rollback()
+            raise
+        journal.commit()
 
     # ----- feature bookkeeping ----------------------------------------------------------------------
     @property
@@ -349,7 +401,7 @@ class LeRobotWriter(EpisodeWriter):
         ]
         return pa.schema(fields)
 
-    # ----- append: reload state and repair an interrupted save ------------------------------------------
+    # ----- append: reload the committed state (an interrupted save was recovered by _open_root) ------------
     def _open_existing(self) -> None:
         meta = self.root / "meta"
         try:
@@ -387,22 +439,21 @@ class LeRobotWriter(EpisodeWriter):
                 enc = disk["info"].get("video.encoder") or CODEC_TO_ENCODER.get(disk["info"].get("video.codec", ""))
                 if enc:
                     self._codecs[key] = enc
+        # The reader checks the metadata (totals, indices, timestamps, dtypes) before anything is appended.
+        from robopolicy.data.lerobot_format import LeRobotDataset
+
+        with LeRobotDataset(self.root) as ds:
+            self.tasks = list(ds.tasks)
+            committed = [e.index for e in ds.episodes]
         n_eps = int(self.info["total_episodes"])
-        tasks = pq.read_table(meta / "tasks.parquet").to_pylist() if (meta / "tasks.parquet").exists() else []
-        self.tasks = [
-            r["__index_level_0__"] if "__index_level_0__" in r else r["task"]
-            for r in sorted(tasks, key=lambda r: r["task_index"])
-        ]
-        self.tasks = self.tasks[: int(self.info["total_tasks"])]
+        if committed != list(range(n_eps)):
+            raise DatasetError(
+                f"{self.root}: episode indices are not 0..{n_eps - 1} (got {committed[:5]}...); cannot append"
+            )
         rows = []
         for f in sorted((meta / "episodes").glob("chunk-*/file-*.parquet")):
-            rows += pq.read_table(f).to_pylist()
-        rows = sorted((r for r in rows if r["episode_index"] < n_eps), key=lambda r: r["episode_index"])
-        if len(rows) != n_eps:
-            raise DatasetError(
-                f"{self.root}: info.json says {n_eps} episodes but the episodes metadata has "
-                f"{len(rows)}; the dataset is damaged and cannot be appended to"
-            )
+            rows += [r for r in pq.read_table(f).to_pylist() if r["episode_index"] < n_eps]
+        rows.sort(key=lambda r: r["episode_index"])
         self._data_cursor, self._meta_cursor = _Cursor(), _Cursor()
         self._video_cursors = {k: _Cursor() for k in self._video_keys}
         self._episode_rows = []
@@ -430,38 +481,34 @@ class LeRobotWriter(EpisodeWriter):
                     last[f"videos/{key}/file_index"],
                     last[f"videos/{key}/to_timestamp"],
                 )
-        self._repair()
+            self._drop_stale_files()
         self._global = self._load_global_stats()
 
-    def _repair(self) -> None:
-        """Drop what an interrupted save left beyond the committed state (info.json)."""
-        for tmp in self.root.rglob(".*.tmp"):
-            tmp.unlink()
-        for tmp in self.root.rglob(".episode-*.mp4"):
-            tmp.unlink()
-        c = self._data_cursor
-        self._drop_files_after(self.root / "data", c)
-        if self.info["total_episodes"]:
-            path = self.root / DATA_PATH.format(chunk_index=c.chunk, file_index=c.file)
-            pf = pq.ParquetFile(path)
-            if pf.metadata.num_rows != int(c.used):
-                tables = [pf.read_row_group(i) for i in range(pf.num_row_groups)]
-                table = pa.concat_tables(tables).slice(0, int(c.used))
-                _write_tables(path, [table], pf.schema_arrow)
-            self._write_episodes_file()
-        self._drop_files_after(self.root / "meta/episodes", self._meta_cursor)
-        for key, vc in self._video_cursors.items():
-            self._drop_files_after(self.root / "videos" / key, vc)
-
-    def _drop_files_after(self, folder: Path, cursor: _Cursor) -> None:
-        """Delete chunk-XXX/file-XXX.* files after `cursor` (or all of them when nothing is committed)."""
-        if not folder.exists():
+    def _drop_stale_files(self) -> None:
+        """Remove what a killed save of a pre-journal version left: temp files, and chunk files after the
+        last committed episode's (a save that had rolled a file over). Journaled like a save."""
+        folders = {self.root / "data": self._data_cursor, self.root / "meta/episodes": self._meta_cursor}
+        folders.update({self.root / "videos" / k: c for k, c in self._video_cursors.items()})
+        stale = [p for p in (self.root / "meta").glob(".*.tmp")]
+        for folder, cursor in folders.items():
+            stale += [*folder.glob(".*.tmp"), *folder.glob(".episode-*.mp4"), *folder.glob("chunk-*/.*.tmp")]
+            for f in folder.glob("chunk-*/file-*.*"):
+                try:
+                    idx = (int(f.parent.name.split("-")[1]), int(f.stem.split("-")[1]))
+                except (IndexError, ValueError):
+                    continue
+                if idx > (cursor.chunk, cursor.file):
+                    stale.append(f)
+        if not stale:
             return
-        committed = self.info["total_episodes"] > 0
-        for f in folder.glob("chunk-*/file-*.*"):
-            idx = (int(f.parent.name.split("-")[1]), int(f.stem.split("-")[1]))
-            if not committed or idx > (cursor.chunk, cursor.file):
-                f.unlink()
+        journal = Journal.begin(self.root, self._commit_file())
+        try:
+            for f in stale:
+                journal.remove(f)
+        except BaseException:
+            journal.rollback()
+            raise
+        journal.commit()
 
     def _load_global_stats(self) -> dict[str, RunningStats]:
         sketch_path = self.root / SKETCH_FILE
@@ -516,8 +563,8 @@ class LeRobotWriter(EpisodeWriter):
                 raise ValueError(f"{self.root}: episode {ep_index}, feature {key!r}: {e}") from e
 
         row = {"episode_index": ep_index, "tasks": [task], "length": n}
-        row.update(self._write_videos(ep_index, data, n))
-        row = {**row, **self._write_data(data, start, n)}
+        row.update(self._write_videos(ep_index, data, n, journal))
+        row = {**row, **self._write_data(data, start, n, journal)}
         for key, st in ep_stats.items():
             res = st.result(self._shape(key), visual=self._is_visual(key))
             row.update({f"stats/{key}/{s}": np.asarray(res[s]).tolist() for s in STAT_NAMES})
@@ -525,11 +572,12 @@ class LeRobotWriter(EpisodeWriter):
             self._global[key].merge(st)
 
         # metadata: episodes file, tasks, stats, and info.json last (commit point)
-        self._commit_episode_row(row, success)
+        self._commit_episode_row(row, success, journal)
         if new_task:
             self.tasks.append(task)
-            _write_tables(self.root / "meta/tasks.parquet", [_tasks_table(self.tasks)], _tasks_table(self.tasks).schema)
-        self._write_stats()
+            table = _tasks_table(self.tasks)
+            _write_parquet(journal, self.root / "meta/tasks.parquet", [table], table.schema)
+        self._write_stats(journal)
         total_eps = ep_index + 1
         self.info.update(
             total_episodes=total_eps,
@@ -538,10 +586,10 @@ class LeRobotWriter(EpisodeWriter):
             splits={"train": f"0:{total_eps}"},
             features=self._info_features(),
         )
-        _write_json(self.root / "meta/info.json", self.info)
+        _write_json(journal, self.root / "meta/info.json", self.info)  # the commit point: last
         return ep_index
 
-    def _write_videos(self, ep_index: int, data: dict[str, np.ndarray], n: int) -> dict:
+    def _write_videos(self, ep_index: int, data: dict[str, np.ndarray], n: int, journal: Journal) -> dict:
         cols = {}
         duration = n / self.fps
         limit = float(self.info["video_files_size_in_mb"])
@@ -550,31 +598,35 @@ class LeRobotWriter(EpisodeWriter):
             h, w, _ = frames.shape[1:]
             if key not in self._codecs:
                 self._codecs[key] = choose_codec(self.video_options, w, h)
+            codec = self._codecs[key]
             cursor = self._video_cursors[key]
-            folder = self.root / "videos" / key
-            folder.mkdir(parents=True, exist_ok=True)
-            ep_file = folder / f".episode-{ep_index:06d}.{os.getpid()}.mp4"
-            try:
-                encode_video(frames, ep_file, self.fps, self._codecs[key], self.video_options)
+            # the episode alone first (its size decides the rollover), then appended to the shared file
+            ep_file = self.root / "videos" / key / f".episode-{ep_index:06d}.mp4"
+            journal.write_with(
+                ep_file,
+                lambda tmp, frames=frames, codec=codec: encode_video(
+                    frames, tmp, self.fps, codec, self.video_options, scratch=journal.temp_path
+                ),
+            )
+            path = self.root / VIDEO_PATH.format(video_key=key, chunk_index=cursor.chunk, file_index=cursor.file)
+            if cursor.used > 0 and _size_mb(path) + _size_mb(ep_file) >= limit:
+                cursor.advance(int(self.info["chunks_size"]))
                 path = self.root / VIDEO_PATH.format(video_key=key, chunk_index=cursor.chunk, file_index=cursor.file)
-                if cursor.used > 0 and _size_mb(path) + _size_mb(ep_file) >= limit:
-                    cursor.advance(int(self.info["chunks_size"]))
-                    path = self.root / VIDEO_PATH.format(
-                        video_key=key, chunk_index=cursor.chunk, file_index=cursor.file
-                    )
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = _tmp(path)
-                append_video(path if cursor.used > 0 else None, cursor.used, ep_file, tmp, duration)
-                os.replace(tmp, path)
-            finally:
-                ep_file.unlink(missing_ok=True)
+            existing = path if cursor.used > 0 else None
+            journal.write_with(
+                path,
+                lambda tmp, existing=existing, keep=cursor.used, ep_file=ep_file: append_video(
+                    existing, keep, ep_file, tmp, duration
+                ),
+            )
+            journal.remove(ep_file)
             if key not in self._video_info:
                 info = probe_video(path)
-                info["video.encoder"] = self._codecs[key]
+                info["video.encoder"] = codec
                 info.update(
                     {
                         f"video.{k}": int(v) if v.lstrip("-").isdigit() else v  # ints, as LeRobot writes them
-                        for k, v in self.video_options.encoder_options(self._codecs[key]).items()
+                        for k, v in self.video_options.encoder_options(codec).items()
                         if k in ("g", "crf", "preset", "qscale")
                     }
                 )
@@ -591,7 +643,7 @@ class LeRobotWriter(EpisodeWriter):
             )
         return cols
 
-    def _write_data(self, data: dict[str, np.ndarray], start: int, n: int) -> dict:
+    def _write_data(self, data: dict[str, np.ndarray], start: int, n: int, journal: Journal) -> dict:
         schema = self._data_schema()
         columns = []
         for name in schema.names:
@@ -606,11 +658,8 @@ class LeRobotWriter(EpisodeWriter):
         if cursor.used > 0 and _size_mb(path) + table.nbytes / 2**20 >= float(self.info["data_files_size_in_mb"]):
             cursor.advance(int(self.info["chunks_size"]))
             path = self.root / DATA_PATH.format(chunk_index=cursor.chunk, file_index=cursor.file)
-        tables = []
-        if cursor.used > 0:
-            pf = pq.ParquetFile(path)
-            tables = [pf.read_row_group(i) for i in range(pf.num_row_groups)]
-        _write_tables(path, [*tables, table], schema)
+        tables = _committed_row_groups(path, int(cursor.used)) if cursor.used > 0 else []
+        _write_parquet(journal, path, [*tables, table], schema)
         cursor.used += n
         return {
             "data/chunk_index": cursor.chunk,
@@ -619,39 +668,27 @@ class LeRobotWriter(EpisodeWriter):
             "dataset_to_index": start + n,
         }
 
-    def _commit_episode_row(self, row: dict, success: bool | None) -> None:
+    def _commit_episode_row(self, row: dict, success: bool | None, journal: Journal) -> None:
         cursor = self._meta_cursor
         path = self.root / EPISODES_PATH.format(chunk_index=cursor.chunk, file_index=cursor.file)
         if cursor.used > 0 and _size_mb(path) >= float(self.info["data_files_size_in_mb"]):
             cursor.advance(int(self.info["chunks_size"]))
             self._episode_rows = []
+            path = self.root / EPISODES_PATH.format(chunk_index=cursor.chunk, file_index=cursor.file)
         row["meta/episodes/chunk_index"], row["meta/episodes/file_index"] = cursor.chunk, cursor.file
         row[SUCCESS_COLUMN] = None if success is None else bool(success)
         self._episode_rows.append(row)
         cursor.used = len(self._episode_rows)
-        self._write_episodes_file()
-
-    def _write_episodes_file(self) -> None:
-        cursor = self._meta_cursor
-        path = self.root / EPISODES_PATH.format(chunk_index=cursor.chunk, file_index=cursor.file)
         schema = self._episodes_schema()
-        _write_tables(path, [pa.Table.from_pylist(self._episode_rows, schema=schema)], schema)
+        _write_parquet(journal, path, [pa.Table.from_pylist(self._episode_rows, schema=schema)], schema)
 
-    def _write_stats(self) -> None:
+    def _write_stats(self, journal: Journal) -> None:
         stats = {k: s.result(self._shape(k), visual=self._is_visual(k)) for k, s in self._global.items() if s.n}
-        _write_json(self.root / "meta/stats.json", stats_to_json(stats))
+        _write_json(journal, self.root / "meta/stats.json", stats_to_json(stats))
         arrays = {"total_frames": np.array(self._global["index"].frames)}
         for key, s in self._global.items():
             arrays.update({f"{key}::{name}": np.asarray(getattr(s, name)) for name in _SKETCH_FIELDS})
-        tmp = _tmp(self.root / SKETCH_FILE)
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, self.root / SKETCH_FILE)
-
-    def _close(self) -> None:
-        """Files are already complete after every save_episode."""
-        for tmp in self.root.rglob(".*.tmp"):
-            tmp.unlink()
+        journal.write_with(self.root / SKETCH_FILE, lambda tmp: _save_npz(tmp, arrays))
 
 
 _SKETCH_FIELDS = ("frames", "n", "integer", "mean", "m2", "min", "max", "log2w", "lo", "counts")

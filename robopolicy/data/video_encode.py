@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -126,8 +127,12 @@ def encode_video(
     *,
     attempts: int = 3,
     timeout_s: float | None = None,
+    scratch: Callable[[Path], Path] | None = None,
 ) -> None:
     """Write uint8 RGB frames (N, H, W, 3) to a new mp4 at `path`; frame i has pts i / fps.
+
+    scratch: maps the name wanted for an attempt's file to the path to use (a writer passes its journal's
+    `temp_path`, so attempt files are recorded and removed on rollback).
 
     The encoder runs under a watchdog: libsvtav1 3.x occasionally deadlocks inside send_picture (seen here once
     in ~150 episodes; upstream SVT-AV1 issues 2300/2311). A stuck attempt is abandoned (its thread idles) and the
@@ -137,9 +142,11 @@ def encode_video(
     if timeout_s is None:
         timeout_s = 60.0 + n * max(1.0, h * w / (640 * 480)) * 0.5
     errors: list[BaseException] = []
+    abandoned: list[Path] = []
     for attempt in range(attempts):
         # every attempt writes its own file, so a stuck encoder that wakes up later cannot clobber the result
         target = path.with_name(f"{path.stem}.attempt{attempt}{path.suffix}")
+        target = scratch(target) if scratch is not None else target
         worker = threading.Thread(
             target=_run_capturing, args=(errors, _encode_once, frames, target, fps, codec, options), daemon=True
         )
@@ -148,10 +155,13 @@ def encode_video(
         if worker.is_alive():
             warnings.warn(f"{path}: {codec} encoder stuck for {timeout_s:.0f} s (attempt {attempt + 1}); retrying",
                           stacklevel=2)
+            abandoned.append(target)
             continue
         if errors:
             raise errors[0]
         os.replace(target, path)
+        for stuck in abandoned:  # the stuck thread keeps writing into an unlinked file
+            stuck.unlink(missing_ok=True)
         return
     raise RuntimeError(
         f"{path}: the {codec} encoder hung {attempts} times; encode with another codec "

@@ -17,7 +17,7 @@ from robopolicy.data.errors import DatasetError, DatasetExistsError
 from robopolicy.data.features import SUCCESS_COLUMN, Feature
 from robopolicy.data.lerobot_writer import LeRobotWriter
 from robopolicy.data.stats import STAT_NAMES
-from robopolicy.data.writer import create_writer
+from robopolicy.data.writer import EpisodeSaveError, create_writer
 from tests.data.test_zarr_writer import run_crash_script
 
 TASK = "Push the T-shaped block onto the T-shaped target."
@@ -234,46 +234,51 @@ def test_crash_mid_episode_leaves_saved_episodes(tmp_path):
     run_crash_script("lerobot", root)
     info = json.loads((root / "meta/info.json").read_text())
     assert info["total_episodes"] == 2 and info["total_frames"] == 11
-    assert not [p for p in root.rglob("*") if p.name.startswith(".")]
+    # nothing but the dataset marker and the dead writer's lock file (no temp files, no journal)
+    dotted = sorted(p.name for p in root.rglob("*") if p.name.startswith("."))
+    assert dotted == [".robopolicy-dataset", ".robopolicy.lock"]
     ds = open_dataset(root)
     assert ds.read("state", np.arange(11))[:, 0].tolist() == [0.0] * 5 + [1.0] * 6
     assert ds.read("img", np.arange(11)).shape == (11, 3, 8, 8)
 
 
-_real_write_json = None
-
-
-def _fail_on_info_json(path, obj):
-    if path.name == "info.json":
-        raise OSError("disk gone")
-    _real_write_json(path, obj)
-
-
-def test_interrupted_save_is_repaired_on_append(tmp_path, monkeypatch, pusht3):
+def test_failed_commit_leaves_the_dataset_as_before(tmp_path, monkeypatch, pusht3):
+    """info.json (the commit point) cannot be written: the save is undone, the next writer appends."""
     import robopolicy.data.lerobot_writer as lw
 
-    global _real_write_json
-    _real_write_json = lw._write_json
+    real = lw._write_json
     root = tmp_path / "cut"
     w = create_writer(root, pusht_features(), 10, format="lerobot")
     for i, ep in enumerate(pusht3):
         for t in range(len(ep["action"])):
             w.add_frame({k: v[t] for k, v in ep.items()})
-        if i == 2:  # crash after data + video + episodes metadata, before info.json (the commit point)
-            monkeypatch.setattr(lw, "_write_json", _fail_on_info_json)
-            with pytest.raises(OSError, match="disk gone"):
+        if i == 2:  # fails after data + video + episodes metadata, at info.json
+            def fail_on_info(journal, path, obj):
+                if path.name == "info.json":
+                    raise OSError("disk gone")
+                real(journal, path, obj)
+
+            monkeypatch.setattr(lw, "_write_json", fail_on_info)
+            with pytest.raises(EpisodeSaveError, match="disk gone"):
                 w.save_episode(task=TASK)
             monkeypatch.undo()
         else:
             w.save_episode(task=TASK)
+    w.discard_episode()
+    w.finalize()
     committed = sum(len(ep["action"]) for ep in pusht3[:2])
     assert json.loads((root / "meta/info.json").read_text())["total_frames"] == committed
-    w2 = create_writer(root, pusht_features(), 10, format="lerobot", append=True)
-    w2.finalize()
     assert pq.ParquetFile(root / "data/chunk-000/file-000.parquet").metadata.num_rows == committed
     assert len(pq.read_table(root / "meta/episodes/chunk-000/file-000.parquet")) == 2
+    w2 = create_writer(root, pusht_features(), 10, format="lerobot", append=True)
+    ep = pusht3[2]
+    for t in range(len(ep["action"])):
+        w2.add_frame({k: v[t] for k, v in ep.items()})
+    assert w2.save_episode(task=TASK) == 2
+    w2.finalize()
     ds = open_dataset(root)
-    assert ds.num_frames == committed
+    assert ds.num_frames == committed + len(ep["action"])
+    np.testing.assert_array_equal(ds.read("action", np.arange(committed, ds.num_frames)), ep["action"])
 
 
 @pytest.mark.skipif(not LEROBOT_PYTHON.exists(), reason=f"LeRobot venv not found at {LEROBOT_PYTHON} "
