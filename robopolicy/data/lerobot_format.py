@@ -10,12 +10,27 @@ positions in the concatenation of all data files — not row offsets inside the 
 lerobot_v3_open50 stores one episode per data file and its episode 1 (file-001, row 0) has
 dataset_from_index 427. Rows are therefore located by their `index` values.
 
-What is checked when a dataset is opened (cheap, metadata and bookkeeping columns only): info.json,
-the episodes metadata, tasks, that every data file exists and holds every declared non-video feature, and
-that its rows agree with the episodes metadata (row counts, index ranges, episode_index). Missing video
-files are recorded, not fatal: tabular features still load, `missing_videos()` lists the affected
-episodes, and asking for their frames raises MissingVideoError. Deeper checks (NaN/inf, timestamps, video
-readability and coverage) are in `robopolicy.data.validate`.
+What is checked when a dataset is opened (cheap, metadata and bookkeeping columns only; the single checks
+are robopolicy.data.metadata_checks', shared with `validate`): info.json (fps a positive number, totals,
+path templates, feature specs), stats.json, the episodes metadata (episode_index, chunk and file indices,
+lengths, index ranges), tasks, that every data file exists and its columns have the arrow types info.json
+declares (int8 declared for float32 data is refused, not wrapped), that task_index values name a task, that
+the rows agree with the episodes metadata (row counts, index ranges, episode_index), and that every video
+span (from/to_timestamp) matches the episode's length and fps and no two spans of a file overlap.
+
+info.json is the commit point of a writer: what lies beyond its totals (episode rows with episode_index >=
+total_episodes, tasks with task_index >= total_tasks, data rows outside the committed episodes, video past
+an episode's span), left by an interrupted save, is ignored. Fewer episodes or frames than the totals say
+is an error.
+
+Timestamps are float32 on disk (as LeRobot writes them): past 2048 s their spacing exceeds the default
+tolerance. A stored timestamp that is frame_index / fps up to float32 precision is taken as that exact
+float64 value (`exact_timestamps`); `float32_time_slack` gives the precision a float32 time has, for
+checks that compare stored timestamps themselves.
+
+Missing video files are recorded, not fatal: tabular features still load, `missing_videos()` lists the
+affected episodes, and asking for their frames raises MissingVideoError. Deeper checks (NaN/inf, timestamp
+spacing, video readability and coverage) are in `robopolicy.data.validate`.
 """
 
 from __future__ import annotations
@@ -36,6 +51,15 @@ import pyarrow.parquet as pq
 from robopolicy.data.dataset import Dataset, Episode
 from robopolicy.data.errors import DatasetError, FrameToleranceError, MissingVideoError
 from robopolicy.data.features import SUCCESS_COLUMN, Feature, infer_kind
+from robopolicy.data.metadata_checks import (
+    VideoSpan,
+    check_column_types,
+    check_info,
+    check_stats_json,
+    check_task_index,
+    check_video_spans,
+    raise_problems,
+)
 from robopolicy.data.video import DecoderConfig, VideoFile, decode_png
 
 DEFAULT_TOLERANCE_S = 1e-4
@@ -50,6 +74,7 @@ class VideoSegment:
 
     path: Path
     from_timestamp: float = 0.0
+    to_timestamp: float | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +91,22 @@ class EpisodeSource:
     data_file: Path
     index_range: tuple[int, int] | None
     videos: Mapping[str, VideoSegment] = field(default_factory=dict)
+    meta_file: Path | None = None  # the metadata file that lists the episode
+
+
+def float32_time_slack(t: np.ndarray | float) -> np.ndarray:
+    """How far a time stored as float32 may be from the value meant: one float32 ulp at |t| (storing rounds
+    by at most half of one; a whole one also covers times computed in float32). 1.2e-4 s past 1024 s,
+    2.4e-4 s past 2048 s, 4.9e-4 s past 4096 s: add it to a tolerance that compares stored timestamps."""
+    return np.spacing(np.abs(np.asarray(t, dtype=np.float32))).astype(np.float64)
+
+
+def exact_timestamps(stored: np.ndarray, frame_index: np.ndarray, fps: float) -> np.ndarray:
+    """float64 times: frame_index / fps where the stored (float32) timestamp is that value up to float32
+    precision, else the stored value (a timestamp that really is off stays off)."""
+    stored = np.asarray(stored, dtype=np.float64)
+    exact = np.asarray(frame_index, dtype=np.float64) / float(fps)
+    return np.where(np.abs(stored - exact) <= float32_time_slack(exact), exact, stored)
 
 
 # ----- small readers shared by v3.0 and v2.1 --------------------------------------------------------
@@ -104,6 +145,7 @@ def load_stats(path: Path) -> dict[str, dict[str, np.ndarray]] | None:
     if not path.is_file():
         return None
     raw = read_json(path)
+    raise_problems(check_stats_json(raw, path))
     return {key: {stat: np.asarray(v) for stat, v in stats.items()} for key, stats in raw.items()}
 
 
@@ -182,13 +224,12 @@ class LeRobotReader(Dataset):
         self.max_open_videos = int(max_open_videos)
         self.info = read_json(self.root / "meta" / "info.json")
         where = self.root / "meta" / "info.json"
-        if "fps" not in self.info:
-            raise DatasetError(f"{where}: `fps` is missing")
+        raise_problems(check_info(self.info, where))
         self.fps = self.info["fps"]
         self.features = parse_features(self.info.get("features"), where)
-        self.tasks = self._load_tasks()
+        self.tasks = self._committed_tasks(self._load_tasks())
         self._stats = self._load_stats()
-        sources = sorted(self._episode_sources(), key=lambda s: s.index)
+        sources = self._committed_episodes(sorted(self._episode_sources(), key=lambda s: s.index))
         self._check_totals(sources)
         starts = np.concatenate([[0], np.cumsum([s.length for s in sources])[:-1]]).astype(np.int64)
         self.episodes = [Episode(s.index, s.length, int(st), s.tasks) for s, st in zip(sources, starts)]
@@ -209,6 +250,20 @@ class LeRobotReader(Dataset):
 
     def _load_stats(self) -> dict[str, dict[str, np.ndarray]] | None:
         return load_stats(self.root / "meta" / "stats.json")
+
+    def _committed_tasks(self, tasks: list[str]) -> list[str]:
+        """Tasks up to info.json's total_tasks (a task added by an interrupted save is ignored)."""
+        total = self.info.get("total_tasks")
+        if total is None or len(tasks) <= total:
+            return tasks  # fewer: LeRobot datasets converted from v2.1 may count differently; not fatal
+        return tasks[:total]
+
+    def _committed_episodes(self, sources: list[EpisodeSource]) -> list[EpisodeSource]:
+        """Drop episodes an interrupted save listed beyond info.json's total_episodes (episode_index >= it)."""
+        total = self.info.get("total_episodes")
+        if total is None or len(sources) <= total:
+            return sources
+        return [s for s in sources if s.index < total]
 
     @property
     def stats(self) -> dict[str, dict[str, np.ndarray]] | None:
@@ -239,7 +294,16 @@ class LeRobotReader(Dataset):
             )
         seen = [s.index for s in sources]
         if len(set(seen)) != len(seen):
-            raise DatasetError(f"{self.root}: the episodes metadata lists some episode_index more than once")
+            dupes = sorted({i for i in seen if seen.count(i) > 1})
+            raise DatasetError(
+                f"{self.root}: the episodes metadata lists episode_index {_short(dupes)} more than once"
+            )
+        for s in sources:
+            if s.index < 0 or s.length < 0:
+                raise DatasetError(
+                    f"{s.meta_file or self.root}: episode_index {s.index} has length {s.length}; episode indices "
+                    "and lengths must be >= 0 — the episodes metadata is corrupt"
+                )
 
     def _map_rows(self, sources: list[EpisodeSource]) -> None:
         """Locate every episode's rows in its data file; check them against the episodes metadata."""
@@ -251,7 +315,6 @@ class LeRobotReader(Dataset):
         by_file: dict[Path, list[int]] = {}
         for pos, s in enumerate(sources):
             by_file.setdefault(s.data_file, []).append(pos)
-        declared = [k for k, f in self.features.items() if f.dtype != "video"]
         timestamps = np.empty(n, dtype=np.float64)
         has_ts = "timestamp" in self.features
         for path, positions in by_file.items():
@@ -262,30 +325,39 @@ class LeRobotReader(Dataset):
                 schema = pq.read_schema(path)
             except (pa.ArrowException, OSError) as e:
                 raise DatasetError(f"{path}: not a readable parquet file ({e}); restore it") from e
-            absent = [k for k in declared if k not in schema.names]
+            absent = [k for k, f in self.features.items() if f.dtype != "video" and k not in schema.names]
             if absent:
                 raise DatasetError(
                     f"{path}: features {absent} are declared in meta/info.json but absent from this data file; "
                     "remove them from info.json or re-export the dataset"
                 )
-            cols = [c for c in ("episode_index", "index", "timestamp") if c in schema.names]
-            table = pq.read_table(path, columns=cols)
+            raise_problems(check_column_types(schema, self.features, path))
+            wanted = ("episode_index", "index", "timestamp", "frame_index", "task_index")
+            cols = [c for c in wanted if c in schema.names]
             if "episode_index" not in cols:
                 raise DatasetError(f"{path}: no `episode_index` column; this is not a LeRobot data file")
-            ep_col = table.column("episode_index").to_numpy().astype(np.int64)
-            idx_col = table.column("index").to_numpy().astype(np.int64) if "index" in cols else None
+            try:
+                table = pq.read_table(path, columns=cols)
+            except (pa.ArrowException, OSError) as e:
+                raise DatasetError(f"{path}: not a readable parquet file ({e}); restore it") from e
+            ep_col = _int_column(table, "episode_index", path)
+            idx_col = _int_column(table, "index", path) if "index" in cols else None
             order = np.argsort(idx_col, kind="stable") if idx_col is not None else None
             ts_col = table.column("timestamp").to_numpy().astype(np.float64) if has_ts else None
+            fi_col = _int_column(table, "frame_index", path) if "frame_index" in cols else None
+            ti_col = _int_column(table, "task_index", path) if "task_index" in cols and self.tasks else None
             for pos in positions:
                 src, ep = sources[pos], self.episodes[pos]
                 rows = self._episode_rows(path, src, ep_col, idx_col, order)
                 self._row_file[ep.start : ep.stop] = file_id[path]
                 self._row_in_file[ep.start : ep.stop] = rows
+                frame_index = fi_col[rows] if fi_col is not None else np.arange(ep.length)
                 if ts_col is not None:
-                    timestamps[ep.start : ep.stop] = ts_col[rows]
-        if not has_ts:
-            for ep in self.episodes:
-                timestamps[ep.start : ep.stop] = np.arange(ep.length) / float(self.fps)
+                    timestamps[ep.start : ep.stop] = exact_timestamps(ts_col[rows], frame_index, self.fps)
+                else:
+                    timestamps[ep.start : ep.stop] = frame_index / float(self.fps)
+                if ti_col is not None:
+                    raise_problems(check_task_index(ti_col[rows], len(self.tasks), f"{path} (episode {src.index})"))
         self._timestamps = timestamps
 
     def _episode_rows(
@@ -338,10 +410,17 @@ class LeRobotReader(Dataset):
                 if seg is None:
                     raise DatasetError(f"{self.root}: episode {s.index} has no video location for {key!r}")
                 file_of[pos], start[pos] = ids[seg.path], seg.from_timestamp
+            segs = [(s, s.videos[key]) for s in sources]
+            spans = [VideoSpan(s.index, s.length, v.path, v.from_timestamp, v.to_timestamp) for s, v in segs]
+            raise_problems(check_video_spans(key, spans, float(self.fps), self._metadata_where(sources)))
             self._video_files[key] = paths
             self._video_file_of[key] = file_of
             self._video_from[key] = start
             self._video_missing[key] = np.array([not p.is_file() for p in paths], dtype=bool)
+
+    def _metadata_where(self, sources: list[EpisodeSource]) -> str:
+        files = sorted({str(s.meta_file) for s in sources if s.meta_file is not None})
+        return files[0] if len(files) == 1 else f"{self.root}/meta/episodes"
 
     # ----- public extras -------------------------------------------------------------------------
     def missing_videos(self) -> dict[str, list[int]]:
@@ -421,7 +500,7 @@ class LeRobotReader(Dataset):
             eps = sorted({self.episodes[p].index for p in ep_pos[sel]})
             video = self._video(key, int(fid), eps)
             frames, err = video.nearest(t[sel])
-            bad = np.nonzero(err > self.tolerance_s)[0]
+            bad = np.nonzero(err > self.tolerance_s + float32_time_slack(rel[sel]))[0]
             if bad.size:
                 b = sel[bad[0]]
                 msg = self._tolerance_message(key, video, int(ep_pos[b]), rel[b], t[b], err[bad[0]])
@@ -560,6 +639,9 @@ class LeRobotDataset(LeRobotReader):
     def _episode_sources(self) -> list[EpisodeSource]:
         meta_dir = self.root / "meta" / "episodes"
         files = sorted(meta_dir.glob("chunk-*/file-*.parquet"))
+        if not files and self.info.get("total_episodes") == 0:
+            self._success = {}
+            return []  # created and finalized without a single save_episode
         if not files:
             raise DatasetError(
                 f"{meta_dir}: no episodes metadata (chunk-*/file-*.parquet); the dataset was not finalized — "
@@ -581,36 +663,72 @@ class LeRobotDataset(LeRobotReader):
             absent = [c for c in need if c not in cols]
             if absent:
                 raise DatasetError(f"{path}: episodes metadata lacks columns {absent}; re-export the dataset")
-            rows = pq.read_table(path, columns=cols).to_pylist()
+            try:
+                rows = pq.read_table(path, columns=cols).to_pylist()
+            except (pa.ArrowException, OSError) as e:
+                raise DatasetError(f"{path}: not a readable parquet file ({e}); restore it") from e
             for r in rows:
+                ints = _episode_ints(r, need, path)
                 if SUCCESS_COLUMN in r:
-                    self._success[int(r["episode_index"])] = r[SUCCESS_COLUMN]
-                videos = {
-                    key: VideoSegment(
+                    self._success[ints["episode_index"]] = r[SUCCESS_COLUMN]
+                videos = {}
+                for key in self.video_keys:
+                    to_ts = r.get(f"videos/{key}/to_timestamp")
+                    videos[key] = VideoSegment(
                         self.root
                         / video_tpl.format(
                             video_key=key,
-                            chunk_index=int(r[f"videos/{key}/chunk_index"]),
-                            file_index=int(r[f"videos/{key}/file_index"]),
+                            chunk_index=ints[f"videos/{key}/chunk_index"],
+                            file_index=ints[f"videos/{key}/file_index"],
                         ),
-                        float(r[f"videos/{key}/from_timestamp"]),
+                        _finite(r[f"videos/{key}/from_timestamp"], f"videos/{key}/from_timestamp", r, path),
+                        None if to_ts is None else _finite(to_ts, f"videos/{key}/to_timestamp", r, path),
                     )
-                    for key in self.video_keys
-                }
                 data_file = self.root / data_tpl.format(
-                    chunk_index=int(r["data/chunk_index"]), file_index=int(r["data/file_index"])
+                    chunk_index=ints["data/chunk_index"], file_index=ints["data/file_index"]
                 )
                 sources.append(
                     EpisodeSource(
-                        index=int(r["episode_index"]),
-                        length=int(r["length"]),
+                        index=ints["episode_index"],
+                        length=ints["length"],
                         tasks=tuple(r.get("tasks") or ()),
                         data_file=data_file,
-                        index_range=(int(r["dataset_from_index"]), int(r["dataset_to_index"])),
+                        index_range=(ints["dataset_from_index"], ints["dataset_to_index"]),
                         videos=videos,
+                        meta_file=path,
                     )
                 )
         return sources
+
+
+def _int_column(table: pa.Table, name: str, path: Path) -> np.ndarray:
+    col = table.column(name)
+    if not pa.types.is_integer(col.type) or col.null_count:
+        raise DatasetError(f"{path}: bookkeeping column {name!r} must be integers without nulls, it is {col.type} "
+                           f"with {col.null_count} nulls; this is not a valid LeRobot data file")  # fmt: skip
+    return col.to_numpy().astype(np.int64)
+
+
+def _episode_ints(row: dict, columns: list[str], path: Path) -> dict[str, int]:
+    """The integer columns of one episodes-metadata row; indices used in paths and ranges must be >= 0."""
+    out = {}
+    for col in columns:
+        if col.endswith("_timestamp"):
+            continue
+        value = row[col]
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            where = f"episode {row.get('episode_index')!r}" if col != "episode_index" else "a row"
+            raise DatasetError(
+                f"{path}: {where} has {col} = {value!r}; it must be an integer >= 0 — the episodes metadata is corrupt"
+            )
+        out[col] = int(value)
+    return out
+
+
+def _finite(value, col: str, row: dict, path: Path) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise DatasetError(f"{path}: episode {row.get('episode_index')!r} has {col} = {value!r}; it must be a number")
+    return float(value)
 
 
 def _ordered_tasks(task_index: list, text: list, where: Path) -> list[str]:
