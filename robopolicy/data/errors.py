@@ -15,3 +15,11 @@ class FrameToleranceError(DatasetError):
 
 class DatasetExistsError(DatasetError, FileExistsError):
     """A writer was pointed at a non-empty directory without `overwrite=True`."""
+
+
+class MissingChunkError(DatasetError, FileNotFoundError):
+    """A zarr chunk file that must exist (it holds rows of a committed episode) is absent."""
+
+
+class CorruptChunkError(DatasetError):
+    """A zarr chunk file exists but cannot be decoded (random or truncated bytes)."""

@@ -84,3 +84,17 @@ def test_not_a_dataset(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="not a dataset"):
         open_dataset(tmp_path / "empty")
+
+
+def test_a_sparse_foreign_store_needs_missing_chunks_fill(tmp_path):
+    """zarr-python 3 skips all-fill chunks by default: such a store is refused unless told it is sparse."""
+    from robopolicy.data.errors import MissingChunkError
+
+    path = _make_store(tmp_path / "sparse.zarr", [4, 4], zarr_format=3)
+    action = zarr.open_group(str(path), mode="r+")["data/action"]
+    action[4:8] = 0  # one chunk of zeros: zarr deletes its file
+    assert not (path / "data/action/c/1/0").exists()
+    with pytest.raises(MissingChunkError, match=r"data/action/c/1/0 is missing.*missing_chunks='fill'"):
+        open_dataset(path).read("action", np.arange(8))
+    ds = open_dataset(path, missing_chunks="fill")
+    np.testing.assert_array_equal(ds.read("action", np.arange(8))[4:], np.zeros((4, 2)))

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -149,20 +150,50 @@ def test_crash_mid_episode_leaves_saved_episodes(tmp_path):
     assert ds.read("state", np.arange(11))[:, 0].tolist() == [0.0] * 5 + [1.0] * 6
 
 
-def test_append_repairs_an_interrupted_save(tmp_path):
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_an_older_interrupted_save_is_served_committed_and_repaired_by_append(tmp_path, zarr_format):
+    """What an older version (or diffusion_policy) left when killed after the data grew but before
+    meta/episode_ends did: readers serve the committed episodes (with a warning), append drops the rows."""
     rng = np.random.default_rng(3)
     root = tmp_path / "r.zarr"
-    _write(root, [_frames(rng, 4), _frames(rng, 3)])
+    eps = [_frames(rng, 4), _frames(rng, 3)]
+    _write(root, eps, zarr_format=zarr_format)
     g = zarr.open_group(str(root), mode="r+")
-    for key in FEATURES:  # a crash after the data grew but before meta/episode_ends was updated
+    for key in FEATURES:
         arr = g["data"][key]
-        arr.resize((arr.shape[0] + 2, *arr.shape[1:]))
-    with pytest.raises(DatasetError, match="episode_ends"):
+        arr.append(np.ones((2, *arr.shape[1:]), dtype=arr.dtype))
+    with pytest.warns(UserWarning, match=r"rows past meta/episode_ends \(7\)"):
+        ds = open_dataset(root)
+    assert ds.episode_ends.tolist() == [4, 7]
+    np.testing.assert_array_equal(ds.read("action", np.arange(7)), np.stack([f["action"] for ep in eps for f in ep]))
+    w = create_writer(root, FEATURES, 10, format="zarr", append=True)
+    new = _frames(rng, 3)
+    for f in new:
+        w.add_frame(f)
+    assert w.save_episode() == 2
+    w.finalize()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = open_dataset(root)
+    assert ds.episode_ends.tolist() == [4, 7, 10] and zarr.open_group(str(root))["data/img"].shape[0] == 10
+    want = np.stack([f["img"] for f in new]).transpose(0, 3, 1, 2)
+    np.testing.assert_array_equal(ds.read("img", np.arange(7, 10)), want)
+
+
+def test_an_episode_ends_with_a_torn_tail_is_repaired_by_append(tmp_path):
+    """zarr's append writes .zarray before the chunk: a kill between them (older versions) left an
+    episode_ends whose last entry reads as 0. The next append keeps the valid prefix."""
+    rng = np.random.default_rng(4)
+    root = tmp_path / "t.zarr"
+    _write(root, [_frames(rng, 4), _frames(rng, 3)])
+    meta = json.loads((root / "meta/episode_ends/.zarray").read_text())
+    meta["shape"] = [3]
+    (root / "meta/episode_ends/.zarray").write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match="strictly increasing"):
         open_dataset(root)
     w = create_writer(root, FEATURES, 10, format="zarr", append=True)
     for f in _frames(rng, 2):
         w.add_frame(f)
-    w.save_episode()
+    assert w.save_episode() == 2
     w.finalize()
-    ds = open_dataset(root)
-    assert ds.episode_ends.tolist() == [4, 7, 9] and ds.num_frames == 9
+    assert open_dataset(root).episode_ends.tolist() == [4, 7, 9]
