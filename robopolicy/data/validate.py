@@ -1,42 +1,43 @@
-"""Deep dataset checks that are too slow to run on every open.
+"""Dataset validation: every problem of a dataset on disk, reported, never raised.
 
-Opening a dataset already checks the metadata and the row layout (see lerobot_format.py). Here:
+Order: first the metadata files, without opening the dataset (robopolicy.data.metadata_checks: JSON types
+and required keys of info.json / stats.json, every parquet and zarr metadata file readable, and the
+metadata that lies: fps, dtypes against the parquet's arrow types, task_index range, video from/to
+timestamps). When that finds a structural problem, validation stops there: opening would fail or serve
+wrong values. Otherwise the dataset is opened and the deep checks run, each guarded so that a failure
+inside one becomes a Problem:
+- zarr_chunks (zarr): every chunk of every array decodes;
 - non_finite: NaN / inf in float features, reported per key and episode;
 - timestamps: non-monotonic timestamps within an episode, or spacing off 1/fps by more than tolerance_s;
 - frame_index: not 0..length-1 within an episode;
+- task_index: values outside [0, number of tasks) (formats the metadata checks do not cover);
 - stats: state / action features without stored stats, or stats of the wrong shape;
 - missing_video / unreadable_video / video_frames (LeRobot): absent or truncated files, video frames that
   do not cover the episode's timestamps within tolerance_s (checked on the packet index, no decoding),
   frame size different from info.json; `decode=True` also decodes each episode's first and last frame.
 
-`validate_dataset(ds_or_path) -> list[Problem]` never raises for a broken dataset (a dataset that cannot be
-opened gives one "open" problem); `check_dataset(...)` raises DatasetValidationError listing them all.
+`validate_dataset(ds_or_path) -> list[Problem]` never raises; `check_dataset(...)` raises
+DatasetValidationError listing them all.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from robopolicy.data.dataset import Dataset, open_dataset
 from robopolicy.data.errors import DatasetError
+from robopolicy.data.metadata_checks import Problem, check_metadata, check_task_index, zarr_chunk_path
 
 _LIST_LIMIT = 10
+# Metadata problems after which the dataset is not opened (its reader would fail or serve wrong values).
+# The others (stats, task_index, video_timestamps) leave the rest checkable.
+_FATAL = {"open", "info", "episodes", "data_file", "columns", "dtype", "tasks", "zarr"}
 
-
-@dataclass(frozen=True)
-class Problem:
-    """One finding: `check` names the rule, `key` / `episodes` (episode indices) what it concerns."""
-
-    check: str
-    message: str
-    key: str | None = None
-    episodes: tuple[int, ...] = ()
-
-    def __str__(self) -> str:
-        return self.message
+__all__ = ["DatasetValidationError", "Problem", "check_dataset", "validate_dataset"]
 
 
 class DatasetValidationError(DatasetError):
@@ -52,20 +53,25 @@ def validate_dataset(
     dataset: Dataset | str | Path, *, videos: bool = True, decode: bool = False, **open_kwargs
 ) -> list[Problem]:
     """All problems found in `dataset` (an open Dataset, or a path / uri opened with `open_kwargs`)."""
-    if not isinstance(dataset, Dataset):
-        try:
-            dataset = open_dataset(dataset, **open_kwargs)
-        except DatasetError as e:
-            return [Problem("open", str(e))]
-    ds = dataset
-    problems: list[Problem] = []
-    problems += _check_non_finite(ds)
-    problems += _check_timestamps(ds)
-    problems += _check_frame_index(ds)
-    problems += _check_stats(ds)
-    if videos and hasattr(ds, "missing_videos"):
-        problems += _check_videos(ds, decode)
-    return problems
+    if isinstance(dataset, Dataset):
+        root = dataset.root
+        problems = _guarded("metadata", root, lambda: check_metadata(root)) if root.is_dir() else []
+        return problems + _deep_checks(dataset, problems, videos, decode)
+    try:
+        root = _local_path(dataset)
+    except Exception as e:
+        return [Problem("open", _describe(e, dataset))]
+    problems = _guarded("metadata", root, lambda: check_metadata(root))
+    if any(p.check in _FATAL for p in problems):
+        return problems
+    try:
+        ds = open_dataset(root, **open_kwargs)
+    except Exception as e:  # the metadata checks passed; a reader error still names the file
+        return [*problems, Problem("open", _describe(e, root))]
+    try:
+        return problems + _deep_checks(ds, problems, videos, decode)
+    finally:
+        _guarded("close", root, lambda: ds.close() or [])
 
 
 def check_dataset(dataset: Dataset | str | Path, **kwargs) -> None:
@@ -77,6 +83,51 @@ def check_dataset(dataset: Dataset | str | Path, **kwargs) -> None:
 
 
 # ----- helpers -----------------------------------------------------------------------------------------
+
+
+def _local_path(uri: str | Path) -> Path:
+    from robopolicy.data.dataset import _resolve_hf
+
+    text = str(uri)
+    return _resolve_hf(text) if text.startswith("hf://") else Path(text).expanduser()
+
+
+def _describe(error: Exception, where: object) -> str:
+    """A one-line message; errors that do not name the dataset get its path and their type."""
+    text = " ".join(str(error).split())
+    if isinstance(error, DatasetError) and text:
+        return text
+    return f"{where}: {type(error).__name__}: {text or 'no message'}"
+
+
+def _guarded(check: str, where: object, fn: Callable[[], list[Problem]]) -> list[Problem]:
+    """fn(), with any exception turned into one Problem of `check`."""
+    try:
+        return fn()
+    except Exception as e:
+        return [Problem(check, f"{_describe(e, where)} (while running the {check} check)")]
+
+
+def _deep_checks(ds: Dataset, found: list[Problem], videos: bool, decode: bool) -> list[Problem]:
+    """The checks that need the opened dataset, each guarded."""
+    if ds.format == "zarr":
+        chunks = _guarded("zarr_chunks", ds.root, lambda: _check_zarr_chunks(ds))
+        if chunks:  # every other check would read the same broken chunks
+            return chunks
+    checks: list[tuple[str, Callable[[], list[Problem]]]] = [
+        ("non_finite", lambda: _check_non_finite(ds)),
+        ("timestamps", lambda: _check_timestamps(ds)),
+        ("frame_index", lambda: _check_frame_index(ds)),
+        ("stats", lambda: _check_stats(ds)),
+    ]
+    if not any(p.check == "task_index" for p in found):
+        checks.append(("task_index", lambda: _check_task_index(ds)))
+    if videos and hasattr(ds, "missing_videos"):
+        checks.append(("videos", lambda: _check_videos(ds, decode)))
+    problems = []
+    for name, fn in checks:
+        problems += _guarded(name, ds.root, fn)
+    return problems
 
 
 def _all(ds: Dataset, key: str) -> np.ndarray:
@@ -129,7 +180,11 @@ def _check_non_finite(ds: Dataset) -> list[Problem]:
         if bad.size:
             problems.append(
                 _frames_problem(
-                    ds, "non_finite", key, bad, "episode {e}: {n} frames from frame {f}",
+                    ds,
+                    "non_finite",
+                    key,
+                    bad,
+                    "episode {e}: {n} frames from frame {f}",
                     f"{ds.root}: {key!r} has NaN/inf in {bad.size} frames ({{detail}}); "
                     "drop those episodes or fix the recording",
                 )
@@ -148,7 +203,11 @@ def _check_timestamps(ds: Dataset) -> list[Problem]:
     if back.size:
         problems.append(
             _frames_problem(
-                ds, "timestamps", "timestamp", back, "episode {e} at frame {f}",
+                ds,
+                "timestamps",
+                "timestamp",
+                back,
+                "episode {e} at frame {f}",
                 f"{ds.root}: timestamps are not increasing within episodes ({{detail}}); "
                 "video frames cannot be located — re-export those episodes",
             )
@@ -159,7 +218,11 @@ def _check_timestamps(ds: Dataset) -> list[Problem]:
         if off.size:
             problems.append(
                 _frames_problem(
-                    ds, "timestamps", "timestamp", off, "episode {e}: {n} gaps from frame {f}",
+                    ds,
+                    "timestamps",
+                    "timestamp",
+                    off,
+                    "episode {e}: {n} gaps from frame {f}",
                     f"{ds.root}: timestamp steps differ from 1/fps={1 / ds.fps:.6g} s by more than "
                     f"tolerance_s={tol} ({{detail}}); frames were dropped or the fps is wrong",
                 )
@@ -177,33 +240,79 @@ def _check_frame_index(ds: Dataset) -> list[Problem]:
         return []
     return [
         _frames_problem(
-            ds, "frame_index", "frame_index", bad, "episode {e} from frame {f}",
+            ds,
+            "frame_index",
+            "frame_index",
+            bad,
+            "episode {e} from frame {f}",
             f"{ds.root}: frame_index is not 0..length-1 ({{detail}}); rows are missing or out of order",
         )
     ]
+
+
+def _check_zarr_chunks(ds: Dataset) -> list[Problem]:
+    """Decode every chunk of every array of a zarr store, one chunk at a time."""
+    import zarr
+
+    group = zarr.open_group(str(ds.root), mode="r")
+    problems = []
+    for name in ("data", "meta"):
+        for key in group[name].array_keys():
+            arr = group[name][key]
+            bad: list[tuple[tuple[int, ...], Exception]] = []
+            for coords in itertools.product(*(range(n) for n in arr.cdata_shape)):
+                try:
+                    arr.blocks[coords]
+                except Exception as e:  # numcodecs / blosc raise RuntimeError, ValueError, ...
+                    bad.append((coords, e))
+            if bad:
+                coords, error = bad[0]
+                path = zarr_chunk_path(arr, ds.root, coords)
+                rows = coords[0] * arr.chunks[0], min((coords[0] + 1) * arr.chunks[0], arr.shape[0])
+                problems.append(
+                    Problem(
+                        "zarr_chunks",
+                        f"{path}: chunk of {name}/{key} (rows {rows[0]}..{rows[1] - 1}) cannot be decoded "
+                        f"({type(error).__name__}: {' '.join(str(error).split())[:120]}); {len(bad)} of "
+                        f"{arr.nchunks} chunks of {name}/{key} are corrupt — restore them from the source",
+                        key,
+                        file=str(path),
+                    )
+                )
+    return problems
+
+
+def _check_task_index(ds: Dataset) -> list[Problem]:
+    if "task_index" not in ds.features or not ds.tasks or not ds.num_frames:
+        return []
+    return check_task_index(_all(ds, "task_index").reshape(-1), len(ds.tasks), ds.root)
+
+
+def _stats_file(ds: Dataset) -> Path:
+    for name in ("meta/stats.json", "meta/episodes_stats.jsonl"):
+        if (ds.root / name).is_file():
+            return ds.root / name
+    return ds.root
 
 
 def _check_stats(ds: Dataset) -> list[Problem]:
     stats = ds.stats
     if stats is None:
         return []
+    where = _stats_file(ds)
     problems = []
     for key, feat in ds.features.items():
         if feat.kind not in ("state", "action") or not feat.is_numeric:
             continue
         if key not in stats or "mean" not in stats[key]:
-            problems.append(Problem("stats", f"{ds.root}: no stats for {key!r}; recompute the dataset stats", key))
+            msg = f"{where}: no stats for {key!r}; recompute the dataset stats"
+            problems.append(Problem("stats", msg, key, file=str(where)))
             continue
         shape = np.shape(stats[key]["mean"])
         if shape != feat.shape:
-            problems.append(
-                Problem(
-                    "stats",
-                    f"{ds.root}: stats of {key!r} have shape {list(shape)}, the feature {list(feat.shape)}; "
-                    "recompute the dataset stats",
-                    key,
-                )
-            )
+            msg = (f"{where}: {key!r} stat 'mean' has shape {list(shape)}, the feature {list(feat.shape)}; "
+                   "recompute the dataset stats")  # fmt: skip
+            problems.append(Problem("stats", msg, key, file=str(where)))
     return problems
 
 
@@ -238,8 +347,7 @@ def _check_videos(ds, decode: bool) -> list[Problem]:
                 problems.append(
                     Problem(
                         "video_frames",
-                        f"{path}: frames are {video.width}x{video.height}, meta/info.json declares {key!r} "
-                        f"as {w}x{h}",
+                        f"{path}: frames are {video.width}x{video.height}, meta/info.json declares {key!r} as {w}x{h}",
                         key,
                         eps,
                     )

@@ -52,10 +52,13 @@ def test_feature_declared_but_absent_from_parquet(root):
     info = json.loads((root / "meta/info.json").read_text())
     info["features"]["observation.velocity"] = {"dtype": "float32", "shape": [2], "names": None}
     (root / "meta/info.json").write_text(json.dumps(info))
-    msg = r"file-000\.parquet: features \['observation\.velocity'\] are declared in meta/info\.json but absent"
+    msg = r"file-000\.parquet: feature.*'observation\.velocity'.* declared in meta/info\.json but absent"
     with pytest.raises(DatasetError, match=msg):
         open_dataset(root)
-    assert validate_dataset(root)[0].check == "open"
+    problems = validate_dataset(root)
+    assert [(p.check, p.key) for p in problems] == [("columns", "observation.velocity")] * 2
+    assert [p.file for p in problems] == [str(root / DATA0), str(root / DATA1)]
+    assert str(root / DATA0) in problems[0].message
 
 
 def test_episode_length_disagrees_with_rows(root):
