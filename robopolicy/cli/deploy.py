@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 from robopolicy.cli.device import add_device_argument, check_device
+from robopolicy.config_parsing import ConfigError
 
 DESCRIPTION = """\
 Deploy a policy checkpoint to a robot: fixed-rate loop, safety limits, e-stop, async inference, RTC.
@@ -20,7 +22,11 @@ that execute while the next chunk is computed are frozen and the rest is guided 
 
 Safety: the robot's joint limits and max_relative_target, --max-velocity, a watchdog on the policy
 (--watchdog seconds without an action), and an e-stop that holds position (or cuts torque with
---estop torque_off) after --max-faults consecutive bus faults; the error names the motor.
+--estop torque_off) after --max-faults consecutive bus faults; the error names the motor. A policy server or
+worker that dies or fails stops the robot the same way at the next tick; one that is slow or silent leaves it
+holding its last target until the watchdog stops it. After a "hold" e-stop deploy exits with the motors still
+torqued, holding position (support the arm before you power it off); otherwise it disconnects as the robot
+description says.
 
 --emulate deploys to the simulated arm (MuJoCo, sim/so101_arm) behind emulated servos and scores its reach
 task: before each episode the arm is moved to a random start pose (seeded by --seed), and an episode succeeds
@@ -50,6 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--episode-time", type=float, default=30.0, help="seconds per run (default: %(default)s)")
     p.add_argument("--inference", choices=("sync", "process", "server"), default="sync", help="default: %(default)s")
     p.add_argument("--server", help="host:port of a `robopolicy serve` server (--inference server)")
+    p.add_argument("--server-timeout", type=float, default=5.0,
+                   help="seconds to connect to the server and get its policy info (default: %(default)s)")
     add_device_argument(p, default=None, what="cpu; with --inference server: the `robopolicy serve --device`")
     p.add_argument("--executor", choices=("auto", "receding_horizon", "temporal_ensembling"), default="auto",
                    help="sync chunk execution (default: %(default)s)")
@@ -67,6 +75,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="write the per-episode report (JSON) here")
 
 
+def parse_server(address: str | None) -> tuple[str, int]:
+    """--server "host:port" -> (host, port); ConfigError saying what is wrong otherwise."""
+    if not address or ":" not in address:
+        raise ConfigError(f"--inference server needs --server host:port (e.g. gpu-box:8765), got {address!r}")
+    host, port = address.rsplit(":", 1)
+    if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ConfigError(f"--server {address!r}: expected host:port with a port in 1..65535 (e.g. gpu-box:8765)")
+    return host, int(port)
+
+
 def run(args: argparse.Namespace) -> int:
     from robopolicy.real.deploy import DeployConfig, Deployer
     from robopolicy.real.robots import make_robot
@@ -75,7 +93,11 @@ def run(args: argparse.Namespace) -> int:
                        n_action_steps=args.n_action_steps, max_velocity=args.max_velocity, watchdog_s=args.watchdog,
                        estop_mode=args.estop, max_consecutive_faults=args.max_faults, rtc=args.rtc)
     if args.device is not None and args.inference == "server":
-        raise SystemExit("--device applies to --inference sync / process; pass it to `robopolicy serve` instead")
+        raise ConfigError("--device applies to --inference sync / process; pass it to `robopolicy serve` instead")
+    if args.episodes < 1 or not args.server_timeout > 0 or not args.reset_time >= 0:
+        raise ConfigError(f"need --episodes >= 1, --server-timeout > 0 and --reset-time >= 0, got {args.episodes}, "
+                          f"{args.server_timeout} and {args.reset_time}")
+    address = parse_server(args.server) if args.inference == "server" else None
     device = check_device(args.device or "cpu")
     rig = source = None
     port, calibration = args.robot_port, args.calibration
@@ -97,29 +119,30 @@ def run(args: argparse.Namespace) -> int:
         else:
             from robopolicy.runtime.async_inference import RemotePolicyClient
 
-            if not args.server or ":" not in args.server:
-                raise SystemExit("--inference server needs --server host:port")
-            host, server_port = args.server.rsplit(":", 1)
-            source = RemotePolicyClient(host, int(server_port))
+            source = RemotePolicyClient(*address, connect_timeout=args.server_timeout)
         robot = make_robot(args.robot, port=port, calibration=calibration)
         reports = []
         with robot:
             if not robot.is_connected:
                 robot.connect()
             deployer = Deployer(robot, cfg, policy=policy, source=source)
-            if args.realtime:  # after every helper thread has started: threads inherit the policy
-                realtime_or_warn()
-            for episode in range(args.episodes):
-                if rig is not None:
-                    deployer.move_to(rig.start_pose(robot, episode), args.reset_time)
-                report = deployer.run_episode().to_dict()
-                if rig is not None:
-                    report["distance_m"] = rig.task.distance()
-                    report["success"] = rig.task.success()
-                reports.append(report)
-                print(_episode_line(episode, report))
-                if report["stopped"]:
-                    break
+            try:
+                if args.realtime:  # after every helper thread has started: threads inherit the policy
+                    realtime_or_warn()
+                for episode in range(args.episodes):
+                    if rig is not None:
+                        deployer.move_to(rig.start_pose(robot, episode), args.reset_time)
+                    report = deployer.run_episode().to_dict()
+                    if rig is not None:
+                        report["distance_m"] = rig.task.distance()
+                        report["success"] = rig.task.success()
+                    reports.append(report)
+                    print(_episode_line(episode, report))
+                    if report["stopped"]:
+                        break
+            finally:
+                if deployer.estop_held:
+                    keep_holding(robot)
     finally:
         if source is not None:
             source.close()
@@ -135,6 +158,17 @@ def run(args: argparse.Namespace) -> int:
     if "success_rate" in summary:
         print(f"success rate: {100 * summary['success_rate']:.1f}% ({summary['n_success']}/{summary['episodes']})")
     return 1 if any(r["stopped"] for r in reports) else 0
+
+
+def keep_holding(robot) -> None:
+    """After a "hold" e-stop: disconnect without turning torque off, so the arm keeps holding its position
+    instead of falling the moment deploy exits (the robot description's disable_torque_on_disconnect is for a
+    normal end)."""
+    config = getattr(robot, "config", None)
+    if config is not None and getattr(config, "disable_torque_on_disconnect", False):
+        robot.config = dataclasses.replace(config, disable_torque_on_disconnect=False)
+    print("e-stop: the motors stay torqued, holding position; support the arm before powering it off",
+          file=sys.stderr)
 
 
 def realtime_or_warn() -> None:

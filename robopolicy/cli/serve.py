@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from robopolicy.cli.device import add_device_argument, check_device
+from robopolicy.config_parsing import ConfigError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -12,13 +13,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s; no authentication, "
                    "bind to a trusted network only)")
     p.add_argument("--port", type=int, default=8765, help="TCP port (default: %(default)s)")
+    p.add_argument("--peer-timeout", type=float, default=10.0,
+                   help="seconds a client may take to send one request (or read one reply) once it has started; "
+                        "slower clients are dropped (default: %(default)s)")
+    p.add_argument("--max-request-mb", type=float, default=64.0,
+                   help="largest request body in MiB; larger ones are refused unread (default: %(default)s)")
     add_device_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from robopolicy.runtime.policy_server import PolicyServer
 
-    server = PolicyServer.from_checkpoint(args.checkpoint, args.host, args.port, device=check_device(args.device))
+    if not args.peer_timeout > 0 or not args.max_request_mb > 0:
+        raise ConfigError(f"--peer-timeout and --max-request-mb must be > 0, got {args.peer_timeout} and "
+                          f"{args.max_request_mb}")
+    # binds before loading the model: a busy port fails at once (ServerAddressError, exit 2)
+    server = PolicyServer.from_checkpoint(args.checkpoint, args.host, args.port, device=check_device(args.device),
+                                          frame_timeout_s=args.peer_timeout,
+                                          max_body_bytes=int(args.max_request_mb * (1 << 20)))
     host, port = server.address
     print(f"serving {args.checkpoint} on {host}:{port} ({args.device}; Ctrl-C to stop)", flush=True)
     try:

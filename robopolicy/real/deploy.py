@@ -11,11 +11,18 @@ Every tick t (absolute deadlines, `FixedRateLoop`):
   send      robot.send_action (the robot clamps again to its own limits and returns what it sent)
 The e-stop holds position (goal = present) unless configured to cut torque; `SafetyStop` ends the episode
 with a message naming the failing motor.
+
+Faulty inference ends in the same e-stop, never in a crash: a policy server or worker that dies, closes the
+connection, answers with an error or a chunk that does not fit stops the robot at the next tick; one that is
+slow or silent leaves the robot holding its last target until the watchdog (`watchdog_s` without an action)
+stops it, with a message saying which request has been in flight for how long. A chunk that arrives late is
+merged with its past steps dropped, and the reply to a request from the previous episode is discarded.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,14 +30,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from robopolicy.config_parsing import ConfigError
 from robopolicy.real.dataset_features import IMAGE_PREFIX, action_dict, action_vector, observation_frame
 from robopolicy.real.motors.errors import MotorBusError
 from robopolicy.runtime.async_inference import AsyncChunker
 from robopolicy.runtime.executors import make_executor
 from robopolicy.runtime.history import ObservationHistory
 from robopolicy.runtime.loop import FixedRateLoop
+from robopolicy.runtime.policy_server import RemotePolicyError
 from robopolicy.runtime.rtc import RTCConfig
-from robopolicy.runtime.safety import SafetyConfig, SafetyGuard, SafetyStop
+from robopolicy.runtime.safety import ESTOP_MODES, SafetyConfig, SafetyGuard, SafetyStop
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +50,9 @@ class DeployConfig:
     "receding_horizon", "temporal_ensembling"); n_action_steps: override the policy's; max_velocity: joint
     speed cap (normalized units/s, None = only the robot's max_relative_target); watchdog_s: longest time
     without a policy action before the e-stop; estop_mode: "hold" or "torque_off"; max_consecutive_faults:
-    bus faults in a row that stop the robot; rtc: real-time chunking (async flow/diffusion policies)."""
+    bus faults in a row that stop the robot; rtc: real-time chunking (async flow/diffusion policies);
+    first_chunk_timeout_s: async: longest wait for the first chunk of an episode (the robot holds still meanwhile).
+    Invalid values raise ConfigError naming the field."""
 
     fps: float = 30.0
     episode_time_s: float = 30.0
@@ -52,6 +63,22 @@ class DeployConfig:
     estop_mode: str = "hold"
     max_consecutive_faults: int = 3
     rtc: bool = False
+    first_chunk_timeout_s: float = 30.0
+
+    def __post_init__(self):
+        positive = {"fps": self.fps, "episode_time_s": self.episode_time_s, "watchdog_s": self.watchdog_s,
+                    "first_chunk_timeout_s": self.first_chunk_timeout_s}
+        if self.max_velocity is not None:
+            positive["max_velocity"] = self.max_velocity
+        for name, value in positive.items():
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"deploy: {name} must be a finite number > 0, got {value!r}")
+        if self.n_action_steps is not None and self.n_action_steps < 1:
+            raise ConfigError(f"deploy: n_action_steps must be >= 1, got {self.n_action_steps}")
+        if self.max_consecutive_faults < 1:
+            raise ConfigError(f"deploy: max_consecutive_faults must be >= 1, got {self.max_consecutive_faults}")
+        if self.estop_mode not in ESTOP_MODES:
+            raise ConfigError(f"deploy: estop_mode must be one of {ESTOP_MODES}, got {self.estop_mode!r}")
 
 
 @dataclass
@@ -97,13 +124,17 @@ class Deployer:
         self.n_obs_steps = policy.config.n_obs_steps if policy is not None else int(info["n_obs_steps"])
         action_dim = policy.config.action_dim if policy is not None else int(info["action_dim"])
         if action_dim != len(robot.action_features):
-            raise ValueError(f"the policy outputs {action_dim} action values, {robot.name} takes "
-                             f"{len(robot.action_features)}: {list(robot.action_features)}")
+            raise ConfigError(f"the policy outputs {action_dim} action values, {robot.name} takes "
+                              f"{len(robot.action_features)}: {list(robot.action_features)}; deploy a checkpoint "
+                              "trained on this robot")
         lo, hi = zip(*(m.limits for m in robot.config.motors))
         self.safety = SafetyConfig(joint_min=lo, joint_max=hi, joint_names=tuple(robot.config.joint_names),
                                    max_velocity=cfg.max_velocity, watchdog_s=cfg.watchdog_s,
                                    estop_mode=cfg.estop_mode, max_consecutive_faults=cfg.max_consecutive_faults)
         self.loop = FixedRateLoop(cfg.fps)
+        self._chunker = None if source is None else AsyncChunker(
+            source, n_action_steps=cfg.n_action_steps, rtc=RTCConfig() if cfg.rtc else None)
+        self.estop_held = False  # the last episode ended in a "hold" e-stop that reached every motor
 
     def _chooser(self) -> Callable[[int, ObservationHistory], np.ndarray | None]:
         """A function (t, history) -> action (D,) or None, fresh for each episode."""
@@ -118,9 +149,8 @@ class Deployer:
                 return executor.pop()[0].numpy()
 
             return sync
-        chunker = AsyncChunker(self.source, n_action_steps=self.cfg.n_action_steps,
-                               rtc=RTCConfig() if self.cfg.rtc else None)
-        self._chunker = chunker
+        chunker = self._chunker
+        chunker.reset()  # a request still in flight from the previous episode is abandoned, its reply discarded
 
         def asynchronous(t: int, history: ObservationHistory) -> np.ndarray | None:
             action = chunker.step(t, history.window)
@@ -129,20 +159,23 @@ class Deployer:
         return asynchronous
 
     def run_episode(self, *, on_tick: Callable[[int], None] | None = None) -> EpisodeReport:
+        """One episode of cfg.episode_time_s. An e-stop (bus faults, watchdog, failed inference) ends it with
+        `report.stopped` set; any other exception triggers the e-stop too, then propagates."""
         robot, loop, cfg = self.robot, self.loop, self.cfg
         guard = SafetyGuard(self.safety, robot)
         choose = self._chooser()
         history = ObservationHistory(self.n_obs_steps)
         report = EpisodeReport()
+        self.estop_held = False
         dt = 1.0 / cfg.fps
         last = action_vector(robot.action_features, robot.last_commanded)
         n_ticks = max(1, round(cfg.episode_time_s * cfg.fps))
         history.reset(policy_frame(robot, robot.get_observation(), self.input_keys))
-        if self.source is not None:
-            self._first_chunk(history)
-        loop.reset()
-        guard.watchdog.heartbeat()
         try:
+            if self._chunker is not None:
+                self._first_chunk(history, guard)
+            loop.reset()
+            guard.watchdog.heartbeat()
             for t in range(n_ticks):
                 with loop.section("observe"):
                     try:
@@ -155,7 +188,10 @@ class Deployer:
                         continue
                     history.push(policy_frame(robot, obs, self.input_keys))
                 with loop.section("policy"):
-                    action = choose(t, history)
+                    try:
+                        action = choose(t, history)
+                    except RemotePolicyError as exc:  # the server / worker died, failed or sent a bad chunk
+                        guard.stop(f"inference failed: {exc}")
                 if action is None:
                     report.held_ticks += 1
                     target = last
@@ -173,7 +209,8 @@ class Deployer:
                     except MotorBusError as exc:
                         report.bus_faults += 1
                         guard.bus_fault(exc, motor=_motor_of(exc))
-                guard.check()
+                if guard.watchdog.expired:
+                    guard.stop(self._starved(guard))
                 report.ticks += 1
                 if on_tick is not None:
                     on_tick(t)
@@ -181,21 +218,48 @@ class Deployer:
         except SafetyStop as exc:
             report.stopped = str(exc)
             log.error("%s", exc)
-        report.loop = loop.report()
-        chunker = getattr(self, "_chunker", None)
-        if chunker is not None:
-            report.inference = dict(chunker.stats, delay_estimate=chunker.delay_estimate)
+        except Exception as exc:  # a bug mid-episode: stop the arm the configured way before it propagates
+            guard.estop.trigger(f"{type(exc).__name__}: {exc}")
+            self.estop_held = guard.estop.mode == "hold" and guard.estop.error is None
+            raise
+        finally:
+            report.loop = loop.report()
+            if self._chunker is not None:
+                report.inference = dict(self._chunker.stats, delay_estimate=self._chunker.delay_estimate)
+        self.estop_held = guard.estop.triggered and guard.estop.mode == "hold" and guard.estop.error is None
         return report
 
-    def _first_chunk(self, history: ObservationHistory, timeout_s: float = 60.0) -> None:
-        """Async inference: wait for the first chunk before the clock starts (the robot is holding still), so the
-        episode does not begin with ticks that have no action."""
+    def _starved(self, guard: SafetyGuard) -> str:
+        """The watchdog's e-stop reason: how long without an action, and what inference is doing."""
+        head = f"watchdog: no policy action for {guard.watchdog.age_s:.2f} s (limit {self.cfg.watchdog_s} s)"
         chunker = self._chunker
-        chunker.request(0, history.window())
+        if chunker is None:
+            return head
+        peer = getattr(self.source, "peer", "the policy")
+        waiting = chunker.in_flight_s
+        if waiting is not None:
+            return (f"{head}: the {peer} has not answered a request sent {waiting:.2f} s ago (slower than the "
+                    "watchdog allows, or not answering); check it, or raise the watchdog")
+        return f"{head}: the action queue ran empty"
+
+    def _first_chunk(self, history: ObservationHistory, guard: SafetyGuard) -> None:
+        """Async inference: wait for the episode's first chunk before the clock starts (the robot is holding
+        still), so the episode does not begin with ticks that have no action. A request still in flight from the
+        previous episode is waited out and its reply discarded. Failure or cfg.first_chunk_timeout_s without a
+        chunk: the e-stop (SafetyStop)."""
+        chunker, timeout_s = self._chunker, self.cfg.first_chunk_timeout_s
         deadline = time.monotonic() + timeout_s
-        while chunker.update(0) is None:
+        while True:
+            try:
+                if chunker.update(0) is not None:
+                    return
+                if chunker.wants_chunk(0):
+                    chunker.request(0, history.window())
+            except RemotePolicyError as exc:
+                guard.stop(f"inference failed before the first action: {exc}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"no first action chunk from the policy within {timeout_s} s")
+                peer = getattr(self.source, "peer", "the policy")
+                guard.stop(f"no first action chunk from the {peer} within {timeout_s} s")
             time.sleep(0.001)
 
     def move_to(self, target: dict[str, float], duration_s: float) -> None:

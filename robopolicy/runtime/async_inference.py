@@ -41,12 +41,13 @@ from robopolicy.runtime.policy_server import (
     PROTOCOL_VERSION,
     Message,
     PolicyService,
+    ProtocolError,
     RemotePolicyError,
     as_arrays,
     decode,
     encode,
     recv_message,
-    send_message,
+    send_frame,
 )
 from robopolicy.runtime.rtc import RTCConfig
 
@@ -83,6 +84,11 @@ class ChunkSource(ABC):
     def _exchange(self, request: Message) -> Message:
         """Send one request and wait for its reply (runs on the source's own thread)."""
 
+    @property
+    def peer(self) -> str:
+        """Who answers, for messages."""
+        return type(self).__name__
+
     def _run(self) -> None:
         while True:
             item = self._requests.get()
@@ -93,7 +99,7 @@ class ChunkSource(ABC):
                 reply = self._exchange(request)
             except Exception as exc:  # transport failure: surfaces from poll() on the control side
                 reply = Message("error", {"message": f"{type(exc).__name__}: {exc}", "type": type(exc).__name__})
-            self._replies.put((reply, step, submitted, time.perf_counter()))
+            self._replies.put((reply, request.meta["id"], step, submitted, time.perf_counter()))
 
     @property
     def busy(self) -> bool:
@@ -122,16 +128,26 @@ class ChunkSource(ABC):
         return self._next_id
 
     def poll(self) -> ChunkReply | None:
-        """The finished request, if any; raises RemotePolicyError if it failed."""
+        """The finished request, if any; raises RemotePolicyError (with its request_id) if it failed or the reply
+        is not a (B, H, D) chunk."""
         try:
-            reply, step, submitted, done = self._replies.get_nowait()
+            reply, request_id, step, submitted, done = self._replies.get_nowait()
         except queue.Empty:
             return None
-        request_id, self._in_flight = self._in_flight, None
+        self._in_flight = None
         if reply.kind == "error":
-            raise RemotePolicyError(f"{type(self).__name__}: request {request_id} failed: {reply.meta.get('message')}")
-        return ChunkReply(request_id, reply.arrays["action"], step, float(reply.meta.get("inference_s", 0.0)),
-                          done - submitted)
+            raise RemotePolicyError(f"{self.peer}: request {request_id} failed: {reply.meta.get('message')}",
+                                    request_id)
+        action = reply.arrays.get("action")
+        if reply.kind != "chunk" or action is None or action.ndim != 3:
+            got = {k: tuple(v.shape) for k, v in reply.arrays.items()}
+            raise RemotePolicyError(f"{self.peer}: request {request_id}: expected a 'chunk' reply with a (B, H, D) "
+                                    f"'action' array, got {reply.kind!r} with arrays {got}", request_id)
+        try:
+            inference_s = float(reply.meta.get("inference_s", 0.0))
+        except (TypeError, ValueError):
+            inference_s = float("nan")
+        return ChunkReply(request_id, action, step, inference_s, done - submitted)
 
     def predict_chunk(self, obs: Mapping[str, object], *, timeout: float = 60.0, **kwargs) -> np.ndarray:
         """Blocking helper: submit and wait (not for the control loop)."""
@@ -218,8 +234,9 @@ class ProcessChunkSource(ChunkSource):
     (startup_timeout seconds) and raises RemotePolicyError with the worker's error if it could not."""
 
     def __init__(self, checkpoint: str | Path, *, device: str = "cpu", start_method: str = "spawn",
-                 torch_threads: int = 1, startup_timeout: float = 120.0):
+                 torch_threads: int = 1, startup_timeout: float = 120.0, timeout: float = 30.0):
         super().__init__()
+        self.timeout = float(timeout)  # seconds for one reply; a worker that takes longer is stopped
         ctx = mp.get_context(start_method)
         self._conn, child = ctx.Pipe(duplex=True)
         self.process = ctx.Process(target=_worker_main, args=(child, str(checkpoint), torch_threads, device),
@@ -245,8 +262,18 @@ class ProcessChunkSource(ChunkSource):
         self._start_thread("chunk-source-process")
 
     def _exchange(self, request: Message) -> Message:
-        self._conn.send_bytes(encode(request))
-        return decode(self._conn.recv_bytes())
+        conn = self._conn
+        if conn is None or not self.process.is_alive():
+            raise ConnectionError(f"the policy worker is not running (exit code {self.process.exitcode})")
+        conn.send_bytes(encode(request))
+        if not conn.poll(self.timeout):  # a hung worker: the pipe is out of step now, so stop it
+            self._kill()
+            raise TimeoutError(f"the policy worker did not answer within {self.timeout} s and was stopped")
+        try:
+            return decode(conn.recv_bytes())
+        except EOFError:
+            raise ConnectionError(f"the policy worker exited (code {self.process.exitcode}) while answering"
+                                  ) from None
 
     def _kill(self) -> None:
         if self.process.is_alive():
@@ -263,37 +290,74 @@ class ProcessChunkSource(ChunkSource):
         self._kill()
 
 
-class RemotePolicyClient(ChunkSource):
-    """A PolicyServer over TCP. The constructor connects and fetches the policy info (blocking)."""
+class PolicyServerUnreachable(RemotePolicyError):
+    """No policy server answers at the address (refused, unknown host, network down)."""
 
-    def __init__(self, host: str, port: int, *, connect_timeout: float = 5.0):
+
+class RemotePolicyClient(ChunkSource):
+    """A PolicyServer over TCP. The constructor connects and fetches the policy info (blocking, at most
+    connect_timeout seconds for each). Every reply must start within `timeout` seconds of its request and be
+    complete `timeout` seconds later; otherwise, or when the server closes the connection, the request fails
+    (RemotePolicyError from poll) and so does every later one: the stream is out of step, reconnect with a new
+    client."""
+
+    def __init__(self, host: str, port: int, *, connect_timeout: float = 5.0, timeout: float = 30.0):
         super().__init__()
         self.address = (host, int(port))
+        self.timeout = float(timeout)
+        self._broken: str | None = None
+        self._sock: socket.socket | None = None
         try:
             self._sock = socket.create_connection(self.address, timeout=connect_timeout)
-        except OSError as exc:
-            raise ConnectionError(f"cannot reach the policy server at {host}:{port}: {exc}") from exc
-        self._sock.settimeout(None)
+        except (OSError, OverflowError) as exc:
+            raise PolicyServerUnreachable(f"cannot reach the policy server at {host}:{port}: {exc}; is `robopolicy "
+                                          "serve` running there, and is the port right?") from None
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        info = self._exchange(Message("info"))
+        try:
+            info = self._exchange(Message("info", {"id": 0}), timeout=connect_timeout)
+        except (OSError, ProtocolError) as exc:
+            self._shutdown_transport()
+            raise RemotePolicyError(f"policy server at {host}:{port} accepted the connection but gave no info reply "
+                                    f"within {connect_timeout} s ({exc}); is it a `robopolicy serve` server, and is it "
+                                    "overloaded?") from None
         if info.kind != "info":
+            self._shutdown_transport()
             raise RemotePolicyError(f"policy server at {host}:{port} answered {info.kind}: {info.meta}")
         if info.meta.get("protocol") != PROTOCOL_VERSION:
+            self._shutdown_transport()
             raise RemotePolicyError(f"policy server at {host}:{port} speaks protocol {info.meta.get('protocol')}, "
                                     f"this client {PROTOCOL_VERSION}")
         self.info = info.meta
         self._start_thread("chunk-source-tcp")
 
-    def _exchange(self, request: Message) -> Message:
-        send_message(self._sock, request)
-        return recv_message(self._sock)
+    @property
+    def peer(self) -> str:
+        return f"policy server at {self.address[0]}:{self.address[1]}"
+
+    def _exchange(self, request: Message, timeout: float | None = None) -> Message:
+        sock = self._sock
+        if sock is None:
+            raise ConnectionError(self._broken or "the client is closed")
+        frame = encode(request)  # a message that cannot be sent fails here, with the connection still in step
+        timeout = self.timeout if timeout is None else timeout
+        try:
+            send_frame(sock, frame, timeout=timeout)
+            return recv_message(sock, first_byte_timeout=timeout, timeout=timeout)
+        except (OSError, ProtocolError) as exc:  # timeout, reset, closed, garbage: the stream is out of step
+            if isinstance(exc, ConnectionError):
+                why = f"the server closed the connection ({exc}); is it still running?"
+            else:
+                why = f"{type(exc).__name__}: {exc}"
+            self._broken = f"connection to the {self.peer} lost: {why}"
+            self._shutdown_transport()
+            raise ConnectionError(self._broken) from None
 
     def _shutdown_transport(self) -> None:
-        if getattr(self, "_sock", None) is not None:
+        sock, self._sock = getattr(self, "_sock", None), None
+        if sock is not None:
             with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv
-            self._sock.close()
-            self._sock = None
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv
+            sock.close()
 
 
 class AsyncChunker:
@@ -321,35 +385,72 @@ class AsyncChunker:
             raise ValueError(f"threshold {self.threshold} must be in [0, {span}) (actions per chunk from now)")
         self.rtc = rtc
         self.blend = blend
+        self.action_dim = int(info["action_dim"]) if info.get("action_dim") is not None else None
         self.queue = ActionQueue()
         self._delays: deque[int] = deque(maxlen=delay_window)
-        self.stats = {"requests": 0, "chunks": 0, "starved": 0, "stale_dropped": 0}
+        self.stats = {"requests": 0, "chunks": 0, "starved": 0, "stale_dropped": 0, "abandoned": 0}
         self.last_reply: ChunkReply | None = None
+        self._pending: int | None = None  # id of this chunker's request in flight (None: none, or abandoned)
+        self._pending_since = 0.0
 
     @property
     def delay_estimate(self) -> int:
         """Steps between observation and arrival, max over the last few chunks (0 before the first)."""
         return max(self._delays, default=0)
 
+    @property
+    def in_flight_s(self) -> float | None:
+        """Seconds since this chunker's request in flight was submitted (None: none in flight)."""
+        return None if self._pending is None else time.perf_counter() - self._pending_since
+
     def update(self, t: int) -> ChunkReply | None:
-        """Merge a chunk that arrived (non-blocking); t is the next step to execute."""
-        reply = self.source.poll()
+        """Merge a chunk that arrived (non-blocking); t is the next step to execute. A late chunk merges with
+        its past steps dropped (an entirely stale one changes nothing); the reply to a request abandoned by
+        reset() is discarded. Raises RemotePolicyError if this chunker's request failed or its chunk does not
+        fit (shape)."""
+        try:
+            reply = self.source.poll()
+        except RemotePolicyError as exc:
+            if exc.request_id is not None and exc.request_id != self._pending:
+                self.stats["abandoned"] += 1  # the failure of a request given up on; the next one will tell
+                return None
+            self._pending = None
+            raise
         if reply is None:
             return None
+        if reply.request_id != self._pending:  # a request from before reset() (previous episode)
+            self.stats["abandoned"] += 1
+            return None
+        self._pending = None
+        try:
+            if self.action_dim is not None and reply.chunk.shape[-1] != self.action_dim:
+                raise ValueError(f"{reply.chunk.shape[-1]} action values per step, the policy info says "
+                                 f"{self.action_dim}")
+            stale = self.queue.merge(reply.chunk, reply.obs_step - self.now, t, self.blend)
+        except ValueError as exc:
+            peer = getattr(self.source, "peer", type(self.source).__name__)
+            raise RemotePolicyError(f"{peer}: the chunk of request {reply.request_id} (shape "
+                                    f"{tuple(reply.chunk.shape)}) cannot be executed: {exc}",
+                                    reply.request_id) from None
         self._delays.append(max(0, t - reply.obs_step))
         self.stats["chunks"] += 1
-        self.stats["stale_dropped"] += self.queue.merge(reply.chunk, reply.obs_step - self.now, t, self.blend)
+        self.stats["stale_dropped"] += stale
         self.last_reply = reply
         return reply
 
     def wants_chunk(self, t: int) -> bool:
         return not self.source.busy and self.queue.remaining(t) <= self.threshold
 
-    def request(self, t: int, obs: Mapping[str, object]) -> int:
-        """Submit the observation window taken at step t (non-blocking)."""
+    def request(self, t: int, obs: Mapping[str, object]) -> int | None:
+        """Submit the observation window taken at step t (non-blocking). Returns the request id, or None (nothing
+        sent) while the source still has a request in flight: slow inference means waiting, never an error."""
+        if self.source.busy:
+            return None
         prev = self.queue.actions_from(t) if self.rtc is not None else None
         self.stats["requests"] += 1
-        return self.source.submit(obs, step=t, prev_actions=prev, delay=self.delay_estimate, rtc=self.rtc)
+        self._pending = self.source.submit(obs, step=t, prev_actions=prev, delay=self.delay_estimate, rtc=self.rtc)
+        self._pending_since = time.perf_counter()
+        return self._pending
 
     def pop(self, t: int) -> np.ndarray | None:
         """The action (B, D) for step t, or None when nothing is queued (the caller holds position)."""
@@ -367,5 +468,10 @@ class AsyncChunker:
         return self.pop(t)
 
     def reset(self) -> None:
-        """New episode: forget queued actions (a request in flight is still collected and merged)."""
+        """New episode: forget queued actions, zero the stats and abandon the request in flight (its reply, which
+        was computed from the previous episode's observation, is discarded when it arrives; until then
+        wants_chunk() is False)."""
         self.queue.reset()
+        self.stats = dict.fromkeys(self.stats, 0)
+        self._pending = None
+        self.last_reply = None

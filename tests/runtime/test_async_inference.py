@@ -153,7 +153,7 @@ def test_tcp_round_trip_equals_local_predict(policy):
 def test_remote_client_names_an_unreachable_server():
     with PolicyServer(PolicyService(tiny_policy("flow"))) as server:
         port = server.address[1]
-    with pytest.raises(ConnectionError, match=f"policy server at 127.0.0.1:{port}"):
+    with pytest.raises(RemotePolicyError, match=f"cannot reach the policy server at 127.0.0.1:{port}"):
         RemotePolicyClient("127.0.0.1", port, connect_timeout=1.0)
 
 
@@ -217,8 +217,8 @@ class ManualSource(ChunkSource):
     def deliver(self):
         request, step, submitted = self._requests.get_nowait()
         chunk = steps_chunk(step - 1, 12, tag=request.meta["id"]).astype(np.float32)
-        self._replies.put((Message("chunk", {"inference_s": 0.01}, {"action": chunk}), step, submitted,
-                           time.perf_counter()))
+        self._replies.put((Message("chunk", {"inference_s": 0.01}, {"action": chunk}), request.meta["id"], step,
+                           submitted, time.perf_counter()))
 
 
 def test_chunker_merges_by_elapsed_steps_by_hand():
@@ -238,7 +238,7 @@ def test_chunker_merges_by_elapsed_steps_by_hand():
     # (entries for steps 5..16); it lands at step 9, 3 steps late, so 6, 7, 8 still come from chunk 1 and chunk 2
     # takes over at its entry for step 9. Step 12: 5 left (12..16) -> request 3.
     assert executed == [None, 1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008, 2009, 2010, 2011, 2012, 2013]
-    assert chunker.stats == {"requests": 3, "chunks": 2, "starved": 1, "stale_dropped": 2 + 4}
+    assert chunker.stats == {"requests": 3, "chunks": 2, "starved": 1, "stale_dropped": 2 + 4, "abandoned": 0}
     assert chunker.delay_estimate == 3
     # RTC: request 2 carried chunk 1's queued actions for steps 6..10 as the frozen prefix, with the delay
     # measured on chunk 1 (1 step); request 3 uses the worst recent delay (3)
