@@ -485,8 +485,8 @@ class LeRobotWriter(EpisodeWriter):
         self._global = self._load_global_stats()
 
     def _drop_stale_files(self) -> None:
-        """Remove what a killed save of a pre-journal version left: temp files, and chunk files after the
-        last committed episode's (a save that had rolled a file over). Journaled like a save."""
+        """Remove what a killed save of a pre-journal version left: temp files, chunk files after the last
+        committed episode's (a save that had rolled a file over) and tasks beyond total_tasks. Journaled."""
         folders = {self.root / "data": self._data_cursor, self.root / "meta/episodes": self._meta_cursor}
         folders.update({self.root / "videos" / k: c for k, c in self._video_cursors.items()})
         stale = [p for p in (self.root / "meta").glob(".*.tmp")]
@@ -499,12 +499,17 @@ class LeRobotWriter(EpisodeWriter):
                     continue
                 if idx > (cursor.chunk, cursor.file):
                     stale.append(f)
-        if not stale:
+        tasks_path = self.root / "meta/tasks.parquet"
+        extra_tasks = tasks_path.exists() and pq.read_metadata(tasks_path).num_rows > len(self.tasks)
+        if not stale and not extra_tasks:
             return
         journal = Journal.begin(self.root, self._commit_file())
         try:
             for f in stale:
                 journal.remove(f)
+            if extra_tasks:  # a task only the lost episode had
+                table = _tasks_table(self.tasks)
+                _write_parquet(journal, tasks_path, [table], table.schema)
         except BaseException:
             journal.rollback()
             raise
