@@ -261,9 +261,12 @@ class LeRobotReader(Dataset):
     def _committed_episodes(self, sources: list[EpisodeSource]) -> list[EpisodeSource]:
         """Drop episodes an interrupted save listed beyond info.json's total_episodes (episode_index >= it)."""
         total = self.info.get("total_episodes")
+        self._ignored_episodes = 0
         if total is None or len(sources) <= total:
             return sources
-        return [s for s in sources if s.index < total]
+        kept = [s for s in sources if s.index < total]
+        self._ignored_episodes = len(sources) - len(kept)
+        return kept
 
     @property
     def stats(self) -> dict[str, dict[str, np.ndarray]] | None:
@@ -288,9 +291,16 @@ class LeRobotReader(Dataset):
                 "the dataset was not finalized or was partially copied"
             )
         if total_frames is not None and int(total_frames) != frames:
+            ignored = getattr(self, "_ignored_episodes", 0)
+            beyond = (
+                f" (episodes 0..{total_eps - 1}; {ignored} more rows with episode_index >= total_episodes="
+                f"{total_eps} are ignored as an uncommitted save)"
+                if ignored
+                else ""
+            )
             raise DatasetError(
-                f"{where}: total_frames={total_frames} but the episodes metadata lengths sum to {frames}; "
-                "the dataset was not finalized or was partially copied"
+                f"{where}: total_frames={total_frames} but the episodes metadata lengths sum to {frames}{beyond}; "
+                "the dataset was not finalized or was partially copied, or info.json's totals are wrong"
             )
         seen = [s.index for s in sources]
         if len(set(seen)) != len(seen):

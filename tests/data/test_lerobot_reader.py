@@ -3,6 +3,7 @@ truncated videos, against small fixtures and the three real datasets in ../share
 
 from __future__ import annotations
 
+import json
 import pickle
 import shutil
 
@@ -370,3 +371,113 @@ def test_arrow_to_numpy_lists():
         arrow_to_numpy(pa.array([[1.0, 2.0], [1.0, 2.0, 3.0]]), feat, "x.parquet")
     with pytest.raises(DatasetError, match="null"):
         arrow_to_numpy(pa.array([[1.0, 2.0], None]), feat, "x.parquet")
+
+
+# ----- metadata that lies is refused at open, naming the file and the key ------------------------------------
+
+_EPISODES = "meta/episodes/chunk-000/file-000.parquet"
+
+
+def _edit_info(root, fn) -> None:
+    path = root / "meta/info.json"
+    info = json.loads(path.read_text())
+    fn(info)
+    path.write_text(json.dumps(info))
+
+
+def _set_column(table: pa.Table, name: str, values: list) -> pa.Table:
+    i = table.schema.get_field_index(name)
+    return table.set_column(i, name, pa.array(values, table.schema.field(name).type))
+
+
+def _set_first(name: str, value):
+    return lambda t: _set_column(t, name, [value, *t.column(name).to_pylist()[1:]])
+
+
+def test_declared_dtype_that_disagrees_with_the_column_is_refused(tmp_path):
+    """int8 declared for float32 data: refused, not silently wrapped."""
+    root = write_v3(tmp_path / "ds")
+    _edit_info(root, lambda i: i["features"]["observation.state"].__setitem__("dtype", "int8"))
+    with pytest.raises(DatasetError, match=r"file-000\.parquet: 'observation\.state' is float in the parquet, but "
+                                           r"meta/info\.json declares dtype int8"):  # fmt: skip
+        open_dataset(root)
+
+
+def test_video_span_moved_onto_another_episode_is_refused(tmp_path):
+    """Episodes 1 and 2 share file-001.mp4; episode 2's span moved onto episode 1's frames."""
+    root = write_v3(tmp_path / "ds")
+    col = f"videos/{CAM}/from_timestamp"
+
+    def onto_episode_1(t):
+        t = _set_column(t, col, [0.0, 0.0, 0.0])
+        return _set_column(t, col.replace("from_", "to_"), [0.5, 0.7, 0.6])
+
+    rewrite_parquet(root / _EPISODES, onto_episode_1)
+    with pytest.raises(DatasetError, match=rf"episodes/chunk-000/file-000\.parquet: {col}: episodes 1 and 2 overlap "
+                                           r"in file-001\.mp4"):  # fmt: skip
+        open_dataset(root)
+
+
+def test_video_from_timestamp_shifted_alone_is_refused(tmp_path):
+    root = write_v3(tmp_path / "ds")
+    col = f"videos/{CAM}/from_timestamp"
+    rewrite_parquet(root / _EPISODES, lambda t: _set_column(t, col, [0.0, 0.0, 0.1]))
+    with pytest.raises(DatasetError, match=rf"file-000\.parquet: {col}: episode 2 spans 0\.1\.\.1\.3 s"):
+        open_dataset(root)
+
+
+@pytest.mark.parametrize("value", [-1, 2, 99])
+def test_task_index_outside_the_tasks_is_refused(tmp_path, value):
+    """-1 would silently name the last task (Python indexing); 2 and more raised IndexError."""
+    root = write_v3(tmp_path / "ds")
+    rewrite_parquet(root / "data/chunk-000/file-001.parquet", _set_first("task_index", value))
+    with pytest.raises(DatasetError, match=rf"file-001\.parquet \(episode 2\): 1 rows have task_index outside "
+                                           rf"\[0, 2\).*task_index {value}\)"):  # fmt: skip
+        open_dataset(root)
+
+
+@pytest.mark.parametrize("fps", [0, -10, "10", None, 1e400])
+def test_fps_that_is_not_a_positive_number_is_refused(tmp_path, fps):
+    root = write_v3(tmp_path / "ds")
+    _edit_info(root, lambda i: i.__setitem__("fps", fps))
+    with pytest.raises(DatasetError, match=r"meta/info\.json: `fps` must be a positive number"):
+        open_dataset(root)
+
+
+@pytest.mark.parametrize(
+    "key, delta, message",
+    [
+        ("total_frames", 5, r"total_frames=23 but the episodes metadata lengths sum to 18"),
+        ("total_episodes", 1, r"total_episodes=4 but the episodes metadata lists 3 episodes"),
+        ("total_episodes", -1, r"total_frames=18 but the episodes metadata lengths sum to 12 \(episodes 0\.\.1; "
+                               r"1 more rows with episode_index >= total_episodes=2 are ignored"),
+        ("total_frames", -100, r"`total_frames` must be a non-negative integer"),
+    ],
+)
+def test_inconsistent_totals_are_refused(tmp_path, key, delta, message):
+    root = write_v3(tmp_path / "ds")
+    _edit_info(root, lambda i: i.__setitem__(key, i[key] + delta))
+    with pytest.raises(DatasetError, match=r"meta/info\.json: " + message):
+        open_dataset(root)
+
+
+@pytest.mark.parametrize(
+    "column", ["episode_index", "data/chunk_index", "data/file_index", f"videos/{CAM}/file_index", "length"]
+)
+def test_negative_indices_in_the_episodes_metadata_are_refused(tmp_path, column):
+    root = write_v3(tmp_path / "ds")
+    rewrite_parquet(root / _EPISODES, _set_first(column, -1))
+    with pytest.raises(DatasetError, match=rf"file-000\.parquet: .*{column} = -1; it must be an integer >= 0"):
+        open_dataset(root)
+
+
+def test_rows_beyond_the_totals_are_ignored(tmp_path):
+    """An interrupted save: the episodes metadata and data list one more episode than info.json."""
+    root = write_v3(tmp_path / "ds")
+    _edit_info(root, lambda i: i.update(total_episodes=2, total_frames=12))
+    ds = open_dataset(root)
+    assert ds.num_episodes == 2 and ds.num_frames == 12 and ds.tasks == TASKS
+    assert ds.frame_tasks(np.array([0, 5])) == TASKS
+    g = np.arange(12)
+    np.testing.assert_array_equal(ds.read("observation.state", g), np.stack([g, g + 0.5], 1).astype(np.float32))
+    _assert_frames_identify(ds.read(CAM, [0, 6, 11]), [0, 6, 11], 18)
