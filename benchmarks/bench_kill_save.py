@@ -15,7 +15,9 @@ Public API only (create_writer, open_dataset), so it runs on every format:
   python benchmarks/bench_kill_save.py --format zarr --kills 50 --seed 0
   python benchmarks/bench_kill_save.py --format lerobot --kills 50 --seed 0
 
-Prints one summary line per format; exits 1 when anything failed.
+Prints one summary line per format; exits 1 when anything failed. --keep-going (for older versions) goes on
+after a failure: it appends with a new writer and takes the episodes it then finds (each checked) as the
+truth, counting logged episodes that are gone as lost.
 """
 
 from __future__ import annotations
@@ -135,6 +137,17 @@ def journal_left(root: Path) -> bool:
     return pending(root)
 
 
+def resync(root: Path) -> list[int]:
+    """The ids of the episodes in `root`, each checked exactly against the id its first action names."""
+    from robopolicy.data.dataset import open_dataset
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with open_dataset(root) as ds:
+            ids = [int(ds.read_episode("action", i)[0, 0]) for i in range(ds.num_episodes)]
+    return check_dataset(root, ids, None)[0]
+
+
 class Lines:
     """The child's stdout lines with arrival times, read by a thread."""
 
@@ -159,7 +172,9 @@ class Lines:
             pass
 
 
-def run_format(fmt: str, kills: int, seed: int, workdir: Path, zarr_format: int, verbose: bool) -> int:
+def run_format(
+    fmt: str, kills: int, seed: int, workdir: Path, zarr_format: int, verbose: bool, keep_going: bool = False
+) -> int:
     from robopolicy.data.writer import create_writer
 
     rng = random.Random(seed)
@@ -246,17 +261,34 @@ def run_format(fmt: str, kills: int, seed: int, workdir: Path, zarr_format: int,
             expected, _ = check_dataset(root, expected, None)
             counts["episodes verified"] += len(expected)
         except Exception as e:  # every failure is counted and reported
-            failures.append(f"kill {k} ({landed}): {type(e).__name__}: {e}")
+            failures.append(f"kill {k} ({landed}): {type(e).__name__}: {str(e)[:300]}")
+            counts["wrong data" if isinstance(e, AssertionError) else "errors"] += 1
             if verbose:
                 import traceback
 
                 traceback.print_exc()
-            break  # the dataset is no longer known-good
+            if not keep_going:
+                break  # the dataset is no longer known-good
+            try:  # what the next writer makes of it (older versions repaired at append)
+                options = writer_options(fmt, zarr_format)
+                writer = create_writer(root, features(), FPS, format=fmt, append=True, **options)
+                eid = PARENT_IDS + k
+                for t in range(episode_length(eid)):
+                    writer.add_frame(frame(eid, t))
+                writer.save_episode(task="parent")
+                writer.finalize()
+                ids = resync(root)
+            except Exception as e2:
+                failures.append(f"kill {k}: after append: {type(e2).__name__}: {str(e2)[:300]}")
+                break
+            counts["episodes lost"] += len(set(expected) - set(ids))
+            expected = ids
         if verbose:
             print(f"  kill {k}: {landed}, {len(expected)} episodes", flush=True)
     counts["failures"] = len(failures)
     order = ["kills", "inside save_episode", "in writer open", "between", "journal left", "readable after",
              "episodes verified", "committed unlogged", "failures"]  # fmt: skip
+    order += [name for name in ("errors", "wrong data", "episodes lost") if counts[name]]
     extra = f" (zarr_format {zarr_format})" if fmt == "zarr" else ""
     print(f"{fmt}: " + ", ".join(f"{name} {counts[name]}" for name in order) + extra, flush=True)
     for failure in failures[:5]:
@@ -273,6 +305,7 @@ def main() -> int:
     p.add_argument("--zarr-format", type=int, choices=[2, 3], default=2)
     p.add_argument("--dir", type=Path, default=None, help="work directory (default: a temporary one)")
     p.add_argument("--verbose", action="store_true")
+    p.add_argument("--keep-going", action="store_true", help="after a failure, append and go on (older versions)")
     p.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--run", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -280,7 +313,9 @@ def main() -> int:
         child(args.child, args.format, args.run, args.zarr_format)
         return 0
     with tempfile.TemporaryDirectory(dir=args.dir) as work:
-        failed = run_format(args.format, args.kills, args.seed, Path(work), args.zarr_format, args.verbose)
+        failed = run_format(
+            args.format, args.kills, args.seed, Path(work), args.zarr_format, args.verbose, args.keep_going
+        )
     return 1 if failed else 0
 
 
