@@ -39,6 +39,7 @@ import numpy as np
 from robopolicy.runtime.action_queue import ActionQueue
 from robopolicy.runtime.policy_server import (
     PROTOCOL_VERSION,
+    FrameTimeout,
     Message,
     PolicyService,
     ProtocolError,
@@ -305,7 +306,8 @@ class RemotePolicyClient(ChunkSource):
         super().__init__()
         self.address = (host, int(port))
         self.timeout = float(timeout)
-        self._broken: str | None = None
+        self._broken: str | None = None  # why the connection is unusable (None: it is fine)
+        self._why = ""
         self._sock: socket.socket | None = None
         try:
             self._sock = socket.create_connection(self.address, timeout=connect_timeout)
@@ -315,11 +317,10 @@ class RemotePolicyClient(ChunkSource):
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             info = self._exchange(Message("info", {"id": 0}), timeout=connect_timeout)
-        except (OSError, ProtocolError) as exc:
-            self._shutdown_transport()
+        except (OSError, ProtocolError):
             raise RemotePolicyError(f"policy server at {host}:{port} accepted the connection but gave no info reply "
-                                    f"within {connect_timeout} s ({exc}); is it a `robopolicy serve` server, and is it "
-                                    "overloaded?") from None
+                                    f"({self._why}); is it a `robopolicy serve` server, and is it overloaded?"
+                                    ) from None
         if info.kind != "info":
             self._shutdown_transport()
             raise RemotePolicyError(f"policy server at {host}:{port} answered {info.kind}: {info.meta}")
@@ -345,10 +346,12 @@ class RemotePolicyClient(ChunkSource):
             return recv_message(sock, first_byte_timeout=timeout, timeout=timeout)
         except (OSError, ProtocolError) as exc:  # timeout, reset, closed, garbage: the stream is out of step
             if isinstance(exc, ConnectionError):
-                why = f"the server closed the connection ({exc}); is it still running?"
+                self._why = f"the server closed the connection ({exc}); is it still running?"
+            elif isinstance(exc, FrameTimeout):
+                self._why = str(exc)
             else:
-                why = f"{type(exc).__name__}: {exc}"
-            self._broken = f"connection to the {self.peer} lost: {why}"
+                self._why = f"{type(exc).__name__}: {exc}"
+            self._broken = f"connection lost: {self._why}"
             self._shutdown_transport()
             raise ConnectionError(self._broken) from None
 

@@ -33,6 +33,7 @@ import errno
 import json
 import logging
 import math
+import os
 import socket
 import struct
 import sys
@@ -47,7 +48,8 @@ MAGIC = b"RPW1"
 PREFIX = struct.Struct("<4sII")
 MAX_HEADER_BYTES = 1 << 20  # 1 MiB of JSON: array specs, instructions, RTC settings
 MAX_BODY_BYTES = 64 << 20  # 64 MiB of arrays: e.g. 8 samples x 2 steps x 3 cameras of 480x640x3 uint8 is 44 MiB
-RECV_CHUNK_BYTES = 1 << 20  # a frame grows with the bytes that really arrived, never by what its prefix announces
+RECV_CHUNK_BYTES = 64 << 10  # a frame grows with the bytes that really arrived, never by what its prefix announces
+LINGER_S, LINGER_BYTES = 0.25, 1 << 20  # draining a dropped peer's unread bytes before closing
 DEFAULT_FRAME_TIMEOUT_S = 10.0  # a frame that has started must be complete within this
 MAX_OBS_ABS = 1e6  # |observation| above this is a sensor or client fault (joint units are <= a few thousand)
 MAX_DIMS = 32  # numpy's own limit is 64
@@ -391,7 +393,8 @@ def listen(host: str, port: int) -> socket.socket:
                  errno.EADDRNOTAVAIL: "this machine has no such address: bind 127.0.0.1, 0.0.0.0 or one of its own "
                                       "addresses"}
         hint = hints.get(exc.errno, "check --host and --port")
-        raise ServerAddressError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; {hint}") from None
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ServerAddressError(f"cannot listen on {host}:{port}: {reason}; {hint}") from None
 
 
 def _error(message: str, kind: str, request_id=None) -> Message:
@@ -482,11 +485,21 @@ class PolicyServer:
             t.start()
 
     def _drop(self, conn: socket.socket, peer, message: str, kind: str) -> None:
-        """Tell a misbehaving peer why it is dropped (best effort, 1 s) and log one line."""
+        """Tell a misbehaving peer why it is dropped (best effort, about 1 s at most) and log one line. Unread
+        bytes are drained briefly (at most LINGER_BYTES / LINGER_S) so that closing does not reset the
+        connection before the peer has read the error frame."""
         self.dropped = [*self.dropped[-99:], f"{peer}: {message}"]
         log.warning("policy server: dropping %s: %s", peer, message)
         with contextlib.suppress(OSError, ProtocolError):
             send_message(conn, _error(f"{kind}: {message}", kind), timeout=1.0)
+            conn.shutdown(socket.SHUT_WR)
+            deadline, drained = time.monotonic() + LINGER_S, 0
+            while drained < LINGER_BYTES and (remaining := deadline - time.monotonic()) > 0:
+                conn.settimeout(remaining)
+                data = conn.recv(RECV_CHUNK_BYTES)
+                if not data:
+                    break
+                drained += len(data)
 
     def _serve(self, conn: socket.socket, peer) -> None:
         try:
