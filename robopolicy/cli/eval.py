@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from robopolicy.cli.arguments import non_negative_int, positive_int
 from robopolicy.cli.device import add_device_argument, check_device
 from robopolicy.runtime.executors import EXECUTOR_KINDS
 from robopolicy.sim.envs import ENV_HELP
@@ -27,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="policy checkpoint directory (config.json, model.safetensors, stats.json)",
     )
     p.add_argument("--env", required=True, help=f"environment: {ENV_HELP}")
-    p.add_argument("--episodes", type=int, default=50, help="number of episodes (default 50)")
+    p.add_argument("--episodes", type=positive_int, default=50, help="number of episodes (default 50)")
     p.add_argument(
         "--seed",
         type=int,
@@ -35,12 +36,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"env seed of episode 0; episode i uses SEED+i (default {DEFAULT_SEED})",
     )
     p.add_argument(
-        "--n-envs", type=int, default=1, help="environments run in parallel, one worker process each (default 1)"
+        "--n-envs", type=positive_int, default=1,
+        help="environments run in parallel, one worker process each (default 1)"
     )
     p.add_argument("--out", type=Path, default=None, help="output directory (default: outputs/eval/<time>_<env>)")
-    p.add_argument("--videos", type=int, default=2, help="record videos of the first K episodes, 0 = none (default 2)")
+    p.add_argument("--videos", type=non_negative_int, default=2,
+                   help="record videos of the first K episodes, 0 = none (default 2)")
     p.add_argument(
-        "--max-steps", type=int, default=None, help="episode length limit in steps (default: PushT 300, robosuite 400)"
+        "--max-steps", type=positive_int, default=None,
+        help="episode length limit in steps (default: PushT 300, robosuite 400)"
     )
     p.add_argument(
         "--executor",
@@ -49,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="how chunks become actions; auto = temporal ensembling if the policy is configured for it, "
         "else receding horizon with the policy's n_action_steps (default auto)",
     )
-    p.add_argument("--n-action-steps", type=int, default=None, help="override the policy's n_action_steps")
+    p.add_argument("--n-action-steps", type=positive_int, default=None, help="override the policy's n_action_steps")
     add_device_argument(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing eval_info.json in --out")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -67,8 +71,6 @@ def run(args: argparse.Namespace) -> int:
         parse_env_spec(args.env)
     except ValueError as e:
         return _fail(str(e))
-    if args.episodes < 1:
-        return _fail(f"--episodes must be >= 1, got {args.episodes}")
     out = args.out if args.out is not None else default_out_dir(args.env)
     if (out / EVAL_INFO_FILE).exists() and not args.overwrite:
         return _fail(f"{out / EVAL_INFO_FILE} exists; pass --overwrite or choose another --out")

@@ -33,8 +33,15 @@ DEBUG_ENV = "ROBOPOLICY_DEBUG"
 EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 1, 130
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: `robopolicy <cmd>: error: <what> (see robopolicy <cmd> --help)`."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="robopolicy", description="Robot learning toolkit.")
+    parser = Parser(prog="robopolicy", description="Robot learning toolkit.")
     parser.add_argument(DEBUG_FLAG, action="store_true",
                         help=f"on an error, print the full traceback (anywhere on the line; or {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -42,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"robopolicy.cli.{name}")
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=module.run, _parser=p)
     return parser
 
 
@@ -90,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         if extra and args.command == "train":  # dotted overrides look like options to argparse
             args.overrides = [*args.overrides, *extra]
         elif extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            args._parser.error(f"unrecognized arguments: {' '.join(extra)}")
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
         if debug:

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from robopolicy.cli.arguments import non_negative_float, positive_float, positive_int
+
 DESCRIPTION = """\
 Record teleoperated demonstrations into a LeRobot v3 / Zarr dataset (--emulate: emulated hardware).
 
@@ -42,10 +44,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teleop-port", help="serial port of the leader arm (default: the YAML's port)")
     p.add_argument("--out", required=True, help="dataset directory")
     p.add_argument("--format", choices=("lerobot", "zarr"), default="lerobot", help="default: %(default)s")
-    p.add_argument("--fps", type=float, default=30.0, help="loop and dataset rate (default: %(default)s)")
-    p.add_argument("--episodes", type=int, default=1, help="episodes to save (default: %(default)s)")
-    p.add_argument("--episode-time", type=float, default=60.0, help="seconds per episode (default: %(default)s)")
-    p.add_argument("--reset-time", type=float, default=60.0,
+    p.add_argument("--fps", type=positive_float, default=30.0, help="loop and dataset rate (default: %(default)s)")
+    p.add_argument("--episodes", type=positive_int, default=1, help="episodes to save (default: %(default)s)")
+    p.add_argument("--episode-time", type=positive_float, default=60.0,
+                   help="seconds per episode (default: %(default)s)")
+    p.add_argument("--reset-time", type=non_negative_float, default=60.0,
                    help="seconds of reset between episodes (default: %(default)s)")
     p.add_argument("--task", default="", help="task description stored with every episode")
     p.add_argument("--images", action="store_true", help="store camera frames as PNG images instead of video")

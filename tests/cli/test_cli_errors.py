@@ -391,8 +391,6 @@ def _inputs(tmp_path: Path, pusht: Path) -> dict[str, tuple[list[str], str, list
         "info: empty hf uri": (["info", "hf://"], "info", ["hf://"]),
         "stats: unknown --keys": (["stats", pusht, "--keys", "nokey"], "stats", ["--keys", "nokey"]),
         "eval: unknown --env": (["eval", "--checkpoint", tmp_path, "--env", "pushtt"], "eval", ["pushtt"]),
-        "eval: --episodes 0": (["eval", "--checkpoint", tmp_path, "--env", "pusht", "--episodes", "0"], "eval",
-                               ["--episodes"]),
         "collect: unknown --env": (["collect", "--env", "nosuch:Thing", "--episodes", "1", "--out",
                                     tmp_path / "c.zarr", "--no-progress"], "collect", ["nosuch:Thing"]),
         "collect: --episodes 0": (["collect", "--episodes", "0", "--out", tmp_path / "c.zarr", "--no-progress"],
@@ -443,13 +441,39 @@ def test_existing_run_is_one_line(trained_run, pusht_zarr, capsys):
     assert_one_line(rc, lines, "train", trained_run, "--resume", "--train.overwrite=true")
 
 
-def test_malformed_record_camera_is_an_argparse_error(tmp_path, capsys):
+RECORD = ["record", "--robot", "real/so101_follower.yaml", "--teleop", "keyboard", "--emulate", "--out", "rec"]
+EVAL = ["eval", "--checkpoint", "ckpt", "--env", "pusht"]
+USAGE_ERRORS = {  # name -> (argv, command, words)
+    "eval --episodes 0": ([*EVAL, "--episodes", "0"], "eval", ["--episodes", "'0'", ">= 1"]),
+    "eval --n-envs 0": ([*EVAL, "--n-envs", "0"], "eval", ["--n-envs"]),
+    "eval --max-steps 0": ([*EVAL, "--max-steps", "0"], "eval", ["--max-steps"]),
+    "eval --n-action-steps -1": ([*EVAL, "--n-action-steps", "-1"], "eval", ["--n-action-steps"]),
+    "eval --videos -1": ([*EVAL, "--videos", "-1"], "eval", ["--videos", ">= 0"]),
+    "eval --episodes abc": ([*EVAL, "--episodes", "abc"], "eval", ["--episodes", "'abc'", "integer"]),
+    "eval without --env": (EVAL[:3], "eval", ["--env"]),
+    "record --camera big": ([*RECORD, "--camera", "big"], "record", ["--camera", "'big'", "WIDTHxHEIGHT"]),
+    "record --camera 0x10": ([*RECORD, "--camera", "0x10"], "record", ["--camera"]),
+    "record --fps 0": ([*RECORD, "--fps", "0"], "record", ["--fps", "> 0"]),
+    "record --fps nan": ([*RECORD, "--fps", "nan"], "record", ["--fps"]),
+    "record --episodes 0": ([*RECORD, "--episodes", "0"], "record", ["--episodes"]),
+    "record --reset-time -1": ([*RECORD, "--reset-time", "-1"], "record", ["--reset-time"]),
+    "stats --bins 0": (["stats", "x", "--bins", "0"], "stats", ["--bins"]),
+    "info unknown option": (["info", "x", "--nope"], "info", ["--nope"]),
+    "unknown command": (["nosuch"], "", ["'nosuch'"]),
+}
+
+
+@pytest.mark.parametrize("case", list(USAGE_ERRORS))
+def test_usage_errors_are_one_line(case, capsys):
+    argv, command, words = USAGE_ERRORS[case]
+    capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        main(["record", "--robot", "real/so101_follower.yaml", "--teleop", "keyboard", "--emulate",
-              "--camera", "big", "--out", str(tmp_path / "rec")])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "--camera: 'big': expected WIDTHxHEIGHT" in err and "Traceback" not in err
+        main(argv)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    prog = f"robopolicy {command}".strip()
+    line = assert_one_line(exit_info.value.code, lines, command, *words) if command else lines[0]
+    assert exit_info.value.code == 2 and len(lines) == 1 and f"(see {prog} --help)" in line
+    assert all(word in line for word in words)
 
 
 # ----- zero-episode datasets written by robopolicy's own writers ----------------------------------------------
