@@ -82,12 +82,13 @@ def test_unavailable_device_is_refused_with_a_reason():
         check_device("gpu0")
 
 
-def test_deploy_refuses_a_device_for_a_remote_server():
+def test_deploy_refuses_a_device_for_a_remote_server(capsys):
     from robopolicy.cli.main import main
 
-    with pytest.raises(SystemExit, match="pass it to `robopolicy serve`"):
-        main(["deploy", "--checkpoint", "x", "--robot", "y.yaml", "--inference", "server", "--server", "h:1",
-              "--device", "cpu"])
+    rc = main(["deploy", "--checkpoint", "x", "--robot", "y.yaml", "--inference", "server", "--server", "h:1",
+               "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "robopolicy deploy: error: " in err and "pass it to `robopolicy serve`" in err
 
 
 def test_server_loads_the_checkpoint_onto_the_device(tmp_path):
