@@ -140,10 +140,11 @@ class ZarrDataset(Dataset):
         for coords, path in files:
             if not path.is_file():
                 grid = arr.metadata.chunk_grid.chunk_shape[0]
+                fill = getattr(arr.metadata.fill_value, "item", lambda: arr.metadata.fill_value)()
                 first, last = coords[0] * grid, min((coords[0] + 1) * grid, arr.shape[0]) - 1
                 raise MissingChunkError(
                     f"{self.root}: {name}: chunk file {path.relative_to(self.root)} is missing, so rows "
-                    f"{first}..{last} of {name} would read as {arr.metadata.fill_value!r} (zeros, black frames); "
+                    f"{first}..{last} of {name} would read as {fill!r} (zeros, black frames); "
                     "the store is incomplete (an interrupted copy or sync?): copy it again from its source. "
                     "Only a store written with write_empty_chunks=False (zarr-python 3's default), where an "
                     "absent chunk means 'all fill value', may be opened with missing_chunks='fill'"

@@ -10,6 +10,9 @@ the journal with the metadata of `meta/episode_ends` last, the commit point. A f
 byte-identical; a killed one leaves a journal that the next writer (append=True) rolls back or confirms, and
 readers in the meantime see the committed episodes only (the data arrays may be longer than episode_ends).
 
+zarr 3 stores checksum every chunk (crc32c). zarr 2 stores cannot without changing what diffusion_policy's
+readers expect: there a bit flip inside a chunk that still decompresses reads as wrong values.
+
 Every chunk is written, even one equal to the fill value (zarr's write_empty_chunks=True, as zarr 2 did by
 default), so an absent chunk file always means a lost file, which `ZarrDataset` reports.
 
@@ -244,9 +247,12 @@ class ZarrWriter(EpisodeWriter):
 
     # ----- store setup ---------------------------------------------------------------------------
     def _compressor(self):
+        """Blosc/zstd; zarr 3 stores add a crc32c checksum of every chunk, so a flipped bit is an error, not
+        wrong values (zarr 2 keeps diffusion_policy's plain Blosc: its readers know no checksum codec)."""
         if self.zarr_format == 2:
             return numcodecs.Blosc(cname="zstd", clevel=self.compression_level, shuffle=numcodecs.Blosc.BITSHUFFLE)
-        return zarr.codecs.BloscCodec(cname="zstd", clevel=self.compression_level, shuffle="bitshuffle")
+        blosc = zarr.codecs.BloscCodec(cname="zstd", clevel=self.compression_level, shuffle="bitshuffle")
+        return [blosc, zarr.codecs.Crc32cCodec()]
 
     def _create(self) -> None:
         """Write the empty store (not journaled: a kill here leaves no episode to lose; episode_ends last)."""

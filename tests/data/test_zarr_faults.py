@@ -371,6 +371,18 @@ def test_a_corrupt_chunk_is_an_error_naming_the_file(tmp_path, zarr_format, key)
         ds.read(key.split("/")[1], np.arange(ds.num_frames))
 
 
+def test_a_flipped_bit_in_a_zarr3_chunk_is_an_error(tmp_path):
+    """zarr 3 stores carry a crc32c per chunk: damage that still decompresses is caught too."""
+    root = _store_with_chunks(tmp_path / "s.zarr", 3)
+    for key in ("data/action", "data/img"):
+        chunk = _chunk(root, key, 1)
+        data = bytearray(chunk.read_bytes())
+        data[len(data) // 2] ^= 0x10
+        chunk.write_bytes(bytes(data))
+        with pytest.raises(CorruptChunkError, match=f"{chunk.relative_to(root)} cannot be decoded"):
+            open_dataset(root).read(key.split("/")[1], np.arange(15))
+
+
 def _writable_copy(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     for p in [dst, *dst.rglob("*")]:
@@ -434,10 +446,14 @@ def test_a_store_with_no_episodes_opens_and_converts(tmp_path, zarr_format, caps
         assert ds.num_episodes == 0 and ds.num_frames == 0 and ds.missing_chunks() == []
         assert ds.read("action", np.arange(0)).shape == (0, 2)
         assert ds.read("img", np.arange(0)).shape == (0, 3, 4, 6)
-    convert(root, tmp_path / "copy.zarr", to="zarr")
-    with open_dataset(tmp_path / "copy.zarr") as ds:
-        assert ds.num_episodes == 0
-    convert(root, tmp_path / "lerobot", to="lerobot")  # no crash (reading it back is the LeRobot side's)
+    for to in ("zarr", "lerobot"):  # an empty copy, or a clear refusal; never a crash
+        try:
+            convert(root, tmp_path / to, to=to)
+        except DatasetError as e:
+            assert "no episodes" in str(e)
+        else:
+            with open_dataset(tmp_path / to) as ds:
+                assert ds.num_episodes == 0
     rc, text = _cli(capsys, "stats", str(root))
     assert rc == 2 and "no frames" in text and "Traceback" not in text
     again = _writer(root, append=True)
