@@ -385,13 +385,6 @@ def test_long_episode_frames_read_with_the_default_tolerance(long_5000s):
     _check_long(root, fps, n)
 
 
-VALIDATE_STEPS = (
-    "validate's timestamp step check compares float32 timestamps with tolerance_s alone; it needs "
-    "lerobot_format.float32_time_slack (robopolicy/data/validate.py)"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=VALIDATE_STEPS)
 def test_long_episode_validates_clean(long_5000s):
     from robopolicy.data.validate import validate_dataset
 
@@ -406,5 +399,4 @@ def test_one_hour_episode_at_30_fps_round_trips(tmp_path):
     root = tmp_path / "hour"
     n = _write_long(root, 30, 3600)
     _check_long(root, 30, n)
-    problems = [str(p) for p in validate_dataset(root)]
-    assert [p for p in problems if "timestamp steps differ" not in p] == []  # see the xfail above
+    assert [str(p) for p in validate_dataset(root)] == []
