@@ -3,9 +3,10 @@
 Every check returns a list of `Problem`s whose message names the file and the key; none raises on bad
 input (wrong JSON types, unreadable files, values of the wrong kind). `check_metadata(root)` runs the
 checks for the format on disk, file by file, before anything is opened. Readers call the single checks on
-what they loaded (`check_info`, `check_stats_json`, `check_column_types`, `check_task_index`,
-`check_video_spans`) and `raise_problems(...)` the result, so a lie is refused when opening, not only
-reported by `robopolicy validate`.
+what they loaded (`load_json`, `read_parquet`, `check_info`, `check_stats_json`, `check_episodes_table`,
+`check_column_types`, `check_task_index`, `check_video_spans`, `check_robopolicy_attrs`,
+`check_zarr_metadata(root, chunks=False)`) and `raise_problems(...)` the result, so a lie is refused
+when opening, not only reported by `robopolicy validate`.
 
 Lies checked: fps that is not a positive finite number; an info.json dtype other than the parquet column's
 arrow type (int8 declared for float32 data); task_index outside [0, number of tasks); video
@@ -612,59 +613,56 @@ def _check_tasks(path: Path, info: dict) -> tuple[int, list[Problem]]:
     return len(values), []
 
 
+def check_episodes_table(table: pa.Table, path: Path, video_keys: Sequence[str]) -> list[Problem]:
+    """One meta/episodes parquet: the columns the readers use exist, are integers (timestamps: numbers), no nulls."""
+    int_cols = list(EPISODE_INT_COLUMNS)
+    float_cols: list[str] = []
+    for key in video_keys:
+        int_cols += [f"videos/{key}/chunk_index", f"videos/{key}/file_index"]
+        float_cols += [f"videos/{key}/from_timestamp"]
+    optional_float = [c.replace("from_", "to_") for c in float_cols]
+    absent = [c for c in int_cols + float_cols if c not in table.column_names]
+    if absent:
+        msg = f"{path}: episodes metadata lacks columns {absent}; re-export the dataset"
+        return [Problem("episodes", msg, file=str(path))]
+    wrong = []
+    for col in int_cols + float_cols + [c for c in optional_float if c in table.column_names]:
+        family = _arrow_family(table.column(col).type)
+        ok = family == "int" if col in int_cols else family in ("int", "float")
+        if not ok or table.column(col).null_count:
+            wrong.append(f"{col} ({table.column(col).type}, {table.column(col).null_count} nulls)")
+    if "tasks" in table.column_names:
+        leaf, sizes = _leaf(table.column("tasks").type)
+        if len(sizes) != 1 or _arrow_family(leaf) != "string":
+            wrong.append(f"tasks ({table.column('tasks').type}, expected a list of strings)")
+    if wrong:
+        msg = f"{path}: columns of the wrong type or with nulls: {wrong}; re-export the dataset"
+        return [Problem("episodes", msg, file=str(path))]
+    return []
+
+
 def _episode_rows(
     root: Path, info: dict, features: Mapping[str, Feature]
 ) -> tuple[list[tuple[dict, Path]], list[Problem]]:
     """Rows of every meta/episodes parquet (with the file each came from), after checking their columns."""
     meta_dir = root / "meta" / "episodes"
     files = sorted(meta_dir.glob("chunk-*/file-*.parquet"))
+    if not files and info.get("total_episodes") == 0:
+        return [], []  # created and finalized without a single episode
     if not files:
         msg = (
             f"{meta_dir}/chunk-*/file-*.parquet: no episodes metadata; the dataset was not finalized — run the "
             "writer's finalize() or restore meta/episodes/"
         )
         return [], [Problem("episodes", msg, file=str(meta_dir))]
-    int_cols = list(EPISODE_INT_COLUMNS)
-    float_cols: list[str] = []
-    for key in [k for k, f in features.items() if f.dtype == "video"]:
-        int_cols += [f"videos/{key}/chunk_index", f"videos/{key}/file_index"]
-        float_cols += [f"videos/{key}/from_timestamp"]
-    optional_float = [c.replace("from_", "to_") for c in float_cols]
+    video_keys = [k for k, f in features.items() if f.dtype == "video"]
     rows: list[tuple[dict, Path]] = []
     problems: list[Problem] = []
     for path in files:
         table, bad = read_parquet(path, "episodes")
+        bad = bad or check_episodes_table(table, path, video_keys)
         problems += bad
-        if table is None:
-            continue
-        absent = [c for c in int_cols + float_cols if c not in table.column_names]
-        if absent:
-            problems.append(
-                Problem(
-                    "episodes",
-                    f"{path}: episodes metadata lacks columns {absent}; re-export the dataset",
-                    file=str(path),
-                )
-            )
-            continue
-        wrong = []
-        for col in int_cols + float_cols + [c for c in optional_float if c in table.column_names]:
-            family = _arrow_family(table.column(col).type)
-            ok = family == "int" if col in int_cols else family in ("int", "float")
-            if not ok or table.column(col).null_count:
-                wrong.append(f"{col} ({table.column(col).type}, {table.column(col).null_count} nulls)")
-        if "tasks" in table.column_names:
-            leaf, sizes = _leaf(table.column("tasks").type)
-            if len(sizes) != 1 or _arrow_family(leaf) != "string":
-                wrong.append(f"tasks ({table.column('tasks').type}, expected a list of strings)")
-        if wrong:
-            problems.append(
-                Problem(
-                    "episodes",
-                    f"{path}: columns of the wrong type or with nulls: {wrong}; re-export the dataset",
-                    file=str(path),
-                )
-            )
+        if bad:
             continue
         keep = [c for c in table.column_names if not c.startswith("stats/")]
         rows += [(r, path) for r in table.select(keep).to_pylist()]
@@ -677,8 +675,9 @@ def _episode_rows(
 _ZARR_META = (".zgroup", ".zarray", ".zattrs", "zarr.json")
 
 
-def check_zarr_metadata(root: Path) -> list[Problem]:
-    """A diffusion-policy zarr store (v2 or v3): metadata files, the robopolicy attributes, chunk files present."""
+def check_zarr_metadata(root: Path, *, chunks: bool = True) -> list[Problem]:
+    """A diffusion-policy zarr store (v2 or v3): metadata files, the robopolicy attributes and (`chunks`)
+    every chunk file present. Readers can call it with chunks=False (JSON files only, no listing)."""
     problems: list[Problem] = []
     docs: dict[Path, Any] = {}
     folders = [root] + [
@@ -734,8 +733,8 @@ def check_zarr_metadata(root: Path) -> list[Problem]:
         attrs = docs[root / "zarr.json"].get("attributes")
     if isinstance(attrs, dict) and "robopolicy" in attrs:
         where = root / (".zattrs" if (root / ".zattrs").exists() else "zarr.json")
-        problems += _check_robopolicy_attrs(attrs["robopolicy"], where)
-    if problems:
+        problems += check_robopolicy_attrs(attrs["robopolicy"], where)
+    if problems or not chunks:
         return problems
     return _check_zarr_chunks_present(root)
 
@@ -759,7 +758,9 @@ def _check_zarr_array_doc(path: Path, doc: dict) -> list[Problem]:
     return [Problem("zarr", msg[:400], file=str(path))]
 
 
-def _check_robopolicy_attrs(attrs: Any, where: Path) -> list[Problem]:
+def check_robopolicy_attrs(attrs: Any, where: Path) -> list[Problem]:
+    """The `robopolicy` group attribute of a zarr store: fps, tasks, episode_tasks, episode_success, kinds, names."""
+
     def bad(key: str | None, why: str) -> Problem:
         return Problem("zarr", f"{where}: attribute robopolicy{'.' + key if key else ''} {why}", key, file=str(where))
 

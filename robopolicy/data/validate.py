@@ -115,6 +115,8 @@ def _deep_checks(ds: Dataset, found: list[Problem], videos: bool, decode: bool) 
         chunks = _guarded("zarr_chunks", ds.root, lambda: _check_zarr_chunks(ds))
         if chunks:  # every other check would read the same broken chunks
             return chunks
+    if ds.num_frames == 0:  # an empty dataset (finalized without episodes): nothing to read
+        return []
     checks: list[tuple[str, Callable[[], list[Problem]]]] = [
         ("non_finite", lambda: _check_non_finite(ds)),
         ("timestamps", lambda: _check_timestamps(ds)),

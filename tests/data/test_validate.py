@@ -226,3 +226,27 @@ def test_parquet_fixture_sanity(root):
     schema = pq.read_schema(root / DATA0)
     assert pa.types.is_fixed_size_list(schema.field("observation.state").type)
     assert schema.field("timestamp").type == pa.float32()
+
+
+def test_empty_dataset_is_valid(tmp_path):
+    from robopolicy.data.features import Feature
+    from robopolicy.data.writer import create_writer
+
+    feats = {"action": Feature("action", "float32", (2,), "action")}
+    for fmt in ("lerobot", "zarr"):
+        create_writer(tmp_path / fmt, feats, 10, format=fmt).finalize()
+        assert validate_dataset(tmp_path / fmt) == [], fmt
+
+
+def test_reader_side_checks_raise_one_error_naming_the_file(root):
+    from robopolicy.data.metadata_checks import check_info, load_json, raise_problems
+
+    path = root / "meta/info.json"
+    path.write_text("[1, 2]")
+    info, problems = load_json(path, "info")
+    assert problems == []
+    with pytest.raises(DatasetError, match=r"meta/info\.json: must be a JSON object, got a list"):
+        raise_problems(check_info(info, path))
+    path.write_bytes(b"\xff\xfe{")
+    assert "not text" in load_json(path, "info")[1][0].message
+    raise_problems([])
