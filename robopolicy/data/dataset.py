@@ -196,12 +196,17 @@ def detect_format(path: Path) -> str:
         return "zarr"
     info = path / "meta" / "info.json"
     if info.exists():
-        import json
+        from robopolicy.data.metadata_checks import load_json, raise_problems
 
-        try:
-            version = json.loads(info.read_text()).get("codebase_version", "")
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{info}: not valid JSON ({e}); restore it from the dataset's source") from e
+        doc, problems = load_json(info, "info")
+        raise_problems(problems)
+        if not isinstance(doc, dict):
+            raise DatasetError(f"{info}: must be a JSON object, found {type(doc).__name__}; restore it from the source")
+        version = doc.get("codebase_version", "")
+        if not isinstance(version, str):
+            raise DatasetError(
+                f"{info}: codebase_version must be a string like \"v3.0\", found {version!r}; fix the key"
+            )
         if version.startswith("v3"):
             return "lerobot_v3"
         if version.startswith("v2"):
