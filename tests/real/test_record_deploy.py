@@ -188,18 +188,30 @@ def test_deploy_cli_with_a_remote_policy_server(tmp_path, capsys):
     checkpoint = policy.save(tmp_path / "ckpt")
     server = PolicyServer(PolicyService(policy))
     host, port = server.start()
+    threads = torch.get_num_threads()
+    # the server shares this process (and 2 cores) with the control loop: with torch's 2 threads a chunk took
+    # up to 3.4 s on a loaded machine (20 ms idle), with one 80 ms (as the policy worker process uses)
+    torch.set_num_threads(1)
     try:
+        # a generous watchdog: the robot holds while a chunk is late, which this test allows
+        # (tests/real/test_deploy_faults.py tests the e-stop)
         rc = main(["deploy", "--checkpoint", str(checkpoint), "--robot", str(FOLLOWER), "--emulate", "--episodes", "2",
                    "--episode-time", "1", "--reset-time", "0.5", "--inference", "server", "--server", f"{host}:{port}",
-                   "--out", str(tmp_path / "report.json")])
+                   "--watchdog", "30", "--out", str(tmp_path / "report.json")])
     finally:
         server.stop()
+        torch.set_num_threads(threads)
     out = capsys.readouterr().out
-    assert rc == 0
-    assert out.count("30 ticks") == 2 and "success rate:" in out
+    assert rc == 0 and "success rate:" in out
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["summary"]["episodes"] == 2 and not report["summary"]["stopped"]
-    assert report["episodes"][0]["inference"]["chunks"] >= 2  # chunks kept arriving from the server
+    episodes = report["episodes"]
+    assert [e["ticks"] + e["bus_faults"] for e in episodes] == [30, 30]  # a bus timeout under load skips a tick
+    # every episode waits for its first chunk and asks for the next one 8 steps later; a request still in flight
+    # when episode 1 ends is abandoned (its reply is discarded in episode 2), never a crash
+    assert all(e["inference"]["chunks"] >= 1 and e["inference"]["requests"] >= 2 for e in episodes)
+    assert episodes[1]["inference"]["abandoned"] <= 1
+    assert sum(e["inference"]["chunks"] for e in episodes) >= 3  # chunks kept arriving from the server
 
 
 @pytest.mark.slow

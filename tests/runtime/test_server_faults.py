@@ -219,7 +219,7 @@ def test_a_port_in_use_fails_at_once_before_the_model_is_loaded(tmp_path, policy
 
 @pytest.mark.parametrize(("args", "expected"), [
     (["--port", "70000"], "port 70000 is outside 0..65535"),
-    (["--peer-timeout", "0"], "--peer-timeout and --max-request-mb must be > 0"),
+    (["--peer-timeout", "0"], "--peer-timeout and --max-request-mb must be > 0 and --threads >= 0"),
 ])
 def test_serve_refuses_bad_arguments_with_one_line(tmp_path, policy, capsys, args, expected):
     rc = main(["serve", "--checkpoint", str(policy.save(tmp_path / "ckpt")), *args])
