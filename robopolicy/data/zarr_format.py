@@ -50,7 +50,7 @@ class ZarrDataset(Dataset):
         if missing_chunks not in ("error", "fill"):
             raise ValueError(f"missing_chunks must be 'error' or 'fill', got {missing_chunks!r}")
         self._fill_missing = missing_chunks == "fill"
-        self._present: set[tuple[str, int]] = set()
+        self._present: set[tuple[str, tuple[int, ...]]] = set()  # chunk files seen
         try:
             self._group = zarr.open_group(str(self.root), mode="r")
         except Exception as e:  # zarr raises several types for a broken store
@@ -115,6 +115,7 @@ class ZarrDataset(Dataset):
                 stacklevel=4,
             )
         return total
+
     @property
     def episode_success(self) -> list[bool] | None:
         return self.attrs.get("episode_success")
