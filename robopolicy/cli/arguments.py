@@ -23,6 +23,11 @@ def _bounded(kind: type, low: float, inclusive: bool) -> Callable[[str], float]:
     return parse
 
 
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An integer option that must be >= `low`."""
+    return _bounded(int, low, True)
+
+
 positive_int = _bounded(int, 1, True)
 non_negative_int = _bounded(int, 0, True)
 positive_float = _bounded(float, 0, False)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from robopolicy.cli.arguments import int_at_least
 from robopolicy.data.dataset import open_dataset
 from robopolicy.data.errors import DatasetError
 from robopolicy.data.stats import compute_stats, stats_to_json
@@ -17,14 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("uri", help="local zarr store, LeRobot directory or hf://<repo_id>")
     p.add_argument("--keys", nargs="+", default=None, help="features to compute (default: numeric and visual)")
     p.add_argument("--out", type=Path, default=None, help="write LeRobot-style stats.json here")
-    p.add_argument("--bins", type=_positive_int, default=5000, help="histogram bins per dimension for quantiles")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+    p.add_argument("--bins", type=int_at_least(2), default=5000, help="histogram bins per dimension for quantiles")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -457,7 +457,7 @@ USAGE_ERRORS = {  # name -> (argv, command, words)
     "record --fps nan": ([*RECORD, "--fps", "nan"], "record", ["--fps"]),
     "record --episodes 0": ([*RECORD, "--episodes", "0"], "record", ["--episodes"]),
     "record --reset-time -1": ([*RECORD, "--reset-time", "-1"], "record", ["--reset-time"]),
-    "stats --bins 0": (["stats", "x", "--bins", "0"], "stats", ["--bins"]),
+    "stats --bins 1": (["stats", "x", "--bins", "1"], "stats", ["--bins", ">= 2"]),
     "info unknown option": (["info", "x", "--nope"], "info", ["--nope"]),
     "unknown command": (["nosuch"], "", ["'nosuch'"]),
 }
