@@ -35,7 +35,6 @@ spacing, video readability and coverage) are in `robopolicy.data.validate`.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -58,6 +57,7 @@ from robopolicy.data.metadata_checks import (
     check_stats_json,
     check_task_index,
     check_video_spans,
+    load_json,
     raise_problems,
 )
 from robopolicy.data.video import DecoderConfig, VideoFile, decode_png
@@ -113,12 +113,29 @@ def exact_timestamps(stored: np.ndarray, frame_index: np.ndarray, fps: float) ->
 
 
 def read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise DatasetError(f"{path}: missing; restore it from the dataset's source")
+    """A JSON metadata file, or a DatasetError naming it (missing, unreadable, not UTF-8, not JSON)."""
+    doc, problems = load_json(path, "json")
+    raise_problems(problems)
+    return doc
+
+
+def _read_table(path: Path, **kwargs) -> pa.Table:
+    """pq.read_table, with a truncated or corrupt file reported as a DatasetError naming it."""
+    return _parquet(pq.read_table, path, **kwargs)
+
+
+def _read_schema(path: Path) -> pa.Schema:
+    return _parquet(pq.read_schema, path)
+
+
+def _parquet(read, path: Path, **kwargs):
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}: not valid JSON ({e}); restore it from the dataset's source") from e
+        return read(path, **kwargs)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise DatasetError(
+            f"{path}: not a readable parquet file ({type(e).__name__}: {e}); it is truncated or corrupt — "
+            "restore it from the dataset's source"
+        ) from e
 
 
 def parse_features(raw: Mapping[str, Any], where: Path) -> dict[str, Feature]:
@@ -164,8 +181,8 @@ def arrow_to_numpy(array: pa.Array | pa.ChunkedArray, feature: Feature, where: s
     ):
         return np.array(array.to_pylist(), dtype=object)
     values, level = array, 0
-    while pa.types.is_list(values.type) or pa.types.is_large_list(values.type) or pa.types.is_fixed_size_list(
-        values.type
+    while (
+        pa.types.is_list(values.type) or pa.types.is_large_list(values.type) or pa.types.is_fixed_size_list(values.type)
     ):
         if values.null_count:
             raise DatasetError(f"{where}: {values.null_count} null rows in {feature.name!r}")
@@ -305,9 +322,7 @@ class LeRobotReader(Dataset):
         seen = [s.index for s in sources]
         if len(set(seen)) != len(seen):
             dupes = sorted({i for i in seen if seen.count(i) > 1})
-            raise DatasetError(
-                f"{self.root}: the episodes metadata lists episode_index {_short(dupes)} more than once"
-            )
+            raise DatasetError(f"{self.root}: the episodes metadata lists episode_index {_short(dupes)} more than once")
         for s in sources:
             if s.index < 0 or s.length < 0:
                 raise DatasetError(
@@ -332,7 +347,7 @@ class LeRobotReader(Dataset):
                 eps = [sources[p].index for p in positions]
                 raise DatasetError(f"{path}: data file of episodes {_short(eps)} is missing; restore it")
             try:
-                schema = pq.read_schema(path)
+                schema = _read_schema(path)
             except (pa.ArrowException, OSError) as e:
                 raise DatasetError(f"{path}: not a readable parquet file ({e}); restore it") from e
             absent = [k for k, f in self.features.items() if f.dtype != "video" and k not in schema.names]
@@ -347,7 +362,7 @@ class LeRobotReader(Dataset):
             if "episode_index" not in cols:
                 raise DatasetError(f"{path}: no `episode_index` column; this is not a LeRobot data file")
             try:
-                table = pq.read_table(path, columns=cols)
+                table = _read_table(path, columns=cols)
             except (pa.ArrowException, OSError) as e:
                 raise DatasetError(f"{path}: not a readable parquet file ({e}); restore it") from e
             ep_col = _int_column(table, "episode_index", path)
@@ -481,7 +496,7 @@ class LeRobotReader(Dataset):
                 dest = np.nonzero(self._row_file == fid)[0]
                 if dest.size == 0:
                     continue
-                values = arrow_to_numpy(pq.read_table(path, columns=[key]).column(0), feat, f"{path}")
+                values = arrow_to_numpy(_read_table(path, columns=[key]).column(0), feat, f"{path}")
                 if col is None:
                     col = np.empty((self.num_frames, *values.shape[1:]), dtype=values.dtype)
                 col[dest] = values[self._row_in_file[dest]]
@@ -588,7 +603,7 @@ class LeRobotReader(Dataset):
     def _image_column(self, key: str, fid: int) -> pa.Array:
         hit = self._images.get((key, fid))
         if hit is None:
-            col = pq.read_table(self._data_files[fid], columns=[key]).column(0).combine_chunks()
+            col = _read_table(self._data_files[fid], columns=[key]).column(0).combine_chunks()
             hit = col.field("bytes") if pa.types.is_struct(col.type) else col
             self._images[(key, fid)] = hit
             if len(self._images) > 4:
@@ -629,7 +644,7 @@ class LeRobotDataset(LeRobotReader):
             if self.info.get("total_tasks", 0):
                 raise DatasetError(f"{path}: missing although info.json declares {self.info['total_tasks']} tasks")
             return []
-        table = pq.read_table(path)
+        table = _read_table(path)
         names = table.column_names
         meta = table.schema.pandas_metadata or {}
         index_cols = [c for c in meta.get("index_columns", []) if isinstance(c, str)]
@@ -664,7 +679,7 @@ class LeRobotDataset(LeRobotReader):
         sources = []
         self._success: dict[int, bool | None] = {}
         for path in files:
-            schema = pq.read_schema(path)
+            schema = _read_schema(path)
             cols = [c for c in schema.names if not c.startswith("stats/")]
             need = ["episode_index", "length", "data/chunk_index", "data/file_index"]
             need += ["dataset_from_index", "dataset_to_index"]
@@ -674,7 +689,7 @@ class LeRobotDataset(LeRobotReader):
             if absent:
                 raise DatasetError(f"{path}: episodes metadata lacks columns {absent}; re-export the dataset")
             try:
-                rows = pq.read_table(path, columns=cols).to_pylist()
+                rows = _read_table(path, columns=cols).to_pylist()
             except (pa.ArrowException, OSError) as e:
                 raise DatasetError(f"{path}: not a readable parquet file ({e}); restore it") from e
             for r in rows:

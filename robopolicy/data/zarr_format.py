@@ -30,6 +30,7 @@ from robopolicy.data.dataset import Dataset, Episode
 from robopolicy.data.errors import CorruptChunkError, DatasetError, MissingChunkError
 from robopolicy.data.features import Feature, infer_kind
 from robopolicy.data.journal import pending
+from robopolicy.data.metadata_checks import check_robopolicy_attrs, check_zarr_metadata, raise_problems
 
 ATTRS_KEY = "robopolicy"
 
@@ -55,6 +56,7 @@ class ZarrDataset(Dataset):
             self._group = zarr.open_group(str(self.root), mode="r")
         except Exception as e:  # zarr raises several types for a broken store
             raise DatasetError(f"{self.root}: cannot open zarr group ({e})") from e
+        raise_problems(check_zarr_metadata(self.root, chunks=False))  # a lost .zarray would drop its array
         if "data" not in self._group or "meta" not in self._group:
             raise DatasetError(f"{self.root}: not a diffusion-policy zarr store (needs data/ and meta/ groups)")
         try:
@@ -69,7 +71,9 @@ class ZarrDataset(Dataset):
                 "episodes; the next writer opened with append=True finishes or undoes it",
                 stacklevel=3,
             )
-        attrs = _committed_attrs(dict(self._group.attrs).get(ATTRS_KEY, {}), ends.size)
+        raw_attrs = dict(self._group.attrs).get(ATTRS_KEY, {})
+        raise_problems(check_robopolicy_attrs(raw_attrs, self.root))
+        attrs = _committed_attrs(raw_attrs, ends.size)
         self.fps = fps if fps is not None else attrs.get("fps")
         self.tasks = list(attrs.get("tasks", []))
         self.attrs = attrs

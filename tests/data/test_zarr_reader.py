@@ -74,7 +74,7 @@ def test_missing_episode_ends(tmp_path):
     root = zarr.open_group(str(tmp_path / "x.zarr"), mode="w", zarr_format=2)
     root.create_group("data").create_array("a", shape=(2,), dtype="float32")
     root.create_group("meta")
-    with pytest.raises(DatasetError, match="episode_ends is missing"):
+    with pytest.raises(DatasetError, match="episode_ends: missing"):
         open_dataset(tmp_path / "x.zarr")
 
 
