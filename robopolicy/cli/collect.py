@@ -68,7 +68,7 @@ def resolve_format(out: str, fmt: str | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from robopolicy.config_parsing import ConfigError
-    from robopolicy.data.errors import DatasetError, DatasetExistsError
+    from robopolicy.data.errors import DatasetExistsError
     from robopolicy.sim.collect import CollectConfig, collect
 
     try:
@@ -89,12 +89,9 @@ def run(args: argparse.Namespace) -> int:
         result = collect(
             config, args.out, format=fmt, overwrite=args.overwrite, append=args.append, progress=not args.no_progress
         )
-    except DatasetExistsError as e:
+    except DatasetExistsError as e:  # bad input, like every command's: exit 2
         print(f"robopolicy collect: error: {e} (command line: --overwrite or --append)", file=sys.stderr)
-        return 1
-    except DatasetError as e:
-        print(f"robopolicy collect: error: {e}", file=sys.stderr)
-        return 1
+        return 2
     print(result.summary())
     if len(result.saved) < config.episodes:
         print(

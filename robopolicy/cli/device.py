@@ -11,18 +11,20 @@ def add_device_argument(p: argparse.ArgumentParser, default: str | None = "cpu",
 
 
 def check_device(name: str) -> str:
-    """`name` if torch can run on it here, else SystemExit with the reason."""
+    """`name` if torch can run on it here, else a ConfigError with the reason (exit 2, one line)."""
     import torch
+
+    from robopolicy.config_parsing import ConfigError
 
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        raise SystemExit(f"--device {name!r}: {exc}") from None
+        raise ConfigError(f"--device {name!r}: {exc}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name!r}: CUDA is not available here (torch {torch.__version__}, "
+        raise ConfigError(f"--device {name!r}: CUDA is not available here (torch {torch.__version__}, "
                          f"built for CUDA {torch.version.cuda or 'none'})")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise SystemExit(f"--device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+        raise ConfigError(f"--device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise SystemExit(f"--device {name!r}: MPS is not available here")
+        raise ConfigError(f"--device {name!r}: MPS is not available here")
     return name

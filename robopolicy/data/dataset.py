@@ -185,7 +185,13 @@ def _resolve_hf(uri: str) -> Path:
     repo_id, _, revision = spec.partition("@")
     if repo_id.count("/") != 1:
         raise DatasetError(f"{uri}: expected hf://<owner>/<name>[@revision]")
-    return Path(snapshot_download(repo_id=repo_id, repo_type="dataset", revision=revision or None))
+    try:
+        return Path(snapshot_download(repo_id=repo_id, repo_type="dataset", revision=revision or None))
+    except Exception as e:  # offline, unknown repo or revision, auth: huggingface_hub raises many types
+        raise DatasetError(
+            f"{uri}: cannot fetch the dataset ({type(e).__name__}: {' '.join(str(e).split())[:300]}); check the repo "
+            "id and revision, the network and your token, or use a local path"
+        ) from e
 
 
 def detect_format(path: Path) -> str:

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from robopolicy.sim.errors import EnvMismatchError
+
 ENV_HELP = "'pusht' (gym-pusht PushT-v0) or 'robosuite:<Task>' (e.g. 'robosuite:Lift')"
 ROBOSUITE_MAX_STEPS = 400  # robomimic / Diffusion Policy rollout length for Lift, Can and Square
 ROBOSUITE_VIDEO_CAMERA = "agentview"
@@ -130,19 +132,23 @@ class RobosuiteGymEnv:
         for key, shape in obs_shapes.items():
             if key.startswith(IMAGE_PREFIX):
                 if len(shape) != 3 or shape[0] != 3 or shape[1] != shape[2]:
-                    raise ValueError(f"robosuite camera {key!r} must be square (3, S, S), the policy expects {shape}")
+                    raise EnvMismatchError(
+                        f"robosuite camera {key!r} must be square (3, S, S), the policy expects {shape}"
+                    )
                 cameras.append(key[len(IMAGE_PREFIX) :])
                 sizes.add(shape[1])
             elif key in expected:
                 if shape != expected[key]:
-                    raise ValueError(f"robosuite {task}: {key!r} has shape {expected[key]}, the policy expects {shape}")
+                    raise EnvMismatchError(
+                        f"robosuite {task}: {key!r} has shape {expected[key]}, the policy expects {shape}"
+                    )
             else:
-                raise KeyError(
+                raise EnvMismatchError(
                     f"robosuite {task} cannot provide observation {key!r}; it provides {sorted(expected)} and "
                     f"{IMAGE_PREFIX}<camera>"
                 )
         if len(sizes) > 1:
-            raise ValueError(f"robosuite renders all cameras at one size; the policy asks for {sorted(sizes)}")
+            raise EnvMismatchError(f"robosuite renders all cameras at one size; the policy asks for {sorted(sizes)}")
         if cameras or video_size:
             os.environ.setdefault("MUJOCO_GL", "egl")  # before mujoco is first imported
         self._keys = list(obs_shapes) or [STATE_KEY, ENV_STATE_KEY]

@@ -30,6 +30,7 @@ import torch
 from robopolicy.runtime.executors import make_executor
 from robopolicy.runtime.history import ObservationHistory
 from robopolicy.sim.envs import EnvSpec, env_spec_for_policy
+from robopolicy.sim.errors import EnvMismatchError
 from robopolicy.sim.vector import make_vector_env
 
 EVAL_INFO_FILE = "eval_info.json"
@@ -298,7 +299,9 @@ def _run_round(
     last_obs = [r[0] for r in resets]
     missing = [k for k in keys if k not in last_obs[0]]
     if missing:
-        raise KeyError(f"{spec.name} does not provide the policy's inputs {missing}; it gave {sorted(last_obs[0])}")
+        raise EnvMismatchError(
+            f"{spec.name} does not provide the policy's inputs {missing}; it gave {sorted(last_obs[0])}"
+        )
     frames: list[list[np.ndarray]] = [[r[2]] if r[2] is not None else [] for r in resets]
     sum_reward, max_reward = np.zeros(b), np.full(b, -np.inf)
     max_coverage = np.full(b, np.nan)

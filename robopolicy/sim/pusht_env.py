@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from robopolicy.sim.errors import EnvMismatchError
+
 PUSHT_FPS = 10
 PUSHT_MAX_STEPS = 300
 SUCCESS_COVERAGE = 0.95  # gym-pusht: success when coverage > 0.95 (reward = clip(coverage / 0.95, 0, 1))
@@ -99,7 +101,7 @@ def legacy_reset_state(state: np.ndarray) -> np.ndarray:
 
 def _image_hw(key: str, shape: tuple[int, ...]) -> tuple[int, int]:
     if len(shape) != 3 or shape[0] != 3:
-        raise ValueError(f"PushT image {key!r} must have shape (3, H, W), the policy expects {shape}")
+        raise EnvMismatchError(f"PushT image {key!r} must have shape (3, H, W), the policy expects {shape}")
     return int(shape[1]), int(shape[2])
 
 
@@ -120,7 +122,9 @@ def resolve_observation(key: str, shape: Sequence[int]) -> str:
         _image_hw(key, shape)
         return "image"
     supported = [f"{k} {s}" for k, s in table] + [f"{k} (3, H, W)" for k in IMAGE_KEYS]
-    raise KeyError(f"PushT cannot provide observation {key!r} with shape {shape}; it provides: {', '.join(supported)}")
+    raise EnvMismatchError(
+        f"PushT cannot provide observation {key!r} with shape {shape}; it provides: {', '.join(supported)}"
+    )
 
 
 class PushTEnv:
@@ -154,7 +158,7 @@ class PushTEnv:
         self._sources = {k: resolve_observation(k, s) for k, s in self.obs_shapes.items()}
         sizes = {_image_hw(k, s) for k, s in self.obs_shapes.items() if self._sources[k] == "image"}
         if len(sizes) > 1:
-            raise ValueError(f"PushT renders one image size per env, the policy asks for {sorted(sizes)}")
+            raise EnvMismatchError(f"PushT renders one image size per env, the policy asks for {sorted(sizes)}")
         h, w = sizes.pop() if sizes else (96, 96)
         self._env = GymPushT(
             obs_type="state",

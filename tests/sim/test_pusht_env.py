@@ -141,3 +141,14 @@ def test_replaying_recorded_actions_from_an_exact_reset_reproduces_the_episode(z
             obs, *_ = env.step(action)
             np.testing.assert_allclose(obs["state"][:4], zarr_data["state"][t + 1, :4], atol=1e-3, err_msg=f"ep {ep}")
     env.close()
+
+
+def test_a_policy_env_mismatch_is_bad_input_for_the_command_line():
+    from robopolicy.cli.main import bad_input_errors
+    from robopolicy.sim.errors import EnvMismatchError
+    from robopolicy.sim.pusht_env import resolve_observation
+
+    with pytest.raises(EnvMismatchError, match="PushT cannot provide observation 'gripper'") as err:
+        resolve_observation("gripper", (3,))
+    assert isinstance(err.value, bad_input_errors()) and isinstance(err.value, KeyError)
+    assert str(err.value).startswith("PushT")  # not quoted like a plain KeyError

@@ -149,7 +149,7 @@ def test_collect_cli_writes_dataset(tmp_path, fmt, lift_env):
     assert ds.episodes[0].length == first + 1 + 10  # default --success-hold-steps 10
     ds.close()
     # an existing dataset is never overwritten unless asked
-    assert run_cli("--episodes", "1", "--out", str(out), "--format", fmt, "--no-progress") == 1
+    assert run_cli("--episodes", "1", "--out", str(out), "--format", fmt, "--no-progress") == 2
     assert open_dataset(out).num_episodes == 2
 
 

@@ -74,11 +74,12 @@ def test_policy_commands_take_a_device():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_unavailable_device_is_refused_with_a_reason():
     from robopolicy.cli.device import check_device
+    from robopolicy.config_parsing import ConfigError
 
     assert check_device("cpu") == "cpu"
-    with pytest.raises(SystemExit, match="CUDA is not available here"):
+    with pytest.raises(ConfigError, match="CUDA is not available here"):
         check_device("cuda")
-    with pytest.raises(SystemExit, match="--device 'gpu0'"):
+    with pytest.raises(ConfigError, match="--device 'gpu0'"):
         check_device("gpu0")
 
 
