@@ -382,8 +382,11 @@ def _kill_in_save(tmp: Path, fmt: str, i: int) -> str:
         _record(w, [[7, 8]])
         w.finalize()
         ok_append = True
-    except Exception:
+    except Exception as e:
         ok_append = False
+        print(f"append failed: {type(e).__name__}: {e}", file=sys.stderr)
+    if read_error is not None:
+        print(f"read failed: {type(read_error).__name__}: {read_error}", file=sys.stderr)
     if ok_read and ok_append:
         return "ok"
     if ok_append and read_error is not None:
