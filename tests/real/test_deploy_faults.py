@@ -200,18 +200,24 @@ def test_slow_inference_every_request_waits_and_holds_never_crashes(arm, policy)
         assert report.inference["chunks"] >= 2 and report.inference["stale_dropped"] > 0
 
 
-@pytest.mark.timeout(120)
-def test_deploy_cli_after_a_server_death_leaves_the_arm_holding_with_torque_on(tmp_path, capsys, policy, monkeypatch):
-    service = FaultyService(policy, "kill", at=4)
-    server = serve(service)
+def torque_at_teardown(monkeypatch) -> dict:
+    """{"torque": [Torque_Enable of servos 1..6]} read from the CLI's own rig after deploy has disconnected."""
     seen = {}
     stop = SimArmRig.stop
 
-    def stop_and_look(rig):  # the CLI's own rig: read the servos after deploy has disconnected, before teardown
+    def stop_and_look(rig):
         seen["torque"] = [rig.follower.emulator.register(i, "Torque_Enable") for i in range(1, 7)]
         stop(rig)
 
     monkeypatch.setattr(SimArmRig, "stop", stop_and_look)
+    return seen
+
+
+@pytest.mark.timeout(120)
+def test_deploy_cli_after_a_server_death_leaves_the_arm_holding_with_torque_on(tmp_path, capsys, policy, monkeypatch):
+    service = FaultyService(policy, "kill", at=4)
+    server = serve(service)
+    seen = torque_at_teardown(monkeypatch)
     try:
         rc = main(["deploy", "--checkpoint", str(policy.save(tmp_path / "ckpt")), "--robot", str(FOLLOWER),
                    "--emulate", "--episodes", "2", "--episode-time", "3", "--reset-time", "0.3", "--inference",
@@ -229,14 +235,7 @@ def test_deploy_cli_after_a_server_death_leaves_the_arm_holding_with_torque_on(t
 @pytest.mark.timeout(120)
 def test_deploy_cli_normal_end_still_turns_torque_off(tmp_path, capsys, policy, monkeypatch):
     server = serve(FaultyService(policy, "none"))
-    seen = {}
-    stop = SimArmRig.stop
-
-    def stop_and_look(rig):
-        seen["torque"] = [rig.follower.emulator.register(i, "Torque_Enable") for i in range(1, 7)]
-        stop(rig)
-
-    monkeypatch.setattr(SimArmRig, "stop", stop_and_look)
+    seen = torque_at_teardown(monkeypatch)
     try:
         rc = main(["deploy", "--checkpoint", str(policy.save(tmp_path / "ckpt")), "--robot", str(FOLLOWER),
                    "--emulate", "--episode-time", "0.5", "--reset-time", "0.2", "--inference", "server", "--server",
