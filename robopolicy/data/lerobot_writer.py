@@ -277,9 +277,7 @@ class LeRobotWriter(EpisodeWriter):
             else:
                 self._create(video, robot_type, chunks_size, data_files_size_in_mb, video_files_size_in_mb)
         except BaseException:
-            if self._lock is not None:
-                self._lock.release()
-                self._lock = None
+            self._release_lock()
             raise
 
     def _create(

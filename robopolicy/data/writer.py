@@ -20,6 +20,7 @@ import fcntl
 import json
 import os
 import shutil
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
@@ -114,8 +115,6 @@ class EpisodeWriter(ABC):
     def _drop_unsaved(self) -> None:
         """At finalize: warn about and drop frames added since the last save_episode."""
         if self.frames_in_episode:
-            import warnings
-
             warnings.warn(
                 f"{self.root}: finalize() dropped {self.frames_in_episode} frames never saved with save_episode()",
                 stacklevel=3,
@@ -171,9 +170,7 @@ class EpisodeWriter(ABC):
         self._drop_unsaved()
         self._close()
         self._finalized = True
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        self._release_lock()
 
     def _close(self) -> None:
         """Format-specific last writes at finalize."""
@@ -208,7 +205,15 @@ class EpisodeWriter(ABC):
             entries = [p for p in self.root.iterdir() if p.name != LOCK_FILE]
             if entries and append:
                 recover(self.root)
-                return True
+                if not self._interrupted_creation():
+                    return True
+                warnings.warn(
+                    f"{self.root}: its creation was interrupted before any episode (no {self._commit_file()}); "
+                    "starting it again",
+                    stacklevel=3,
+                )
+                overwrite = True
+                entries = [p for p in self.root.iterdir() if p.name != LOCK_FILE]  # recover() may have removed some
             if entries and not overwrite:
                 raise DatasetExistsError(
                     f"{self.root}: directory is not empty; pass overwrite=True to replace it or append=True "
@@ -221,9 +226,18 @@ class EpisodeWriter(ABC):
             _write_marker(self.root, self.format)
             return False
         except BaseException:
+            self._release_lock()
+            raise
+
+    def _interrupted_creation(self) -> bool:
+        """A folder robopolicy marked whose dataset was never created (killed in the writer's constructor)."""
+        return written_by_robopolicy(self.root) and not (self.root / self._commit_file()).exists()
+
+    def _release_lock(self) -> None:
+        """Let another writer in (at finalize, or when a constructor fails after `_open_root`)."""
+        if self._lock is not None:
             self._lock.release()
             self._lock = None
-            raise
 
 
 def written_by_robopolicy(root: Path) -> bool:

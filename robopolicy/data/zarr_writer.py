@@ -36,7 +36,7 @@ from zarr.storage import LocalStore
 from robopolicy.data.errors import DatasetError
 from robopolicy.data.features import Feature
 from robopolicy.data.journal import Journal
-from robopolicy.data.writer import EpisodeWriter
+from robopolicy.data.writer import EpisodeWriter, written_by_robopolicy
 from robopolicy.data.zarr_format import ATTRS_KEY
 
 IMAGE_CHUNK_BYTES = 4 * 2**20
@@ -238,12 +238,13 @@ class ZarrWriter(EpisodeWriter):
                 raise ValueError(f"{self.root}: feature name {key!r} may not contain '/' in a zarr store")
         self.zarr_format = zarr_format
         self.compression_level = compression_level
-        if self._open_root(overwrite=overwrite, append=append):
+        continuing = self._open_root(overwrite=overwrite, append=append)
+        try:
             self._store = JournaledStore(self.root)
-            self._open_existing()
-        else:
-            self._store = JournaledStore(self.root)
-            self._create()
+            self._open_existing() if continuing else self._create()
+        except BaseException:
+            self._release_lock()
+            raise
 
     # ----- store setup ---------------------------------------------------------------------------
     def _compressor(self):
@@ -348,6 +349,11 @@ class ZarrWriter(EpisodeWriter):
 
     def _commit_file(self) -> str:
         return "meta/episode_ends/" + (".zarray" if self.zarr_format == 2 else "zarr.json")
+
+    def _interrupted_creation(self) -> bool:  # the store on disk may be of the other zarr format
+        ends = self.root / "meta" / "episode_ends"
+        created = (ends / ".zarray").exists() or (ends / "zarr.json").exists()
+        return written_by_robopolicy(self.root) and not created
 
     def _write_episode(
         self, data: dict[str, np.ndarray], task: str | None, success: bool | None, journal: Journal

@@ -359,3 +359,59 @@ def test_journal_recover_after_a_kill(tmp_path, stage):
         assert outcome == "rolled back"
         assert _tree(tmp_path) == before
     assert recover(tmp_path) is None
+
+
+# ----- a writer that dies in its constructor ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_creation_interrupted_before_any_episode_is_started_again_by_append(tmp_path, fmt, monkeypatch):
+    """The constructor fails after marking the folder (as a kill there would leave it): the lock is released,
+    and a writer with append=True starts the dataset again instead of refusing it."""
+    root = tmp_path / "d"
+    probe = _writer(tmp_path / "probe", fmt)
+    probe.finalize()
+    writer_cls = type(probe)
+
+    def dies(self, *args, **kwargs):
+        (self.root / "meta").mkdir(exist_ok=True)
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(writer_cls, "_create", dies)
+        with pytest.raises(OSError, match="No space"):
+            _writer(root, fmt)
+    assert (root / ".robopolicy-dataset").exists() and not (root / ".robopolicy.lock").exists()
+    with pytest.warns(UserWarning, match="creation was interrupted before any episode"):
+        writer = _writer(root, fmt, append=True)
+    writer.add_frame(_frame(3))
+    assert writer.save_episode() == 0
+    writer.finalize()
+    assert _matches_actions(root, [3])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_refused_append_releases_the_lock(tmp_path, fmt):
+    root = tmp_path / "d"
+    with _writer(root, fmt) as w:
+        w.add_frame(_frame(0))
+        w.save_episode()
+    other = {**FEATURES, "extra": Feature("extra", "float32", (1,), "other")}
+    opts = {"video": False} if fmt == "lerobot" else {}
+    with pytest.raises(DatasetError, match="features differ"):
+        create_writer(root, other, 10, format=fmt, append=True, **opts)
+    _writer(root, fmt, append=True).finalize()  # not locked out by the refused writer
+
+
+def test_append_never_restarts_a_folder_robopolicy_did_not_mark(tmp_path):
+    root = tmp_path / "d"
+    (root / "meta").mkdir(parents=True)
+    (root / "meta" / "notes.txt").write_text("mine")
+    with pytest.raises(DatasetError):
+        _writer(root, "lerobot", append=True)
+    assert (root / "meta" / "notes.txt").read_text() == "mine"
+
+
+def _matches_actions(root: Path, values: list[int]) -> bool:
+    with open_dataset(root) as ds:
+        return ds.read("action", np.arange(ds.num_frames))[:, 0].tolist() == values
