@@ -10,6 +10,7 @@ error bits raise ``MotorHardwareError`` with the bits in words.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -39,6 +40,11 @@ logger = logging.getLogger(__name__)
 NORMALIZED_REGISTERS = ("Present_Position", "Goal_Position")
 CODECS: dict[str, ModuleType] = {DYNAMIXEL: dynamixel, FEETECH: feetech}
 DEFAULT_TIMEOUT_FLOOR_MS = 10.0
+# a retry waits longer than the attempt before it: x2 per retry, at most x4 the first window
+RETRY_WINDOW_GROWTH = 2.0
+RETRY_WINDOW_MAX_FACTOR = 4.0
+# reads of bytes already waiting once a reply window has passed (a descheduled host still takes its replies)
+MAX_LATE_READS = 8
 
 
 @dataclass(frozen=True)
@@ -77,8 +83,12 @@ class MotorsBus:
     ``timeout_ms`` is the floor of the reply timeout (default 10 ms). Each transaction waits
     max(floor, wire time of request + expected replies at 10 bits/byte + 2 * ``latency_ms`` + 2 ms); ``latency_ms``
     is the USB adapter's turnaround (FTDI latency_timer, 16 ms by default; 1 ms once lowered). A transaction is
-    tried ``1 + num_retries`` times. ``check_eeprom`` refuses EEPROM writes while torque is on (or Feetech Lock = 1)
-    with a clear error instead of a servo-side Access Error or a write that silently does not persist.
+    tried ``1 + num_retries`` times; each retry waits twice as long as the attempt before it (at most 4x the first
+    window), so a reply that is late because the host (or, with the emulator, the responder thread) was starved of
+    CPU is still received, while a dead motor is reported after a bounded time (1 + 2 + 4 windows with the default
+    2 retries). Replies complete as soon as they arrive: the longer windows cost nothing on a healthy bus.
+    ``check_eeprom`` refuses EEPROM writes while torque is on (or Feetech Lock = 1) with a clear error instead of a
+    servo-side Access Error or a write that silently does not persist.
     """
 
     def __init__(
@@ -241,8 +251,10 @@ class MotorsBus:
     def _describe(self, name: str) -> str:
         return describe_motor(name, self.motors[name].id)
 
-    def _timeout_s(self, n_bytes: int) -> float:
-        return max(self.timeout_floor_s, n_bytes * 10.0 / self.baudrate + self.margin_s)
+    def _timeout_s(self, n_bytes: int, attempt: int = 0) -> float:
+        """Reply window of attempt ``attempt`` (0 = first) of a transaction moving ``n_bytes`` over the wire."""
+        window = max(self.timeout_floor_s, n_bytes * 10.0 / self.baudrate + self.margin_s)
+        return window * min(RETRY_WINDOW_GROWTH**attempt, RETRY_WINDOW_MAX_FACTOR)
 
     def _set_calibration(self, calibration: Mapping[str, MotorCalibration]) -> None:
         for name, calib in calibration.items():
@@ -257,9 +269,10 @@ class MotorsBus:
 
     # ------------------------------------------------------------------------------------------ transactions
 
-    def _exchange(self, frame: bytes, expect: Mapping[int, int]) -> tuple[dict[int, Packet], int]:
+    def _exchange(self, frame: bytes, expect: Mapping[int, int], attempt: int = 0) -> tuple[dict[int, Packet], int]:
         """Send ``frame`` once; collect status packets from the ids in ``expect`` (id -> data bytes) until all
-        arrived or the deadline. Returns (packets by id, corrupt frames seen)."""
+        arrived or the deadline (the window of ``attempt``, see ``_timeout_s``); bytes already received at the
+        deadline are still parsed. Returns (packets by id, corrupt frames seen)."""
         transport = self._transport
         parser = self._parser
         stats = self.stats
@@ -273,13 +286,16 @@ class MotorsBus:
             return {}, 0
         status_length = self._codec.status_length
         rx_bytes = sum(status_length(size) for size in expect.values())
-        deadline = time.perf_counter() + self._timeout_s(len(frame) + rx_bytes)
+        deadline = time.perf_counter() + self._timeout_s(len(frame) + rx_bytes, attempt)
         got: dict[int, Packet] = {}
         bad = 0
-        while len(got) < len(expect):
+        late_reads = 0  # past the deadline only bytes already waiting are read (bounded: a chattering peer)
+        while len(got) < len(expect) and late_reads <= MAX_LATE_READS:
             data = transport.read(deadline)
             if not data:
                 break
+            if time.perf_counter() >= deadline:
+                late_reads += 1
             stats.bytes_rx += len(data)
             for packet in parser.feed(data):
                 size = expect.get(packet.motor_id)
@@ -311,7 +327,7 @@ class MotorsBus:
         for attempt in range(attempts):
             if attempt:
                 self.stats.retries += 1
-            got, bad = self._exchange(frame, {motor_id: size})
+            got, bad = self._exchange(frame, {motor_id: size}, attempt)
             packet = got.get(motor_id)
             if packet is not None:
                 if packet.error and accept_alert and self._alert_only(packet.error):
@@ -359,11 +375,13 @@ class MotorsBus:
         )
 
     def _dynamixel_hardware_status(self, name: str) -> list[str]:
-        """Best effort: Hardware_Error_Status (70) in words, one attempt, no error checks (the Alert stays set)."""
+        """Best effort: Hardware_Error_Status (70) in words, one attempt (with the longest reply window, as a last
+        retry has), no error checks (the Alert stays set)."""
         reg = self._register(name, "Hardware_Error_Status")
+        longest = round(math.log(RETRY_WINDOW_MAX_FACTOR, RETRY_WINDOW_GROWTH))
         try:
             got, _ = self._exchange(
-                dynamixel.read(self.motors[name].id, reg.address, reg.size), {self.motors[name].id: 1}
+                dynamixel.read(self.motors[name].id, reg.address, reg.size), {self.motors[name].id: 1}, longest
             )
         except MotorBusError:
             return []
@@ -527,7 +545,7 @@ class MotorsBus:
                 frame = self._frames.get(key)
                 if frame is None:
                     frame = self._frames[key] = self._codec.sync_read(reg.address, reg.size, ids)
-                got, bad = self._exchange(frame, dict.fromkeys(ids, reg.size))
+                got, bad = self._exchange(frame, dict.fromkeys(ids, reg.size), attempt)
                 for motor_id, packet in got.items():
                     name = pending.pop(motor_id)
                     if packet.error:

@@ -98,18 +98,20 @@ class SerialTransport:
             ) from exc
 
     def read(self, deadline: float) -> bytes:
-        """The bytes available now, or the first ones arriving before ``deadline``; b"" once it passed."""
+        """The bytes available now, or the first ones arriving before ``deadline``; b"" once it passed and nothing
+        is waiting. Bytes already received count even when the deadline has passed: a thread that was descheduled
+        (a loaded host) past the deadline must not declare a timeout for a reply sitting in the buffer."""
         ser = self._require()
         if self._fd is None:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
-                return b""
+                waiting = ser.in_waiting
+                return ser.read(waiting) if waiting else b""
             ser.timeout = remaining
             return ser.read(max(1, ser.in_waiting))
         while True:
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                return b""
+            # past the deadline: one last poll that does not wait, for bytes that arrived meanwhile
+            remaining = max(0.0, deadline - time.perf_counter())
             try:
                 ready, _, _ = select.select([self._fd], [], [], remaining)
             except InterruptedError:
