@@ -6,9 +6,10 @@ stack (codec, bus, calibration, normalization, safety) against it. The follower 
 (`MujocoArmBackend`); a leader arm by a `FirstOrderBackend` whose joints a `ScriptedOperator` moves "by hand".
 
 `ScriptedOperator` demonstrates the simulated arm's reach task on a leader arm: in every reset phase it moves the
-leader to a random start pose, in every episode it moves it to an inverse-kinematics solution of the task's
-target (minimum-jerk, `move_s` seconds) and holds it. Poses are joint angles in rad, converted to servo ticks the
-way the simulated arm maps them, so the follower mirrors the leader through both arms' calibrations.
+leader to a random start pose, in every episode it moves it to the inverse-kinematics solution of the task's
+target (seeded from `home`, so the same whatever the timing; minimum-jerk, `move_s` seconds) and holds it. Poses
+are joint angles in rad, converted to servo ticks the way the simulated arm maps them, so the follower mirrors the
+leader through both arms' calibrations.
 """
 
 from __future__ import annotations
@@ -121,8 +122,10 @@ class ScriptedOperator:
         if phase == "reset":
             self.move_to(self.random_start(), self.move_s)
         else:
-            goal = self.task.solve(self._q)
-            self.move_to(goal, self.move_s)
+            # IK seeded from `home`, not from the pose the leader happens to be in when the episode starts: that
+            # pose depends on how long the reset phase really took (scheduling on a loaded machine), and the arm
+            # is redundant for a position target, so each seed would give another joint solution
+            self.move_to(self.task.solve(self.home), self.move_s)
 
     def stop(self) -> None:
         self._stop.set()
