@@ -215,20 +215,30 @@ class _Operator:
         self.emu, self.centre, self.sweep = emu, centre, sweep
         self.prompts: list[str] = []
 
+    def _move(self, positions: dict[int, float], sampled: bool) -> None:
+        """Move joints by hand and wait until the emulated servos report them; with ``sampled`` also until the
+        calibration has sampled them (instead of sleeping and hoping both happened on a loaded machine)."""
+        for motor_id, ticks in positions.items():
+            self.emu.backend.set_position(motor_id, ticks)
+        applied = lambda: all(self.emu.actual_position(i) == t for i, t in positions.items())  # noqa: E731
+        assert _wait_for(applied, timeout_s=10.0), "the emulator's motion thread did not apply the hand-set positions"
+        if sampled:
+            # packets that arrive from now on are answered with these positions; the calibration thread sends
+            # its next sample request only after it recorded the previous sample
+            seen = self.emu.counts["packets"]
+            assert _wait_for(lambda: self.emu.counts["packets"] >= seen + 3, timeout_s=10.0), "sampling stopped"
+
     def __call__(self, message: str) -> str:
         self.prompts.append(message)
         if len(self.prompts) == 1:  # centre the arm
-            for motor_id, ticks in self.centre.items():
-                self.emu.backend.set_position(motor_id, ticks)
-            time.sleep(0.02)
+            self._move(self.centre, sampled=False)
         elif len(self.prompts) == 2:  # sweep while the procedure samples
-            for step in range(11):  # from each joint's low end to its high end, dwelling at both ends
-                for motor_id, (lo, hi) in self.sweep.items():
-                    self.emu.backend.set_position(motor_id, self.centre[motor_id] + lo + (hi - lo) * step / 10)
-                time.sleep(0.08 if step in (0, 10) else 0.005)
-            for motor_id, ticks in self.centre.items():
-                self.emu.backend.set_position(motor_id, ticks)
-            time.sleep(0.05)
+            for step in range(11):  # from each joint's low end to its high end
+                self._move(
+                    {i: self.centre[i] + lo + (hi - lo) * step / 10 for i, (lo, hi) in self.sweep.items()},
+                    sampled=True,
+                )
+            self._move(self.centre, sampled=True)
         return ""
 
 
@@ -318,7 +328,10 @@ def test_tick_cost_on_emulator(so101_emu):
             robot.send_action({"shoulder_pan.pos": 40 + 10 * np.sin(i / 20)})
             durations.append(time.perf_counter() - start)
         assert np.median(durations) < 0.01
-        assert robot.bus.stats.timeouts == 0
+        # the emulator thread shares this process: on a loaded machine a starved reply may cost a retry now and
+        # then (the bus waits longer on a retry, so the tick still succeeds); a bus that timed out routinely would
+        # count one per tick
+        assert robot.bus.stats.timeouts <= 5, robot.bus.stats
 
 
 def test_so101_follower_on_the_simulated_arm_with_a_sim_camera():

@@ -234,6 +234,7 @@ class FakeBus:
         self.actual = dict(actual)
         self.regs = {m: {"Homing_Offset": 999, "Torque_Enable": 1} for m in actual}
         self.lock = threading.Lock()
+        self.samples = 0  # sync reads served, for a scripted user that waits for the procedure to have sampled
         self.written: dict | None = None
 
     def disable_torque(self, motors=None):
@@ -254,7 +255,19 @@ class FakeBus:
             for m in motors or self.motors:
                 off = self.regs[m]["Homing_Offset"]
                 out[m] = self.actual[m] + off if self.protocol == "dynamixel" else self.actual[m] - off
+            self.samples += 1
             return out
+
+    def move(self, positions: dict[str, int]) -> None:
+        """Set actual positions, then wait until the calibration has sampled them (a sync read that started after
+        the move has returned and the one after it began), instead of sleeping and hoping it did."""
+        with self.lock:
+            self.actual.update(positions)
+            moved_at = self.samples
+        deadline = time.monotonic() + 10.0
+        while self.samples < moved_at + 2:
+            assert time.monotonic() < deadline, "the calibration stopped sampling positions"
+            time.sleep(0.001)
 
     def write_calibration(self, calibration):
         self.written = dict(calibration)
@@ -269,14 +282,10 @@ def test_calibrate_interactively_with_fake_bus(protocol):
     def prompt(message):
         prompts.append(message)
         if len(prompts) == 2:  # the sweep: move joints while the procedure samples
+            centre = {"pan": 1500, "elbow": 2600}
             for step in range(11):
-                with bus.lock:
-                    for m, (lo, hi) in sweep.items():
-                        centre = {"pan": 1500, "elbow": 2600}[m]
-                        bus.actual[m] = centre + lo + (hi - lo) * step // 10
-                time.sleep(0.01)
-            with bus.lock:
-                bus.actual["pan"], bus.actual["elbow"] = 1500, 2600
+                bus.move({m: centre[m] + lo + (hi - lo) * step // 10 for m, (lo, hi) in sweep.items()})
+            bus.move(centre)
         return ""
 
     calib = calibrate_interactively(

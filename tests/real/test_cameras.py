@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -51,9 +52,16 @@ def test_video_file_rgb_frames_in_order_and_loop(video):
         # RGB order: R encodes the index, G 100, B 200 (MJPG is lossy: a few levels of tolerance)
         assert abs(float(f[..., 1].mean()) - 100) < 6 and abs(float(f[..., 2].mean()) - 200) < 6
     indices = [_index(f) for f in frames]
-    # consecutive reads never repeat a frame and the file loops back to frame 0
-    assert indices[:N_FRAMES] == list(range(N_FRAMES))
-    assert indices[N_FRAMES : 2 * N_FRAMES] == list(range(N_FRAMES))
+    # read() returns the newest frame produced after the previous read: a reader slower than the file's 200 fps
+    # (this thread descheduled on a loaded machine) skips frames, as with a live camera, but never repeats one
+    # and never goes back; the file loops
+    assert len({id(f) for f in frames}) == len(frames)  # never the same frame twice
+    # frames advanced per read (a step of 0 is a whole lap of the file skipped)
+    steps = [(b - a) % N_FRAMES or N_FRAMES for a, b in itertools.pairwise(indices)]
+    assert sum(steps) <= cam.frames_captured - 1, (indices, cam.frames_captured)  # only frames really captured
+    assert any(b < a for a, b in itertools.pairwise(indices)), indices  # it looped back towards frame 0
+    if all(step == 1 for step in steps):  # the reader kept up (the idle case): every frame, in order
+        assert indices[:N_FRAMES] == list(range(N_FRAMES)) == indices[N_FRAMES : 2 * N_FRAMES]
 
 
 def test_video_file_default_fps_and_resize(video):
@@ -70,12 +78,13 @@ def test_video_file_default_fps_and_resize(video):
 
 def test_video_file_end_without_loop_is_a_clear_error(video):
     with OpenCVCamera(video, fps=500, loop=False, name="once") as cam:
-        seen = 0
+        indices = []
         with pytest.raises(CameraError, match=rf"'once'.*ended after {N_FRAMES} frames"):
             for _ in range(N_FRAMES + 2):
-                cam.read()
-                seen += 1
-        assert seen == N_FRAMES
+                indices.append(_index(cam.read()))
+        # every frame while the reader keeps up with 500 fps; a reader descheduled on a loaded machine skips some
+        # (read() returns the newest), but the file never loops and the last frame is served before the error
+        assert indices == sorted(set(indices)) and indices[-1] == N_FRAMES - 1, indices
         with pytest.raises(CameraError, match="ended"):
             cam.read_latest()
 
@@ -84,13 +93,32 @@ def test_async_read_returns_newest_unconsumed_then_times_out(video):
     with OpenCVCamera(video, fps=20) as cam:  # one frame per 50 ms
         time.sleep(0.12)  # two or three frames arrive; only the newest is returned
         first = cam.async_read(timeout_ms=100)
-        start = time.perf_counter()
-        second = cam.async_read(timeout_ms=200)  # waits for the next one
-        waited = time.perf_counter() - start
-        assert 0.005 < waited < 0.15
-        assert _index(second) == (_index(first) + 1) % N_FRAMES
-        with pytest.raises(TimeoutError, match="no new frame within 1 ms"):
-            cam.async_read(timeout_ms=1)
+        assert _index(first) >= 1  # not the warm-up frame: newer ones replaced it
+        # right after a read nothing new is there: the next read waits for the next frame. On a loaded machine
+        # this thread can be descheduled past a frame time, so the wait is measured over several reads.
+        waits, previous = [], first
+        for _ in range(5):
+            start = time.perf_counter()
+            frame = cam.async_read(timeout_ms=1000)
+            waited = time.perf_counter() - start
+            waits.append(waited)
+            step = (_index(frame) - _index(previous)) % N_FRAMES
+            assert step >= 1  # the consumed frame is never served again
+            if 0.005 < waited < 0.045:  # it waited, and for less than a frame period: exactly the next frame
+                assert step == 1, (step, waited)
+            previous = frame
+        assert 0.005 < float(np.median(waits)) < 0.15, waits
+        # a read right after a read times out (unless a frame arrived in that 1 ms: then it is newer; try again)
+        for _ in range(5):
+            cam.async_read(timeout_ms=1000)
+            try:
+                extra = cam.async_read(timeout_ms=1)
+            except TimeoutError as exc:
+                assert "no new frame within 1 ms" in str(exc)
+                break
+            assert extra is not None
+        else:
+            pytest.fail("async_read(timeout_ms=1) right after a read never timed out in 5 tries")
 
 
 def test_missing_file_and_bad_args(tmp_path):
@@ -149,7 +177,10 @@ def test_read_latest_never_waits_for_a_slow_camera():
             start = time.perf_counter()
             cam.read_latest(max_age_ms=1000)
             durations.append(time.perf_counter() - start)
-        assert max(durations) < 0.01  # a 30 Hz loop is never gated by the camera
+        # a 30 Hz loop is never gated by the camera: a read waiting for the 10 fps source would take up to 100 ms,
+        # and every read would; a loaded machine may deschedule this thread for a read or two
+        assert sum(d > 0.01 for d in durations) <= 2, sorted(durations)[-5:]
+        assert max(durations) < 0.09  # none waited for a frame (the source needs 100 ms per frame)
         assert np.median(durations) < 0.001
 
 

@@ -34,13 +34,19 @@ pytestmark = pytest.mark.timeout(30)
 
 MODELS = {"dynamixel": "xl430-w250", "feetech": "sts3215"}
 JOINTS = ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper"]
-FAST = {"latency_ms": 2.0, "timeout_ms": 20.0}  # pty round trips; generous for a loaded 2-core machine
+# The emulator / responder is a thread of this process: on a loaded machine it can be starved of CPU (and the GIL)
+# for tens of ms. PATIENT (the default of make_bus) is a reply window no healthy responder misses, so tests that
+# count transactions or assert "no retry" hold under load, while a parser or codec bug still costs a timeout and a
+# retry. FAST keeps the tests that inject lost or bad replies quick: windows of 30, 60, 120 ms (the bus doubles
+# the window per retry), so a healthy motor next to a faulty one is still heard after 210 ms of starvation.
+PATIENT = {"latency_ms": 2.0, "timeout_ms": 1000.0}
+FAST = {"latency_ms": 2.0, "timeout_ms": 30.0}
 
 
 def make_bus(port: str, protocol: str, *, model: str | None = None, ids=range(1, 7), **kwargs) -> MotorsBus:
     model = model or MODELS[protocol]
     motors = {name: Motor(i, model) for name, i in zip(JOINTS, ids)}
-    return MotorsBus(port, motors, **{**FAST, **kwargs})
+    return MotorsBus(port, motors, **{**PATIENT, **kwargs})
 
 
 @pytest.fixture(params=["dynamixel", "feetech"])
@@ -95,6 +101,8 @@ def test_timeout_from_byte_count():
     assert bus._timeout_s(110) == pytest.approx(110 * 10 / 57_600 + 0.034)
     bus = MotorsBus("/dev/null", {"a": Motor(1, "xl430-w250")}, latency_ms=1.0, timeout_ms=10.0)
     assert bus._timeout_s(20) == pytest.approx(0.010)  # floor
+    # each retry waits twice as long as the attempt before it, at most 4x the first window
+    assert [bus._timeout_s(20, attempt) for attempt in range(5)] == pytest.approx([0.010, 0.020, 0.040, 0.040, 0.040])
 
 
 # ------------------------------------------------------------------------------------------------ emulator
@@ -125,7 +133,7 @@ def test_model_mismatch(emu, protocol):
 
 
 def test_missing_motor_not_found(emu, protocol):
-    bus = make_bus(emu.port, protocol, ids=[1, 2, 3, 4, 5, 9], num_retries=1)
+    bus = make_bus(emu.port, protocol, ids=[1, 2, 3, 4, 5, 9], **FAST)
     with pytest.raises(MotorNotFoundError) as info:
         bus.connect()
     assert "'gripper' (id 9)" in str(info.value) and emu.port in str(info.value)
@@ -174,7 +182,7 @@ def test_normalized_read_write(emu, protocol):
     motors = {name: Motor(k + 1, MODELS[protocol], NormMode.RANGE_M100_100) for k, name in enumerate(JOINTS)}
     motors["gripper"] = Motor(6, MODELS[protocol], NormMode.RANGE_0_100)
     motors["wrist_roll"] = Motor(5, MODELS[protocol], NormMode.DEGREES)
-    with MotorsBus(emu.port, motors, calibration=calib, **FAST) as bus:
+    with MotorsBus(emu.port, motors, calibration=calib, **PATIENT) as bus:
         present = bus.sync_read("Present_Position")  # 2048 raw
         assert present["shoulder_pan"] == pytest.approx((2048 - 1000) / 2000 * 200 - 100)
         assert present["gripper"] == pytest.approx((2048 - 1000) / 2000 * 100)
@@ -189,7 +197,7 @@ def test_normalized_read_write(emu, protocol):
         assert bus.read("Goal_Position", "shoulder_pan", normalize=True) == pytest.approx(50.0)
         bus.write("Goal_Position", "gripper", 25.0, normalize=True)
         assert emu.register(6, "Goal_Position") == 1500
-    with MotorsBus(emu.port, motors, **FAST) as bus, pytest.raises(ValueError, match="has no calibration"):
+    with MotorsBus(emu.port, motors, **PATIENT) as bus, pytest.raises(ValueError, match="has no calibration"):
         bus.sync_read("Present_Position")
 
 
@@ -215,7 +223,7 @@ def test_eeprom_write_refused_under_torque(emu, protocol):
 
 def test_feetech_lock_checked():
     with ServoEmulator("feetech", {1: "sts3215"}) as emu:
-        bus = MotorsBus(emu.port, {"a": Motor(1, "sts3215")}, **FAST)
+        bus = MotorsBus(emu.port, {"a": Motor(1, "sts3215")}, **PATIENT)
         with bus:
             bus.write("Torque_Enable", "a", 0)  # torque off but Lock still 1 (factory)
             with pytest.raises(EepromWriteError, match="Lock = 1"):
@@ -251,7 +259,7 @@ def test_calibration_round_trip_and_configure(emu, protocol):
 
 
 def test_dropped_replies_are_retried(emu, protocol):
-    with make_bus(emu.port, protocol, num_retries=6) as bus:
+    with make_bus(emu.port, protocol, num_retries=6, **FAST) as bus:
         emu.faults = Faults(drop_rate=0.3)
         for _ in range(20):
             assert bus.sync_read("Present_Position", normalize=False) == dict.fromkeys(JOINTS, 2048)
@@ -262,7 +270,7 @@ def test_dropped_replies_are_retried(emu, protocol):
 
 
 def test_corrupt_and_partial_replies_are_retried(emu, protocol):
-    with make_bus(emu.port, protocol, num_retries=6) as bus:
+    with make_bus(emu.port, protocol, num_retries=6, **FAST) as bus:
         emu.faults = Faults(corrupt_rate=0.2, partial_rate=0.1)
         for _ in range(20):
             assert bus.sync_read("Present_Position", normalize=False) == dict.fromkeys(JOINTS, 2048)
@@ -272,7 +280,7 @@ def test_corrupt_and_partial_replies_are_retried(emu, protocol):
 
 
 def test_dead_motor_raises_naming_it(emu, protocol):
-    with make_bus(emu.port, protocol, num_retries=2) as bus:
+    with make_bus(emu.port, protocol, num_retries=2, **FAST) as bus:
         emu.faults = Faults(dead_ids=frozenset({3}))
         with pytest.raises(MotorTimeoutError) as info:
             bus.sync_read("Present_Position", normalize=False)
@@ -309,7 +317,7 @@ def test_status_error_bits_in_words(emu, protocol):
 def test_dynamixel_hardware_alert_decoded():
     with (
         ServoEmulator("dynamixel", {1: "xm430-w350"}) as emu,
-        MotorsBus(emu.port, {"e": Motor(1, "xm430-w350")}) as bus,
+        MotorsBus(emu.port, {"e": Motor(1, "xm430-w350")}, **PATIENT) as bus,
     ):
         emu.inject_hardware_error(1, 0b100000)  # overload
         with pytest.raises(MotorHardwareError) as info:
@@ -426,7 +434,8 @@ def test_corrupt_reply_raises_corrupt_error(protocol):
         bytearray(responder.codec.status_packet(motor_id, 0, params))[:-1] + b"\x00"
     )
     try:
-        bus = make_bus(responder.port, protocol, num_retries=1)
+        # every reply is corrupt, so each window runs out: 200 + 400 ms, long enough to see a starved responder's
+        bus = make_bus(responder.port, protocol, num_retries=1, latency_ms=2.0, timeout_ms=200.0)
         bus.connect(handshake=False)
         with pytest.raises(MotorCorruptError, match=r"corrupt status packets from motor 'gripper' \(id 6\)"):
             bus.read("Present_Position", "gripper")

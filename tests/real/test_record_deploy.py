@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -96,23 +97,29 @@ def test_killing_record_mid_episode_loses_only_that_episode(tmp_path):
     cmd = [sys.executable, "-m", "robopolicy.cli.main", "record", "--robot", str(FOLLOWER), "--teleop", str(LEADER),
            "--emulate", "--out", str(out), "--episodes", "5", "--episode-time", "1", "--reset-time", "0.3",
            "--no-keys"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tmp_path / "record.stderr"
+    with open(log, "wb") as stderr:  # a file, not a pipe nobody reads (a full pipe would block the recorder)
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
-        deadline = time.monotonic() + 60
-        # wait until two episodes are saved, then kill during the third
-        while time.monotonic() < deadline:
-            try:
-                if len(open_dataset(out).episodes) >= 2:
-                    break
-            except Exception:
-                pass
+        # wait until two episodes are saved (no fixed deadline that a loaded machine could miss: the process
+        # start-up alone takes seconds there), then kill during the third
+        deadline = time.monotonic() + 100
+        saved = 0
+        while time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(Exception):  # not created yet, or being written
+                saved = len(open_dataset(out).episodes)
+            if saved >= 2:
+                break
             time.sleep(0.1)
+        assert proc.poll() is None, f"record exited ({proc.returncode}) before the kill: {log.read_text()[-2000:]}"
+        assert saved >= 2, f"2 episodes not saved within 100 s: {log.read_text()[-2000:]}"
         time.sleep(0.5)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait(timeout=10)
     ds = open_dataset(out)
     assert len(ds.episodes) in (2, 3)  # the episode being recorded at the kill is gone, earlier ones intact
     assert all(e.length == 30 for e in ds.episodes)
