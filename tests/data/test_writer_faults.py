@@ -150,17 +150,24 @@ def _failing_at(k: int):
     return failing
 
 
+def _first_episode_then_five_frames(writer) -> dict[str, str]:
+    """Save episode "first" (frames 0..2), buffer frames 10..14; returns the file tree between the two."""
+    for t in range(3):
+        writer.add_frame(_frame(t))
+    writer.save_episode(task="first")
+    tree = _tree(writer.root)
+    for t in range(10, 15):
+        writer.add_frame(_frame(t))
+    return tree
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_a_save_failing_at_any_file_write_changes_nothing(tmp_path, fmt, monkeypatch):
     """Fail the k-th file change of a save, for every k: files identical, frames kept, later saves right."""
     probe = tmp_path / "probe"
     with _writer(probe, fmt) as w:  # the same saves as below, counting the file changes of the second
-        for t in range(3):
-            w.add_frame(_frame(t))
-        w.save_episode(task="first")
+        _first_episode_then_five_frames(w)
         calls = _count_writes(monkeypatch)
-        for t in range(10, 15):
-            w.add_frame(_frame(t))
         w.save_episode(task="second")
         monkeypatch.undo()
     writes = calls[0]
@@ -169,12 +176,7 @@ def test_a_save_failing_at_any_file_write_changes_nothing(tmp_path, fmt, monkeyp
     for k in range(1, writes + 1):
         root = tmp_path / f"k{k}"
         writer = _writer(root, fmt)
-        for t in range(3):
-            writer.add_frame(_frame(t))
-        writer.save_episode(task="first")
-        before = _tree(root)
-        for t in range(10, 15):
-            writer.add_frame(_frame(t))
+        before = _first_episode_then_five_frames(writer)
         monkeypatch.setattr(Journal, "_before_change", _failing_at(k))
         with pytest.raises(EpisodeSaveError, match="No space left") as err:
             writer.save_episode(task="second")
