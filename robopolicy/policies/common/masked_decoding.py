@@ -1,0 +1,115 @@
+"""Masked-token training masks and parallel decoding (Discrete Diffusion VLA, docs/algorithms.md section 5).
+
+Training: per sample a mask ratio gamma = cos(pi r / 2), r ~ U[0, 1), masks ceil(gamma L) of the L action
+positions (at least one), so the ratios seen in training cover every ratio the decoder visits.
+
+Decoding, T rounds (NFE = T), starting from L [MASK] tokens. Round t (1..T):
+1. one forward pass gives per-position posteriors p (the [MASK] token is never predicted);
+2. a token is drawn at every position by tempered Gumbel-max, argmax(log p + tau_t G), tau_t decaying linearly
+   from 1 (round 1) to 0 (round T: argmax);
+3. committed tokens stay fixed, except that secondary re-masking sends back to [MASK] a committed token whose
+   current probability fell below eta_t (an increasing threshold) or dropped by more than delta since it was
+   committed (residual drop);
+4. the masked positions compete by confidence (max probability, or the gap between the two best) for the
+   places left so that L - floor(L cos(pi t / 2T)) positions are committed after round t: easy tokens first.
+After round T every position is committed (the schedule reaches L and re-masking cannot leave a gap).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+
+def cosine_mask_ratio(r: torch.Tensor) -> torch.Tensor:
+    """gamma = cos(pi r / 2): r in [0, 1) -> gamma in (0, 1]."""
+    return torch.cos(0.5 * math.pi * r)
+
+
+def sample_training_mask(
+    batch: int, length: int, *, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """(batch, length) bool, True = masked: ceil(gamma L) random positions per row, gamma from the cosine schedule."""
+    r = torch.rand(batch, device=device, generator=generator)
+    counts = torch.ceil(cosine_mask_ratio(r) * length).clamp(1, length).long()
+    order = torch.rand(batch, length, device=device, generator=generator).argsort(dim=1)
+    ranks = order.argsort(dim=1)  # rank of each position in a random permutation
+    return ranks < counts[:, None]
+
+
+def committed_after(length: int, rounds: int) -> list[int]:
+    """Positions committed after each decoding round: L - floor(L cos(pi t / 2T)), ending at L."""
+    counts = [length - math.floor(length * math.cos(0.5 * math.pi * t / rounds)) for t in range(1, rounds)]
+    return [min(length, max(c, 0)) for c in counts] + [length]
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """rounds: T (NFE). order: "max_confidence" (default, best in the paper) or "confidence_gap".
+    remask_threshold: (eta at round 1, eta at round T), linear, or None (off). residual_drop: delta or None."""
+
+    rounds: int = 12
+    order: Literal["max_confidence", "confidence_gap"] = "max_confidence"
+    remask_threshold: tuple[float, float] | None = None
+    residual_drop: float | None = None
+
+    def __post_init__(self):
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if self.order not in ("max_confidence", "confidence_gap"):
+            raise ValueError(f"order must be 'max_confidence' or 'confidence_gap', got {self.order!r}")
+
+
+def decode(
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    batch: int,
+    length: int,
+    mask_token: int,
+    config: DecodeConfig = DecodeConfig(),
+    *,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+    on_round: Callable[[int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """Decode (batch, length) tokens with `config.rounds` calls of `logits_fn(tokens) -> (batch, length, V)`.
+
+    `on_round(t, tokens)` sees the tokens after each round (tests, visualisation). Returns long tokens with no
+    [MASK] left."""
+    rounds = config.rounds
+    tokens = torch.full((batch, length), mask_token, dtype=torch.long, device=device)
+    commit_conf = torch.zeros(batch, length, device=device)
+    targets = committed_after(length, rounds)
+    for t in range(1, rounds + 1):
+        logits = logits_fn(tokens).float()
+        logits[..., mask_token] = float("-inf")
+        logp = torch.log_softmax(logits, dim=-1)
+        tau = 1.0 - (t - 1) / (rounds - 1) if rounds > 1 else 0.0
+        gumbel = -torch.log(-torch.log(torch.rand(logp.shape, device=device, generator=generator).clamp_min(1e-20)))
+        sampled = (logp + tau * gumbel).argmax(dim=-1)
+        probs = logp.exp()
+        top2 = probs.topk(2, dim=-1).values
+        confidence = top2[..., 0] - top2[..., 1] if config.order == "confidence_gap" else top2[..., 0]
+
+        committed = tokens != mask_token
+        current = probs.gather(-1, tokens.clamp(max=probs.shape[-1] - 1)[..., None])[..., 0]
+        if config.remask_threshold is not None:
+            lo, hi = config.remask_threshold
+            eta = lo + (hi - lo) * ((t - 1) / (rounds - 1) if rounds > 1 else 1.0)
+            committed &= current >= eta
+        if config.residual_drop is not None:
+            committed &= commit_conf - current <= config.residual_drop
+
+        # committed tokens first (+inf), then the masked positions by confidence
+        score = torch.where(committed, torch.full_like(confidence, float("inf")), confidence)
+        keep = score.topk(targets[t - 1], dim=1).indices
+        chosen = torch.zeros_like(committed).scatter_(1, keep, True)
+        new = chosen & ~committed
+        tokens = torch.where(committed & chosen, tokens, torch.where(new, sampled, mask_token))
+        commit_conf = torch.where(new, probs.gather(-1, sampled[..., None])[..., 0], commit_conf)
+        if on_round is not None:
+            on_round(t, tokens)
+    return tokens
