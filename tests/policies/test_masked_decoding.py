@@ -182,3 +182,22 @@ def test_decoding_without_remasking_never_changes_a_committed_token():
     for before, after in itertools.pairwise(history):
         kept = before != 8
         assert torch.equal(after[kept], before[kept])
+
+
+@pytest.mark.parametrize("remask", [True, False])
+def test_the_maskgit_reference_variant_recovers_a_confident_target_and_ends_complete(remask):
+    vocab, length = 257, 24
+    target = torch.randint(0, 256, (2, length), generator=torch.Generator().manual_seed(5))
+    calls, masked = [], []
+    out = decode(
+        _oracle(target, vocab, torch.full((2, length), 40.0), calls),
+        2,
+        length,
+        mask_token=256,
+        config=DecodeConfig(rounds=6, variant="maskgit", maskgit_remask=remask),
+        generator=torch.Generator().manual_seed(6),
+        on_round=lambda t, tok: masked.append(int((tok == 256).sum(1).max())),
+    )
+    assert len(calls) == 6 and torch.equal(out, target)
+    assert masked[-1] == 0 and all(m >= 1 for m in masked[:-1])  # clamped to [1, L - 1] before the last round
+    assert masked[:-1] == [max(1, math.floor(length * math.cos(math.pi * t / 12))) for t in range(1, 6)]

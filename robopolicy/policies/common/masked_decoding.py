@@ -13,6 +13,11 @@ Decoding, T rounds (NFE = T), starting from L [MASK] tokens. Round t (1..T):
 4. the masked positions compete by confidence (max probability, or the gap between the two best) for the
    places left so that L - floor(L cos(pi t / 2T)) positions are committed after round t: easy tokens first.
 After round T every position is committed (the schedule reaches L and re-masking cannot leave a gap).
+
+variant="maskgit" is the authors' reference decoder instead (parallel_decode.py, MaskGIT-style): multinomial
+samples at masked positions, confidence log p(sample) + (1 - r) G with r = t / T, committed tokens ranked by
+(1 - r) log p(token) (remask=True) or kept (+inf), and the floor(L cos(pi t / 2T)) lowest (at least 1 before the
+last round) masked again.
 """
 
 from __future__ import annotations
@@ -56,12 +61,16 @@ class DecodeConfig:
     order: Literal["max_confidence", "confidence_gap"] = "max_confidence"
     remask_threshold: tuple[float, float] | None = None
     residual_drop: float | None = None
+    variant: Literal["adaptive", "maskgit"] = "adaptive"
+    maskgit_remask: bool = True
 
     def __post_init__(self):
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
         if self.order not in ("max_confidence", "confidence_gap"):
             raise ValueError(f"order must be 'max_confidence' or 'confidence_gap', got {self.order!r}")
+        if self.variant not in ("adaptive", "maskgit"):
+            raise ValueError(f"variant must be 'adaptive' or 'maskgit', got {self.variant!r}")
 
 
 def decode(
@@ -79,6 +88,8 @@ def decode(
 
     `on_round(t, tokens)` sees the tokens after each round (tests, visualisation). Returns long tokens with no
     [MASK] left."""
+    if config.variant == "maskgit":
+        return _decode_maskgit(logits_fn, batch, length, mask_token, config, device, generator, on_round)
     rounds = config.rounds
     tokens = torch.full((batch, length), mask_token, dtype=torch.long, device=device)
     commit_conf = torch.zeros(batch, length, device=device)
@@ -88,8 +99,7 @@ def decode(
         logits[..., mask_token] = float("-inf")
         logp = torch.log_softmax(logits, dim=-1)
         tau = 1.0 - (t - 1) / (rounds - 1) if rounds > 1 else 0.0
-        gumbel = -torch.log(-torch.log(torch.rand(logp.shape, device=device, generator=generator).clamp_min(1e-20)))
-        sampled = (logp + tau * gumbel).argmax(dim=-1)
+        sampled = (logp + tau * _gumbel(logp.shape, device, generator)).argmax(dim=-1)
         probs = logp.exp()
         top2 = probs.topk(2, dim=-1).values
         confidence = top2[..., 0] - top2[..., 1] if config.order == "confidence_gap" else top2[..., 0]
@@ -110,6 +120,52 @@ def decode(
         new = chosen & ~committed
         tokens = torch.where(committed & chosen, tokens, torch.where(new, sampled, mask_token))
         commit_conf = torch.where(new, probs.gather(-1, sampled[..., None])[..., 0], commit_conf)
+        if on_round is not None:
+            on_round(t, tokens)
+    return tokens
+
+
+def _gumbel(shape: torch.Size, device: torch.device | str, generator: torch.Generator | None) -> torch.Tensor:
+    u = torch.rand(shape, device=device, generator=generator).clamp(1e-20, 1.0 - 1e-7)
+    return -torch.log(-torch.log(u))
+
+
+def _masked_after_maskgit(length: int, rounds: int, t: int) -> int:
+    if t == rounds:
+        return 0
+    return min(max(math.floor(length * math.cos(0.5 * math.pi * t / rounds)), 1), length - 1)
+
+
+def _decode_maskgit(
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    batch: int,
+    length: int,
+    mask_token: int,
+    config: DecodeConfig,
+    device: torch.device | str,
+    generator: torch.Generator | None,
+    on_round: Callable[[int, torch.Tensor], None] | None,
+) -> torch.Tensor:
+    rounds = config.rounds
+    tokens = torch.full((batch, length), mask_token, dtype=torch.long, device=device)
+    for t in range(1, rounds + 1):
+        logits = logits_fn(tokens).float()
+        logits[..., mask_token] = float("-inf")
+        logp = torch.log_softmax(logits, dim=-1)
+        masked = tokens == mask_token
+        sampled = torch.multinomial(logp.exp().flatten(0, 1), 1, generator=generator).view(batch, length)
+        tokens = torch.where(masked, sampled, tokens)
+        r = t / rounds
+        chosen_logp = logp.gather(-1, tokens[..., None])[..., 0]
+        confidence = chosen_logp + (1.0 - r) * _gumbel(chosen_logp.shape, device, generator)
+        if config.maskgit_remask:
+            confidence = torch.where(masked, confidence, (1.0 - r) * chosen_logp)
+        else:
+            confidence = torch.where(masked, confidence, torch.full_like(confidence, float("inf")))
+        n_mask = _masked_after_maskgit(length, rounds, t)
+        if n_mask:
+            lowest = confidence.topk(n_mask, dim=1, largest=False).indices
+            tokens = tokens.scatter(1, lowest, mask_token)
         if on_round is not None:
             on_round(t, tokens)
     return tokens
