@@ -222,6 +222,10 @@ def clean_leftovers(dst: Path) -> list[str]:
     notes = []
     for path in sorted(dst.parent.glob(f".{dst.name}.partial-*")):
         marker = _staging_marker(path, dst)
+        if marker is None and _holds_nothing(path):  # killed before its marker was written: nothing to lose
+            shutil.rmtree(path)
+            notes.append(f"removed {path}: an empty staging directory of an interrupted convert")
+            continue
         if marker is None:
             notes.append(f"{path}: named like a staging directory but has no valid {STAGING_MARKER}; left alone")
             continue
@@ -245,8 +249,15 @@ def make_staging(dst: Path, src: str) -> Path:
     staging = dst.parent / f".{dst.name}.partial-{os.getpid()}"
     staging.mkdir(parents=True)
     marker = {"kind": STAGING_KIND, "pid": os.getpid(), "src": src, "dst": str(dst), "started": time.time()}
-    (staging / STAGING_MARKER).write_text(json.dumps(marker) + "\n")
+    tmp = staging / f".{STAGING_MARKER}.tmp"
+    tmp.write_text(json.dumps(marker) + "\n")
+    os.replace(tmp, staging / STAGING_MARKER)  # a kill leaves no marker or a whole one, never half of one
     return staging
+
+
+def _holds_nothing(path: Path) -> bool:
+    """A directory with no entries but (maybe) the marker's temp file."""
+    return path.is_dir() and all(p.name == f".{STAGING_MARKER}.tmp" and p.is_file() for p in path.iterdir())
 
 
 def swap_in(new: Path, dst: Path, overwrite: bool) -> None:

@@ -239,6 +239,20 @@ def test_leftover_staging_is_cleaned_only_when_provably_ours(small_zarr, tmp_pat
     assert any(str(foreign) in n and "left alone" in n for n in notes)
 
 
+@pytest.mark.parametrize("content", ["empty", "marker_tmp_only"])
+def test_a_staging_directory_killed_before_its_marker_is_cleaned(small_zarr, tmp_path, content):
+    """A convert killed between creating its staging directory and writing the marker left nothing to lose."""
+    dst = tmp_path / "out"
+    staging = dst.parent / f".{dst.name}.partial-{_dead_pid()}"
+    staging.mkdir()
+    if content == "marker_tmp_only":
+        (staging / f".{STAGING_MARKER}.tmp").write_text('{"kind": "robop')
+    notes: list[str] = []
+    convert(small_zarr, dst, to="zarr", episodes=[0], log=notes.append)
+    assert not staging.exists() and leftovers(tmp_path) == []
+    assert any(str(staging) in n and "empty staging directory" in n for n in notes)
+
+
 def test_a_running_convert_to_the_same_dst_is_refused(small_zarr, tmp_path):
     dst = tmp_path / "out"
     live = _fake_staging(dst, os.getppid())  # a live process that is not us
