@@ -37,8 +37,8 @@ def _inode(path: Path) -> int:
 
 
 class Journal:
-    """One open transaction on `root`. Use `Journal.begin(root, commit_file)`; then `replace`, `write_bytes`,
-    `write_with`, `remove`; finally `commit()` or `rollback()`."""
+    """One open transaction on `root`. Use `with Journal.begin(root, commit_file) as journal:` (or call
+    `commit()` / `rollback()` yourself); inside, `replace`, `write_bytes`, `write_with`, `remove`."""
 
     def __init__(self, root: Path, commit_file: str):
         self.root = Path(root)
@@ -59,6 +59,16 @@ class Journal:
         journal._log = open(journal.dir / _LOG, "a", encoding="utf-8")  # noqa: SIM115 (closed at commit/rollback)
         journal._record({"op": "begin", "commit": commit_file, "inode": _inode(root / commit_file)})
         return journal
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        """`with Journal.begin(root, commit_file) as journal:` commits on success, rolls back on any exception."""
+        if exc_type is None:
+            self.commit()
+        else:
+            self.rollback()
 
     # ----- writing -------------------------------------------------------------------------------------
     def _rel(self, path: Path) -> str:

@@ -324,13 +324,8 @@ class LeRobotWriter(EpisodeWriter):
         self._meta_cursor = _Cursor()
         self._video_cursors = {k: _Cursor() for k in self._video_keys}
         self._global = {k: RunningStats(self._stats_dim(k), self.stats_bins) for k in self._stats_keys}
-        journal = Journal.begin(self.root, self._commit_file())
-        try:
+        with Journal.begin(self.root, self._commit_file()) as journal:
             _write_json(journal, self.root / "meta/info.json", self.info)
-        except BaseException:
-            journal.rollback()
-            raise
-        journal.commit()
 
     # ----- feature bookkeeping ----------------------------------------------------------------------
     @property
@@ -510,17 +505,12 @@ class LeRobotWriter(EpisodeWriter):
         extra_tasks = tasks_path.exists() and pq.read_metadata(tasks_path).num_rows > len(self.tasks)
         if not stale and not extra_tasks:
             return
-        journal = Journal.begin(self.root, self._commit_file())
-        try:
+        with Journal.begin(self.root, self._commit_file()) as journal:
             for f in stale:
                 journal.remove(f)
             if extra_tasks:  # a task only the lost episode had
                 table = _tasks_table(self.tasks)
                 _write_parquet(journal, tasks_path, [table], table.schema)
-        except BaseException:
-            journal.rollback()
-            raise
-        journal.commit()
 
     def _load_global_stats(self) -> dict[str, RunningStats]:
         sketch_path = self.root / SKETCH_FILE

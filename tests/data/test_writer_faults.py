@@ -327,6 +327,18 @@ def test_journal_rollback_restores_bytes_and_removes_what_it_created(tmp_path):
     assert not (tmp_path / "new").exists() and not (tmp_path / JOURNAL_DIR).exists()
 
 
+def test_journal_as_a_context_commits_or_rolls_back(tmp_path):
+    _files(tmp_path)
+    before = _tree(tmp_path)
+    with pytest.raises(OSError, match="disk gone"), Journal.begin(tmp_path, "meta/info.json") as j:
+        j.write_bytes(tmp_path / "data.bin", b"new data")
+        raise OSError("disk gone")
+    assert _tree(tmp_path) == before and not (tmp_path / JOURNAL_DIR).exists()
+    with Journal.begin(tmp_path, "meta/info.json") as j:
+        j.write_bytes(tmp_path / "meta" / "info.json", b"new info")
+    assert (tmp_path / "meta/info.json").read_text() == "new info" and not (tmp_path / JOURNAL_DIR).exists()
+
+
 _KILLED_CHILD = """
 import os, sys
 from pathlib import Path
