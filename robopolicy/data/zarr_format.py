@@ -30,7 +30,12 @@ from robopolicy.data.dataset import Dataset, Episode
 from robopolicy.data.errors import CorruptChunkError, DatasetError, MissingChunkError
 from robopolicy.data.features import Feature, infer_kind
 from robopolicy.data.journal import pending
-from robopolicy.data.metadata_checks import check_robopolicy_attrs, check_zarr_metadata, raise_problems
+from robopolicy.data.metadata_checks import (
+    check_robopolicy_attrs,
+    check_zarr_metadata,
+    raise_problems,
+    zarr_chunk_path,
+)
 
 ATTRS_KEY = "robopolicy"
 
@@ -132,10 +137,7 @@ class ZarrDataset(Dataset):
             return []
         blocks = range(lo // grid[0], (hi - 1) // grid[0] + 1)
         others = [range(math.ceil(s / c)) for s, c in zip(arr.shape[1:], grid[1:])]
-        return [
-            (coords, self.root / arr.path / arr.metadata.encode_chunk_key(coords))
-            for coords in itertools.product(blocks, *others)
-        ]
+        return [(coords, zarr_chunk_path(arr, self.root, coords)) for coords in itertools.product(blocks, *others)]
 
     def _require_chunks(self, name: str, arr: zarr.Array, lo: int, hi: int) -> None:
         """Raise MissingChunkError unless every chunk file holding rows [lo, hi) exists."""
