@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     with open_dataset(args.src) as ds:
         total = ds.num_frames
     options = {"vcodec": args.vcodec} if args.to == "lerobot" else {}
-    with tqdm(total=total, unit="frame", desc=f"convert -> {args.to}") as bar:
+    # delay: a refusal (DST around SRC, an existing DST) is one line, not a bar at 0% and then the line
+    with tqdm(total=total, unit="frame", desc=f"convert -> {args.to}", delay=1.0) as bar:
         try:
             dst = convert(
                 args.src,
