@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from robopolicy.config_parsing import ConfigError
+from robopolicy.policies.common.text_encoder import LanguageConfig
 
 GUIDANCE = "guidance"
 LANGUAGE = "language"
@@ -86,6 +87,11 @@ class PolicyConfig:
     n_action_steps: int = 8
     state_norm: str = "min_max"  # Normalizer mode for state inputs (see robopolicy.data.normalize)
     action_norm: str = "min_max"
+    language: LanguageConfig = field(default_factory=LanguageConfig)  # how a "language" input is read
+
+    def __post_init__(self):
+        if len(self.language_keys) > 1:
+            raise ConfigError(f"{type(self).__name__}: one instruction input at most, got {self.language_keys}")
 
     @classmethod
     def for_tests(cls, input_features: dict[str, FeatureSpec], output_features: dict[str, FeatureSpec],
@@ -99,10 +105,18 @@ class PolicyConfig:
         """Field values (typed) that make this head tiny; {} by default."""
         return {}
 
+    def resolved(self, tasks: Sequence[str]) -> PolicyConfig:
+        """This config with what a fresh policy records once, from the dataset's task strings and the named
+        pretrained models: the learned embedding's tasks or the text encoder's architecture (see
+        robopolicy.policies.common.pretrained). A head with its own pretrained parts extends it."""
+        if not self.language_keys:
+            return self
+        return self.replace(language=self.language.resolved(tasks))
+
     def processor_steps(self, tasks: Sequence[str]) -> list:
         """The processor steps (robopolicy.policies.processor) a fresh policy of this head needs, given the
-        dataset's task strings: e.g. a TaskVocabulary or a TaskTokenizer for a language input. None by default."""
-        return []
+        dataset's task strings: a TaskVocabulary or a TaskTokenizer for a language input (`language`)."""
+        return [step for key in self.language_keys for step in self.language.processor_steps(key)]
 
     @property
     def action_key(self) -> str:
@@ -255,6 +269,19 @@ class PolicyHead(nn.Module, ABC):
                               f"{LANGUAGE!r} capability")
         super().__init__()
         self.config = config
+
+    def load_pretrained_weights(self) -> None:
+        """Read the weights of the head's pretrained parts (a text encoder, a VLM backbone) from the models their
+        configs name; called once when a policy is created (never on checkpoint load: those weights are in
+        model.safetensors). Every submodule with a `load_pretrained_weights` method gets the call."""
+        for module in self.modules():
+            if module is not self and callable(getattr(module, "load_pretrained_weights", None)):
+                module.load_pretrained_weights()
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Optimizer parameter groups of the trainable parameters (frozen ones are left out); a group may set its
+        own "lr" (the trainer's schedule scales every group from its own base). One group by default."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
     @classmethod
     def supports(cls, capability: str) -> bool:

@@ -68,7 +68,8 @@ class Policy(nn.Module):
     ) -> Policy:
         """Build a fresh policy whose features come from `dataset` (state + image/video inputs, one action output).
 
-        An input key "task" is the language instruction (the dataset's per-frame task string)."""
+        An input key "task" is the language instruction (the dataset's per-frame task string). The config records
+        what creation resolves (PolicyConfig.resolved) and pretrained parts load their weights here, once."""
         if input_keys is None:
             input_keys = [k for k, f in dataset.features.items() if f.kind in ("state", "image", "video")]
         language = [k for k in input_keys if k == TASK_KEY]
@@ -80,8 +81,11 @@ class Policy(nn.Module):
         if language and not dataset.tasks:
             raise StatsMismatchError(f"{dataset.root} has no task strings, but {TASK_KEY!r} (the instruction) is "
                                      "among the policy's inputs; record tasks or drop it from the inputs")
+        config = config.resolved(dataset.tasks)
         processor = processor if processor is not None else Processor(config.processor_steps(dataset.tasks))
-        return cls(config, make_normalizer(config, stats), processor)
+        policy = cls(config, make_normalizer(config, stats), processor)
+        policy.head.load_pretrained_weights()
+        return policy
 
     # ----- training / inference ------------------------------------------------------------------
     @property
@@ -141,7 +145,7 @@ class Policy(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / CONFIG_FILE).write_text(json.dumps(config_to_dict(self.config), indent=2))
-        weights = {k: v.detach().cpu().contiguous() for k, v in (state_dict or self.head.state_dict()).items()}
+        weights = plain_tensors(state_dict or self.head.state_dict())
         save_file(weights, str(directory / WEIGHTS_FILE))
         self.normalizer.save(directory / STATS_FILE)
         self.processor.save(directory)
@@ -193,6 +197,20 @@ class Policy(nn.Module):
                 raise StatsMismatchError(
                     f"feature {key!r}: policy was trained on shape {spec.shape}, {dataset.root} has {tuple(shape)}"
                 )
+
+
+def plain_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict as safetensors stores it: detached, on the CPU, contiguous, and tied weights (a text encoder's
+    shared embeddings) written once per name, as copies (safetensors refuses tensors that share memory)."""
+    out, seen = {}, set()
+    for key, value in state.items():
+        v = value.detach().cpu().contiguous()
+        ptr = (v.untyped_storage().data_ptr(), v.storage_offset()) if v.numel() else None
+        if ptr in seen:
+            v = v.clone()
+        seen.add(ptr)
+        out[key] = v
+    return out
 
 
 def weights_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> str:

@@ -29,6 +29,7 @@ from robopolicy.policies.policy import (
     CheckpointNotFoundError,
     Policy,
     checkpoint_from_last,
+    plain_tensors,
     read_json,
     read_stats,
     read_weights,
@@ -100,7 +101,7 @@ def save_checkpoint(
     (ts / "modules").mkdir(parents=True)
     (ts / "optimizers").mkdir()
     for name, module in modules.items():
-        save_file(_cpu(module.state_dict()), str(ts / "modules" / f"{name}.safetensors"))
+        save_file(plain_tensors(module.state_dict()), str(ts / "modules" / f"{name}.safetensors"))
     opt_meta = {}
     for name, opt in optimizers.items():
         tensors, opt_meta[name] = _optimizer_to_files(opt)

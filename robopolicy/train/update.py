@@ -68,10 +68,10 @@ class UpdateRule(ABC):
 
 
 class BehaviourCloning(UpdateRule):
-    """The policy's own loss, one AdamW over the head's parameters."""
+    """The policy's own loss, one AdamW over the head's trainable parameter groups."""
 
     def build(self, policy: Policy, cfg: TrainConfig) -> tuple[dict[str, nn.Module], dict[str, torch.optim.Optimizer]]:
-        return {POLICY: policy}, {POLICY: make_optimizer(policy.head.parameters(), cfg.optim)}
+        return {POLICY: policy}, {POLICY: make_optimizer(policy.head.parameter_groups(), cfg.optim)}
 
     def update(self, learner: Learner, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
         with learner.acc.autocast():

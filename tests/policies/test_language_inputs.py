@@ -3,11 +3,13 @@ the processor is saved in the checkpoint and loaded with it."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import numpy as np
 import pytest
 import torch
 
-import tests.plugin_heads.configuration  # noqa: F401  (registers the test-only head)
 from robopolicy.config_parsing import ConfigError
 from robopolicy.data.dataset import open_dataset
 from robopolicy.data.features import Feature
@@ -15,9 +17,12 @@ from robopolicy.data.normalize import StatsMismatchError
 from robopolicy.data.sampler import WindowSampler
 from robopolicy.data.stats import compute_stats
 from robopolicy.data.writer import create_writer
+from robopolicy.policies.base import GUIDANCE
 from robopolicy.policies.policy import TASK_KEY, Policy
 from robopolicy.policies.processor import Processor, ProcessorError, TaskTokenizer
-from robopolicy.policies.registry import get_config_class
+from robopolicy.policies.registry import get_config_class, register_policy
+from tests.plugin_heads.configuration import MLPFlowConfig
+from tests.plugin_heads.modeling import MLPFlowHead
 
 FEATURES = {
     "observation.state": Feature("observation.state", "float32", (3,), "state"),
@@ -84,11 +89,23 @@ def test_a_language_policy_needs_a_dataset_with_tasks(pusht_zarr):
                             input_keys=["state", TASK_KEY])
 
 
-@pytest.mark.parametrize("name", ["diffusion", "flow", "act"])
-def test_heads_without_the_language_capability_refuse_an_instruction(tmp_path, name):
+@register_policy
+@dataclass(frozen=True)
+class _NoLanguageConfig(MLPFlowConfig):
+    name: ClassVar[str] = "no_language_plugin"
+
+
+class _NoLanguageHead(MLPFlowHead):
+    """The plugin head without the LANGUAGE capability (every built-in head has it)."""
+
+    config_class = _NoLanguageConfig
+    capabilities = frozenset({GUIDANCE})
+
+
+def test_heads_without_the_language_capability_refuse_an_instruction(tmp_path):
     ds = _write(tmp_path / "ds", "zarr")
     with pytest.raises(ConfigError, match=r"does not condition on an instruction, but \['task'\].*data.input_keys"):
-        Policy.from_dataset(get_config_class(name), ds, compute_stats(ds, ["observation.state", "action"]),
+        Policy.from_dataset(_NoLanguageConfig, ds, compute_stats(ds, ["observation.state", "action"]),
                             input_keys=["observation.state", TASK_KEY])
 
 
@@ -97,9 +114,10 @@ def test_train_command_refuses_an_instruction_for_a_head_without_language(tmp_pa
 
     ds = _write(tmp_path / "ds", "zarr")
     rc = main(["train", f"--data.uri={tmp_path / 'ds'}", "--data.input_keys=[observation.state,task]",
-               "--train.steps=1", "--train.batch_size=4", f"--train.output_dir={tmp_path / 'run'}"])
+               "--train.steps=1", "--train.batch_size=4", f"--train.output_dir={tmp_path / 'run'}",
+               "--policy.type=no_language_plugin"])
     err = capsys.readouterr().err
-    assert rc == 2 and "DiffusionHead does not condition on an instruction" in err and "Traceback" not in err
+    assert rc == 2 and "_NoLanguageHead does not condition on an instruction" in err and "Traceback" not in err
     assert not (tmp_path / "run" / "checkpoints").exists() and ds.num_episodes == 3
 
 

@@ -49,6 +49,7 @@ class ACTConfig(PolicyConfig):
                 "n_encoder_layers": 2, "n_vae_encoder_layers": 2, "dropout": 0.0}
 
     def __post_init__(self):
+        super().__post_init__()
         check(self.n_obs_steps == 1, "n_obs_steps", self.n_obs_steps,
               "1 (ACT conditions on the current observation only)")
         check(self.horizon >= 1, "horizon", self.horizon, ">= 1")

@@ -1,6 +1,7 @@
 """What diffusion and flow heads share: the observation encoder and the conditional network over chunks.
 
-`ChunkDenoiser.condition(obs)` encodes the observation window once -> (B, cond_dim);
+`ChunkDenoiser.condition(obs)` encodes the observation window (and the instruction, for a language input) once
+-> (B, cond_dim);
 `ChunkDenoiser(x, t, cond)` predicts noise / velocity for a noisy chunk x (B, H, D) at time t (B,).
 """
 
@@ -16,6 +17,7 @@ from torch import nn
 from robopolicy.config_parsing import NormMode, check
 from robopolicy.policies.base import LossOutput, PolicyConfig
 from robopolicy.policies.common.encoders import EncoderConfig, ObsEncoder
+from robopolicy.policies.common.text_encoder import LanguageEncoder
 from robopolicy.policies.common.transformer1d import TransformerDenoiser
 from robopolicy.policies.common.unet1d import ConditionalUnet1D
 
@@ -80,6 +82,7 @@ class DenoisingHeadConfig(PolicyConfig):
     mask_padding: bool = False  # drop padded chunk steps from the loss (diffusion_policy trains on edge-repeated pads)
 
     def __post_init__(self):
+        super().__post_init__()
         check(self.n_obs_steps >= 1, "n_obs_steps", self.n_obs_steps, ">= 1")
         check(self.horizon >= 1, "horizon", self.horizon, ">= 1")
         check(self.n_action_steps >= 1, "n_action_steps", self.n_action_steps, ">= 1")
@@ -117,8 +120,12 @@ def chunk_mse(pred: torch.Tensor, target: torch.Tensor, pad: torch.Tensor | None
 class ChunkDenoiser(nn.Module):
     def __init__(self, config: PolicyConfig, cfg: DenoiserConfig, time_scale: float = 1.0):
         super().__init__()
-        self.encoder = ObsEncoder(config.input_features, cfg.encoder)
-        cond_dim = self.encoder.out_dim * config.n_obs_steps
+        self.encoder = ObsEncoder({k: config.input_features[k] for k in config.windowed_inputs}, cfg.encoder)
+        self.windowed = config.windowed_inputs
+        keys = config.language_keys
+        self.language = LanguageEncoder(config.language, keys[0]) if keys else None
+        lang_dim = config.language.embed_dim if keys else 0
+        cond_dim = self.encoder.out_dim * config.n_obs_steps + lang_dim
         if cfg.backbone == "unet":
             u = cfg.unet
             self.net = ConditionalUnet1D(
@@ -128,7 +135,7 @@ class ChunkDenoiser(nn.Module):
             t = cfg.transformer
             self.net = TransformerDenoiser(
                 config.action_dim, self.encoder.out_dim, config.horizon, config.n_obs_steps,
-                t.n_layer, t.n_head, t.n_emb, t.p_drop_emb, t.p_drop_attn, t.causal,
+                t.n_layer, t.n_head, t.n_emb, t.p_drop_emb, t.p_drop_attn, t.causal, lang_dim=lang_dim,
             )
         else:
             raise ValueError(f"unknown backbone {cfg.backbone!r}; use 'unet' or 'transformer'")
@@ -136,8 +143,13 @@ class ChunkDenoiser(nn.Module):
         self.time_scale = time_scale
 
     def condition(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """obs windows {key: (B, T_o, ...)} -> (B, T_o * F)."""
-        return self.encoder(obs).flatten(1)
+        """obs windows {key: (B, T_o, ...)} (+ the processed instruction) -> (B, T_o * F [+ embed_dim]): the UNet's
+        global condition (FiLM in every block), or the transformer's condition tokens (the instruction feature
+        last: one more token)."""
+        cond = self.encoder({k: obs[k] for k in self.windowed}).flatten(1)
+        if self.language is None:
+            return cond
+        return torch.cat([cond, self.language(obs).to(cond.dtype)], dim=-1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self.net(x, t * self.time_scale if self.time_scale != 1.0 else t, cond)

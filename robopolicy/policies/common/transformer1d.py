@@ -1,7 +1,8 @@
 """Transformer denoiser over action chunks (Diffusion Policy's transformer variant, minGPT-style).
 
 Action tokens (B, H, n_emb) use causal self-attention; they cross-attend to conditioning tokens
-[timestep token, one token per observation step]. Input x (B, H, D) -> output (B, H, D).
+[timestep token, one token per observation step, the instruction token (with lang_dim > 0)].
+Input x (B, H, D) -> output (B, H, D).
 """
 
 from __future__ import annotations
@@ -25,13 +26,16 @@ class TransformerDenoiser(nn.Module):
         p_drop_emb: float = 0.0,
         p_drop_attn: float = 0.01,
         causal: bool = True,
+        lang_dim: int = 0,
     ):
         super().__init__()
         self.action_in = nn.Linear(action_dim, n_emb)
         self.obs_in = nn.Linear(obs_feature_dim, n_emb)
+        self.lang_in = nn.Linear(lang_dim, n_emb) if lang_dim else None
+        self.lang_dim = lang_dim
         self.time_emb = SinusoidalEmbedding(n_emb)
         self.pos = nn.Parameter(torch.zeros(1, horizon, n_emb))
-        self.cond_pos = nn.Parameter(torch.zeros(1, 1 + n_obs_steps, n_emb))
+        self.cond_pos = nn.Parameter(torch.zeros(1, 1 + n_obs_steps + (1 if lang_dim else 0), n_emb))
         self.drop = nn.Dropout(p_drop_emb)
         self.cond_mlp = nn.Sequential(nn.Linear(n_emb, 4 * n_emb), nn.Mish(), nn.Linear(4 * n_emb, n_emb))
         layer = nn.TransformerDecoderLayer(
@@ -47,11 +51,15 @@ class TransformerDenoiser(nn.Module):
         nn.init.normal_(self.cond_pos, std=0.02)
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """x (B, H, D); timestep (B,) or scalar; cond (B, n_obs_steps * obs_feature_dim) -> (B, H, D)."""
+        """x (B, H, D); timestep (B,) or scalar; cond (B, n_obs_steps * obs_feature_dim [+ lang_dim]) -> (B, H, D)."""
         b, h, _ = x.shape
         t_tok = self.time_emb(timestep.expand(b).float())[:, None]
-        obs_tok = self.obs_in(cond.view(b, self.n_obs_steps, -1))
-        memory = self.cond_mlp(self.drop(torch.cat([t_tok, obs_tok], dim=1) + self.cond_pos))
+        tokens = [t_tok]
+        if self.lang_in is not None:
+            cond, lang = cond[:, : -self.lang_dim], cond[:, -self.lang_dim :]
+            tokens.append(self.lang_in(lang)[:, None])
+        tokens.insert(1, self.obs_in(cond.reshape(b, self.n_obs_steps, -1)))
+        memory = self.cond_mlp(self.drop(torch.cat(tokens, dim=1) + self.cond_pos))
         tokens = self.drop(self.action_in(x) + self.pos[:, :h])
         mask = self.causal_mask[:h, :h] if self.causal_mask is not None else None
         out = self.decoder(tokens, memory, tgt_mask=mask)

@@ -7,7 +7,7 @@ import math
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from robopolicy.policies.base import GUIDANCE, DenoisingStep, Guide, LossOutput, PolicyHead
+from robopolicy.policies.base import GUIDANCE, LANGUAGE, DenoisingStep, Guide, LossOutput, PolicyHead
 from robopolicy.policies.common.denoiser import ChunkDenoiser, chunk_mse, repeat_for_minibatch
 from robopolicy.policies.diffusion.configuration import DiffusionConfig
 
@@ -29,7 +29,7 @@ def make_schedulers(cfg: DiffusionConfig) -> tuple[DDPMScheduler, DDPMScheduler 
 
 class DiffusionHead(PolicyHead):
     config_class = DiffusionConfig
-    capabilities = frozenset({GUIDANCE})
+    capabilities = frozenset({GUIDANCE, LANGUAGE})
 
     def __init__(self, config: DiffusionConfig):
         super().__init__(config)
@@ -49,8 +49,8 @@ class DiffusionHead(PolicyHead):
         return chunk_mse(pred, target, pad, cfg.minibatch_k)
 
     def encode(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Observation windows -> (B, T_o * F) global condition."""
-        return self.model.condition({k: obs[k] for k in self.config.windowed_inputs})
+        """Observation windows (+ the processed instruction) -> (B, T_o * F [+ language.embed_dim]) condition."""
+        return self.model.condition(obs)
 
     @torch.no_grad()
     def sample_from_condition(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from robopolicy.policies.base import GUIDANCE, DenoisingStep, Guide, LossOutput, PolicyHead
+from robopolicy.policies.base import GUIDANCE, LANGUAGE, DenoisingStep, Guide, LossOutput, PolicyHead
 from robopolicy.policies.common.denoiser import ChunkDenoiser, chunk_mse, repeat_for_minibatch
 from robopolicy.policies.common.flow_matching import euler_integrate, interpolate, sample_time
 from robopolicy.policies.flow.configuration import FlowConfig
@@ -15,7 +15,7 @@ TIME_SCALE = 100.0
 
 class FlowHead(PolicyHead):
     config_class = FlowConfig
-    capabilities = frozenset({GUIDANCE})
+    capabilities = frozenset({GUIDANCE, LANGUAGE})
 
     def __init__(self, config: FlowConfig):
         super().__init__(config)
@@ -32,8 +32,8 @@ class FlowHead(PolicyHead):
         return chunk_mse(self.model(x_t, t, cond), target, pad, cfg.minibatch_k)
 
     def encode(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Observation windows -> (B, T_o * F) global condition."""
-        return self.model.condition({k: obs[k] for k in self.config.windowed_inputs})
+        """Observation windows (+ the processed instruction) -> (B, T_o * F [+ language.embed_dim]) condition."""
+        return self.model.condition(obs)
 
     @torch.no_grad()
     def sample_from_condition(
