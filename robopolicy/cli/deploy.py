@@ -62,6 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", choices=("auto", "receding_horizon", "temporal_ensembling"), default="auto",
                    help="sync chunk execution (default: %(default)s)")
     p.add_argument("--n-action-steps", type=int, help="actions executed per chunk (default: the policy's)")
+    p.add_argument("--task", metavar="INSTRUCTION", help="instruction for a language-conditioned policy")
     p.add_argument("--rtc", action="store_true", help="real-time chunking (async inference, flow / diffusion)")
     p.add_argument("--max-velocity", type=float, help="joint speed cap, normalized units per second")
     p.add_argument("--watchdog", type=float, default=1.0, help="seconds without a policy action before the e-stop")
@@ -91,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = DeployConfig(fps=args.fps, episode_time_s=args.episode_time, executor=args.executor,
                        n_action_steps=args.n_action_steps, max_velocity=args.max_velocity, watchdog_s=args.watchdog,
-                       estop_mode=args.estop, max_consecutive_faults=args.max_faults, rtc=args.rtc)
+                       estop_mode=args.estop, max_consecutive_faults=args.max_faults, rtc=args.rtc,
+                       task=args.task)
     if args.device is not None and args.inference == "server":
         raise ConfigError("--device applies to --inference sync / process; pass it to `robopolicy serve` instead")
     if args.episodes < 1 or not args.server_timeout > 0 or not args.reset_time >= 0:

@@ -54,6 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "else receding horizon with the policy's n_action_steps (default auto)",
     )
     p.add_argument("--n-action-steps", type=positive_int, default=None, help="override the policy's n_action_steps")
+    p.add_argument("--task", default=None, metavar="INSTRUCTION",
+                   help="instruction for a language-conditioned policy (default: the env task's own, e.g. 'lift the "
+                   "red cube'); pass another to check that the policy follows the words")
     add_device_argument(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing eval_info.json in --out")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -93,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         n_action_steps=args.n_action_steps,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        task=args.task,
     )
     return 0
 

@@ -21,6 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (0 = torch's default; 1 when the server shares a few CPU cores with a control "
                         "loop: a chunk took 3.4 s with 2 contended threads, 80 ms with one)")
+    p.add_argument("--task", metavar="INSTRUCTION",
+                   help="instruction of a language-conditioned policy for requests that send none (a request's "
+                        "meta 'task' always wins)")
     add_device_argument(p)
 
 
@@ -36,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     # binds before loading the model: a busy port fails at once (ServerAddressError, exit 2)
     server = PolicyServer.from_checkpoint(args.checkpoint, args.host, args.port, device=check_device(args.device),
-                                          frame_timeout_s=args.peer_timeout,
+                                          frame_timeout_s=args.peer_timeout, default_task=args.task,
                                           max_body_bytes=int(args.max_request_mb * (1 << 20)))
     host, port = server.address
     print(f"serving {args.checkpoint} on {host}:{port} ({args.device}; Ctrl-C to stop)", flush=True)

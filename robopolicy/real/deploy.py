@@ -51,8 +51,8 @@ class DeployConfig:
     speed cap (normalized units/s, None = only the robot's max_relative_target); watchdog_s: longest time
     without a policy action before the e-stop; estop_mode: "hold" or "torque_off"; max_consecutive_faults:
     bus faults in a row that stop the robot; rtc: real-time chunking (async flow/diffusion policies);
-    first_chunk_timeout_s: async: longest wait for the first chunk of an episode (the robot holds still meanwhile).
-    Invalid values raise ConfigError naming the field."""
+    first_chunk_timeout_s: async: longest wait for the first chunk of an episode (the robot holds still meanwhile);
+    task: the instruction of a language-conditioned policy. Invalid values raise ConfigError naming the field."""
 
     fps: float = 30.0
     episode_time_s: float = 30.0
@@ -64,6 +64,7 @@ class DeployConfig:
     max_consecutive_faults: int = 3
     rtc: bool = False
     first_chunk_timeout_s: float = 30.0
+    task: str | None = None
 
     def __post_init__(self):
         positive = {"fps": self.fps, "episode_time_s": self.episode_time_s, "watchdog_s": self.watchdog_s,
@@ -121,6 +122,11 @@ class Deployer:
         features = ({k: f.kind for k, f in policy.config.input_features.items()} if policy is not None
                     else {k: f["kind"] for k, f in info["input_features"].items()})
         self.input_keys = [k for k, kind in features.items() if kind != "language"]  # the instruction: not a frame
+        language = [k for k, kind in features.items() if kind == "language"]
+        if language and not cfg.task:
+            raise ConfigError(f"the policy takes an instruction ({language[0]!r}): pass it with --task "
+                              "(e.g. --task 'pick up the cube')")
+        self.instruction = {language[0]: cfg.task} if language else {}
         self.n_obs_steps = policy.config.n_obs_steps if policy is not None else int(info["n_obs_steps"])
         action_dim = policy.config.action_dim if policy is not None else int(info["action_dim"])
         if action_dim != len(robot.action_features):
@@ -133,7 +139,8 @@ class Deployer:
                                    estop_mode=cfg.estop_mode, max_consecutive_faults=cfg.max_consecutive_faults)
         self.loop = FixedRateLoop(cfg.fps)
         self._chunker = None if source is None else AsyncChunker(
-            source, n_action_steps=cfg.n_action_steps, rtc=RTCConfig() if cfg.rtc else None)
+            source, n_action_steps=cfg.n_action_steps, rtc=RTCConfig() if cfg.rtc else None,
+            task=cfg.task if self.instruction else None)
         self.estop_held = False  # the last episode ended in a "hold" e-stop that reached every motor
 
     def _chooser(self) -> Callable[[int, ObservationHistory], np.ndarray | None]:
@@ -145,7 +152,8 @@ class Deployer:
             def sync(t: int, history: ObservationHistory) -> np.ndarray:
                 if executor.needs_chunk():
                     with torch.inference_mode():
-                        executor.push(self.policy.predict_chunk(history.window()).cpu())  # chunk from any device
+                        window = {**history.window(), **self.instruction}
+                        executor.push(self.policy.predict_chunk(window).cpu())  # chunk from any device
                 return executor.pop()[0].numpy()
 
             return sync

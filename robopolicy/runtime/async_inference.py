@@ -369,11 +369,12 @@ class AsyncChunker:
     now: chunk index of the observation step; horizon: chunk length H; threshold: request a new chunk when at
     most this many actions are queued (default max(H - now - n_action_steps, ceil(n_action_steps / 2)), i.e.
     replan about every n_action_steps like synchronous receding horizon); rtc: send the queue as an RTC prefix;
-    blend: ActionQueue.merge blend (None = the new chunk replaces the queue)."""
+    blend: ActionQueue.merge blend (None = the new chunk replaces the queue); task: the instruction sent with every
+    request (a language-conditioned policy)."""
 
     def __init__(self, source: ChunkSource, *, now: int | None = None, horizon: int | None = None,
                  n_action_steps: int | None = None, threshold: int | None = None, rtc: RTCConfig | None = None,
-                 blend: float | None = None, delay_window: int = 5):
+                 blend: float | None = None, delay_window: int = 5, task: str | None = None):
         from robopolicy.runtime.executors import now_index
 
         info = getattr(source, "info", {}) or {}
@@ -388,6 +389,7 @@ class AsyncChunker:
             raise ValueError(f"threshold {self.threshold} must be in [0, {span}) (actions per chunk from now)")
         self.rtc = rtc
         self.blend = blend
+        self.task = task
         self.action_dim = int(info["action_dim"]) if info.get("action_dim") is not None else None
         self.queue = ActionQueue()
         self._delays: deque[int] = deque(maxlen=delay_window)
@@ -451,7 +453,8 @@ class AsyncChunker:
             return None
         prev = self.queue.actions_from(t) if self.rtc is not None else None
         self.stats["requests"] += 1
-        self._pending = self.source.submit(obs, step=t, prev_actions=prev, delay=self.delay_estimate, rtc=self.rtc)
+        self._pending = self.source.submit(obs, step=t, prev_actions=prev, delay=self.delay_estimate, rtc=self.rtc,
+                                           task=self.task)
         self._pending_since = time.perf_counter()
         return self._pending
 

@@ -255,11 +255,13 @@ def policy_info(policy) -> dict:
 
 class PolicyService:
     """Answers wire requests with a loaded Policy (one request at a time). Observations must be finite with
-    |value| <= max_obs_abs (their raw units), and so must the chunk: anything else gets an error reply."""
+    |value| <= max_obs_abs (their raw units), and so must the chunk: anything else gets an error reply.
+    default_task: the instruction of a language-conditioned policy for requests that send none."""
 
-    def __init__(self, policy, *, max_obs_abs: float = MAX_OBS_ABS):
+    def __init__(self, policy, *, max_obs_abs: float = MAX_OBS_ABS, default_task: str | None = None):
         self.policy = policy.eval() if hasattr(policy, "eval") else policy
         self.max_obs_abs = float(max_obs_abs)
+        self.default_task = default_task
         self.info = policy_info(policy)
         self._lock = threading.Lock()
 
@@ -275,7 +277,7 @@ class PolicyService:
         obs: dict = {k: torch.zeros((1, t_o, *spec["shape"]),
                                     dtype=torch.uint8 if spec["kind"] == "image" else torch.float32)
                      for k, spec in self.info["input_features"].items() if spec["kind"] != "language"}
-        obs.update({k: [self._warmup_task()] for k in self.info["language_inputs"]})
+        obs.update({k: [self.default_task or self._warmup_task()] for k in self.info["language_inputs"]})
         with self._lock:
             self.policy.predict_chunk(obs)
             if "guidance" in self.info["capabilities"]:
@@ -319,7 +321,7 @@ class PolicyService:
             check_finite_observation(key, value, self.max_obs_abs)
         out = {k: torch.from_numpy(v) for k, v in obs.items()}
         for key in self.info["language_inputs"]:
-            out[key] = request_tasks(request.meta.get("task"), batch)
+            out[key] = request_tasks(request.meta.get("task", self.default_task), batch)
         return out
 
     def _predict(self, request: Message) -> Message:
@@ -436,14 +438,14 @@ class PolicyServer:
 
     @classmethod
     def from_checkpoint(cls, checkpoint, host: str = "127.0.0.1", port: int = 0, *, device: str = "cpu",
-                        **kwargs) -> PolicyServer:
+                        default_task: str | None = None, **kwargs) -> PolicyServer:
         """Bind first (a busy port fails at once), then load `checkpoint` onto `device` (e.g. "cuda") and warm it
-        up (port 0: a free one). kwargs: the limits and timeouts of PolicyServer."""
+        up (port 0: a free one). default_task: see PolicyService; kwargs: the limits and timeouts of PolicyServer."""
         from robopolicy.policies.policy import load_policy
 
         sock = listen(host, port)
         try:
-            service = PolicyService(load_policy(checkpoint, map_location=device))
+            service = PolicyService(load_policy(checkpoint, map_location=device), default_task=default_task)
             service.warmup()
         except BaseException:
             sock.close()

@@ -16,6 +16,7 @@ For PushT, max_reward = min(1, max coverage / 0.95), so avg_max_reward is the Di
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -62,6 +63,7 @@ class EvalResult:
     episodes: list[EpisodeResult] = field(default_factory=list)
     eval_s: float = 0.0
     out_dir: Path | None = None
+    task: str | None = None  # the instruction given to a language-conditioned policy
 
     @property
     def n_episodes(self) -> int:
@@ -108,6 +110,7 @@ class EvalResult:
             "max_steps": self.max_steps,
             "n_envs": self.n_envs,
             "executor": self.executor,
+            **({"task": self.task} if self.task is not None else {}),
             "per_episode": per_episode,
             "aggregated": self.aggregated(),
             "video_paths": [e.video for e in self.episodes if e.video is not None],
@@ -115,6 +118,16 @@ class EvalResult:
 
     def summary_line(self) -> str:
         return f"success rate: {self.pc_success:.1f}% ({self.n_success}/{self.n_episodes})"
+
+
+def env_instruction(spec: EnvSpec) -> str | None:
+    """The instruction of the env's task (what its demonstrations store as `task`): the `TASK_STRINGS` mapping
+    {task: instruction} of the backend's module robopolicy.sim.<backend>_env; None when it has none."""
+    try:
+        module = importlib.import_module(f"robopolicy.sim.{spec.backend}_env")
+    except ImportError:
+        return None
+    return getattr(module, "TASK_STRINGS", {}).get(spec.task)
 
 
 def _policy_device(policy) -> torch.device:
@@ -183,6 +196,7 @@ def evaluate(
     overwrite: bool = False,
     progress: bool = True,
     verbose: bool = True,
+    task: str | None = None,
 ) -> EvalResult:
     """Run `n_episodes` episodes of `policy` (a robopolicy.runtime.protocol.ChunkPolicy) in `env`.
 
@@ -190,8 +204,9 @@ def evaluate(
     policy.config.input_features. out_dir: where eval_info.json and videos/eval_episode_<i>.mp4 go (None =
     write nothing); an existing eval_info.json is an error unless `overwrite`. video_episodes: record the first
     K episodes (video_size px frames; PushT 384, robosuite 192 by default). executor / n_action_steps /
-    ensemble_coeff: see robopolicy.runtime.executors.make_executor. Prints a summary ending with the line
-    `success rate: NN.N% (k/N)` when `verbose`.
+    ensemble_coeff: see robopolicy.runtime.executors.make_executor. task: the instruction a language-conditioned
+    policy gets (default: the env task's own, see env_instruction; pass another to test whether the policy follows
+    the words). Prints a summary ending with the line `success rate: NN.N% (k/N)` when `verbose`.
     """
     from tqdm.auto import tqdm
 
@@ -200,13 +215,22 @@ def evaluate(
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
     if not 0 <= video_episodes <= n_episodes:
         raise ValueError(f"video_episodes must be in [0, n_episodes={n_episodes}], got {video_episodes}")
-    keys = list(config.input_features)
+    language = [k for k, f in config.input_features.items() if f.kind == "language"]
+    keys = [k for k in config.input_features if k not in language]
     if not keys:
         raise ValueError("the policy declares no input features (policy.config.input_features is empty)")
     image_keys = {k for k, f in config.input_features.items() if f.kind == "image"}
-    spec = env if isinstance(env, EnvSpec) else env_spec_for_policy(env, config.input_features)
+    observed = {k: f for k, f in config.input_features.items() if k in keys}
+    spec = env if isinstance(env, EnvSpec) else env_spec_for_policy(env, observed)
     if not spec.obs_shapes:
-        spec = replace(spec, obs_shapes={k: tuple(f.shape) for k, f in config.input_features.items()})
+        spec = replace(spec, obs_shapes={k: tuple(f.shape) for k, f in observed.items()})
+    instructions = {}
+    if language:
+        instruction = task if task is not None else env_instruction(spec)
+        if instruction is None:
+            raise EnvMismatchError(f"the policy takes an instruction ({language[0]!r}) and {spec.name} has no task "
+                                   "string of its own: pass task='...' (robopolicy eval --task)")
+        instructions = {language[0]: instruction}
     if video_episodes and (video_size or not spec.video_size):
         spec = replace(spec, video_size=video_size or DEFAULT_VIDEO_SIZE[spec.backend])
     max_steps = max_steps if max_steps is not None else spec.max_episode_steps
@@ -226,7 +250,8 @@ def evaluate(
     history = ObservationHistory(config.n_obs_steps)
     device = _policy_device(policy)
     n_envs = max(1, min(n_envs, n_episodes))
-    result = EvalResult(spec.name, seed, max_steps, n_envs, ex.describe(), out_dir=out)
+    result = EvalResult(spec.name, seed, max_steps, n_envs, ex.describe(), out_dir=out,
+                        task=next(iter(instructions.values()), None))
     venv = make_vector_env(spec, n_envs)
     start = time.perf_counter()  # eval_s counts the rollouts, not building the environments (as LeRobot)
     bar = _Progress(tqdm(total=n_episodes, desc=f"eval {spec.name}", unit="ep", disable=not progress), max_steps)
@@ -238,7 +263,7 @@ def evaluate(
                 result.episodes.extend(
                     _run_round(
                         policy, venv, spec, ex, history, episode_ids, seed, max_steps, video_episodes,
-                        keys, image_keys, device, out, bar,
+                        keys, image_keys, device, out, bar, instructions,
                     )
                 )  # fmt: skip
     finally:
@@ -288,9 +313,10 @@ class _Progress:
 
 def _run_round(
     policy, venv, spec: EnvSpec, ex, history, episode_ids, seed, max_steps, video_episodes,
-    keys, image_keys, device, out, bar,
+    keys, image_keys, device, out, bar, instructions,
 ) -> list[EpisodeResult]:  # fmt: skip
-    """Run episodes `episode_ids` (one per env, in lockstep) to the end; returns their results."""
+    """Run episodes `episode_ids` (one per env, in lockstep) to the end; returns their results. instructions:
+    {language key: the instruction} added to every observation window."""
     b = len(episode_ids)
     slots = list(range(b))
     seeds = [seed + i for i in episode_ids]
@@ -313,7 +339,7 @@ def _run_round(
         policy.reset()
     for t in range(max_steps):
         if ex.needs_chunk():
-            window = {k: v.to(device) for k, v in history.window().items()}
+            window = {**{k: v.to(device) for k, v in history.window().items()}, **instructions}
             with torch.inference_mode():
                 chunk = policy.predict_chunk(window)
             if chunk.ndim != 3 or chunk.shape[0] != b or chunk.shape[2] != spec.action_dim:

@@ -40,6 +40,8 @@ from robopolicy.sim.errors import EnvMismatchError
 
 PUSHT_FPS = 10
 PUSHT_MAX_STEPS = 300
+# the instruction LeRobot's PushT dataset stores as every episode's task
+TASK_STRINGS = {"PushT": "Push the T-shaped block onto the T-shaped target."}
 SUCCESS_COVERAGE = 0.95  # gym-pusht: success when coverage > 0.95 (reward = clip(coverage / 0.95, 0, 1))
 ACTION_DIM = 2
 

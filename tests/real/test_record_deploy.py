@@ -235,3 +235,30 @@ def test_sim_arm_record_train_deploy_reaches_the_target(tmp_path):
                  "--episode-time", "4", "--seed", "1000", "--out", str(tmp_path / "deploy.json")]) == 0
     summary = json.loads((tmp_path / "deploy.json").read_text())["summary"]
     assert summary["n_success"] >= 8, summary
+
+
+@pytest.mark.timeout(120)
+def test_deploy_passes_the_instruction_to_a_language_policy():
+    from robopolicy.config_parsing import ConfigError
+    from robopolicy.policies.common.text_encoder import LanguageConfig
+    from robopolicy.policies.processor import Processor
+
+    rig = SimArmRig(FOLLOWER, seed=0)
+    robot = make_robot(FOLLOWER, port=rig.follower.port, calibration="defaults")
+    try:
+        robot.connect()
+        center = np.array(list(robot.last_commanded.values()))
+        base = _near_pose_policy(center)
+        cfg = base.config.replace(input_features={**base.config.input_features, "task": FeatureSpec((), "language")},
+                                  language=LanguageConfig(tasks=("wave", "rest"), embed_dim=8))
+        policy = Policy(cfg, base.normalizer, Processor(cfg.processor_steps(["wave", "rest"]))).eval()
+        seen = []
+        predict = policy.predict_chunk
+        policy.predict_chunk = lambda obs, *a, **k: (seen.append(obs["task"]), predict(obs, *a, **k))[1]
+        with pytest.raises(ConfigError, match="--task"):
+            Deployer(robot, DeployConfig(fps=30, episode_time_s=0.3), policy=policy)
+        report = Deployer(robot, DeployConfig(fps=30, episode_time_s=0.3, task="wave"), policy=policy).run_episode()
+    finally:
+        robot.disconnect()
+        rig.stop()
+    assert report.stopped is None and seen and set(seen) == {"wave"}

@@ -56,6 +56,11 @@ def test_instruction_travels_in_the_request_and_rtc_works_remotely():
         with pytest.raises(RemotePolicyError, match="unknown instruction 'fly'"):
             client.predict_chunk(obs, task="fly")
         np.testing.assert_array_equal(client.predict_chunk(obs, seed=7, task=TASKS[0]), local[TASKS[0]].numpy())
+    # `robopolicy serve --task`: the instruction for requests that send none; a request's own still wins
+    with PolicyServer(PolicyService(policy, default_task=TASKS[1])) as server, \
+            RemotePolicyClient(*server.address) as client:
+        np.testing.assert_array_equal(client.predict_chunk(obs, seed=7), local[TASKS[1]].numpy())
+        np.testing.assert_array_equal(client.predict_chunk(obs, seed=7, task=TASKS[0]), local[TASKS[0]].numpy())
 
 
 def test_info_of_a_head_without_guidance():

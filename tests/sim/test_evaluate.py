@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -235,3 +236,41 @@ def test_lift_expert_on_the_eval_protocol_seeds():
     result = evaluate(LiftExpertPolicy(), "robosuite:Lift", n_episodes=20, n_envs=2, progress=False, verbose=False)
     assert result.max_steps == 400 and [e.seed for e in result.episodes] == list(range(100_000, 100_020))
     assert result.n_success == 20, [e for e in result.episodes if not e.success]
+
+
+class InstructedPushTPolicy(ConstantPushTPolicy):
+    """Targets a point chosen by the instruction it is given (a language input "task")."""
+
+    TARGETS: ClassVar[dict] = {"Push the T-shaped block onto the T-shaped target.": (256.0, 256.0),
+                               "go left": (50.0, 256.0)}
+
+    def __init__(self):
+        super().__init__()
+        self.config = self.config.replace(input_features={**self.config.input_features,
+                                                          "task": FeatureSpec((), "language")})
+        self.tasks: list = []
+
+    def predict_chunk(self, obs):
+        self.tasks.append(obs["task"])
+        self.target = torch.tensor(self.TARGETS[obs["task"]])
+        return super().predict_chunk({k: v for k, v in obs.items() if k != "task"})
+
+
+@needs_pusht
+def test_a_language_policy_gets_the_env_task_or_the_given_instruction(tmp_path):
+    from robopolicy.sim.envs import EnvSpec
+    from robopolicy.sim.evaluate import env_instruction
+
+    assert env_instruction(EnvSpec("pusht")) == "Push the T-shaped block onto the T-shaped target."
+    assert env_instruction(EnvSpec("robosuite:Lift")) == "lift the red cube"
+    kwargs = dict(n_episodes=1, seed=3, max_steps=16, progress=False, verbose=False)
+    own, other = InstructedPushTPolicy(), InstructedPushTPolicy()
+    a = evaluate(own, "pusht", out_dir=tmp_path / "own", **kwargs)
+    b = evaluate(other, "pusht", task="go left", **kwargs)
+    assert set(own.tasks) == {"Push the T-shaped block onto the T-shaped target."} and set(other.tasks) == {"go left"}
+    assert "state" in own.windows[0] and "task" not in own.windows[0]  # the instruction is not an env observation
+    assert a.episodes[0].sum_reward != b.episodes[0].sum_reward  # the words changed what it did
+    info = json.loads((tmp_path / "own" / "eval_info.json").read_text())
+    assert info["task"] == "Push the T-shaped block onto the T-shaped target."
+    with pytest.raises(KeyError):
+        evaluate(InstructedPushTPolicy(), "pusht", task="an instruction it does not know", **kwargs)
