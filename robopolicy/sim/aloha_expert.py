@@ -327,16 +327,18 @@ class InsertionPlan:
     t_inserted: int = 260  # peg tip `insert_depth` inside the socket opening
     length: int = 300
     hover: float = 0.08
-    grasp_z: float = 0.0  # m, grasp point relative to the object centre (objects rest with centre z = 0.01)
-    pitch_deg: float = 60.0
+    peg_grasp_z: float = 0.02  # m, grasp point above the peg's centre (keeps the fingertips off the table)
+    socket_grasp_z: float = 0.02  # m, grasp point above the socket's centre
+    pitch_deg: float = 90.0  # both grippers point straight down
     lift_height: float = 0.1
     meet: tuple[float, float, float] = (0.0, 0.5, 0.2)  # m, socket opening / peg tip meeting point
     socket_back: float = 0.1  # m, socket centre this far -x of the meeting point
     peg_gap: float = 0.03  # m, peg tip this far +x of the socket opening at t_meet
     insert_depth: float = 0.035  # m, peg tip this far past the socket opening at the end
+    lateral_gain: float = 0.2  # per step: integral feedback moving the peg's axis onto the socket's (after t_meet)
 
 
-OBJ_REST_Z = {"peg": 0.01, "socket": 0.02}  # centre height at rest (peg 2 cm thick, socket 4 cm outer)
+OBJ_REST_Z = {"peg": 0.01, "socket": 0.022}  # centre height at rest (peg 2 cm thick, socket 4 cm outer)
 PEG_HALF, SOCKET_HALF = 0.06, 0.06  # half-lengths along x (m)
 
 
@@ -345,15 +347,18 @@ def insertion_waypoints(
 ) -> dict[str, list[Waypoint]]:
     """Waypoints for the peg (right arm) and socket (left arm) at the given centres (m)."""
     p = plan
-    peg = np.array([peg_xyz[0], peg_xyz[1], OBJ_REST_Z["peg"] + p.grasp_z])
-    sock = np.array([socket_xyz[0], socket_xyz[1], OBJ_REST_Z["socket"] + p.grasp_z])
+    peg = np.array([peg_xyz[0], peg_xyz[1], OBJ_REST_Z["peg"] + p.peg_grasp_z])
+    sock = np.array([socket_xyz[0], socket_xyz[1], OBJ_REST_Z["socket"] + p.socket_grasp_z])
     pitch = np.deg2rad(p.pitch_deg)
     right_rot = rot_z(np.pi) @ rot_y(pitch)
     left_rot = rot_y(pitch)
     meet = np.asarray(p.meet, dtype=np.float64)
     sock_meet = meet - _v(p.socket_back, 0.0, 0.0)
     opening_x = sock_meet[0] + SOCKET_HALF  # the socket's +x opening at the meeting
-    peg_at = lambda tip_x: np.array([tip_x + PEG_HALF, meet[1], meet[2]])  # noqa: E731  peg centre from its -x tip
+
+    def peg_at(tip_x: float) -> np.ndarray:  # right grasp point with the peg's -x tip at tip_x
+        return np.array([tip_x + PEG_HALF, meet[1], meet[2] + p.peg_grasp_z])
+
     up = np.array([0.0, 0.0, p.lift_height])
     right = [
         Waypoint(0, *start["right"], 0.0),
@@ -371,8 +376,8 @@ def insertion_waypoints(
         Waypoint(p.t_down, sock, left_rot, 1.0),
         Waypoint(p.t_grasped, sock, left_rot, 0.0),
         Waypoint(p.t_lifted, sock + up, left_rot, 0.0),
-        Waypoint(p.t_meet, sock_meet, left_rot, 0.0),
-        Waypoint(p.length, sock_meet, left_rot, 0.0),
+        Waypoint(p.t_meet, sock_meet + _v(0, 0, p.socket_grasp_z), left_rot, 0.0),
+        Waypoint(p.length, sock_meet + _v(0, 0, p.socket_grasp_z), left_rot, 0.0),
     ]
     return {"left": left, "right": right}
 
@@ -397,8 +402,7 @@ def align_peg_with_socket(
     grasp point (m) and gripper rotation measured at the same time."""
     p = plan
     peg_c, sock_c = env_state[:3], env_state[7:10]
-    sock_axis = _quat_to_mat(env_state[10:14])[:, 0]
-    sock_axis = sock_axis if sock_axis[0] > 0 else -sock_axis  # points from the socket towards the peg
+    sock_axis = _socket_axis(env_state)
     peg_axis = _quat_to_mat(env_state[3:7])[:, 0]
     peg_axis = peg_axis if peg_axis @ sock_axis > 0 else -peg_axis
     align = rotation_between(peg_axis, sock_axis)
@@ -415,6 +419,19 @@ def align_peg_with_socket(
         Waypoint(p.t_inserted, inserted, new_rot, 0.0),
         Waypoint(p.length, inserted, new_rot, 0.0),
     ]
+
+
+def _socket_axis(env_state: np.ndarray) -> np.ndarray:
+    axis = _quat_to_mat(env_state[10:14])[:, 0]
+    return axis if axis[0] > 0 else -axis  # points from the socket towards the peg (+x)
+
+
+def peg_lateral_error(env_state: np.ndarray) -> np.ndarray:
+    """How far (m, world) the peg's centre must move, across the socket's axis, to lie on that axis."""
+    s = np.asarray(env_state, dtype=np.float64)
+    axis = _socket_axis(s)
+    e = s[7:10] - s[:3]
+    return e - (e @ axis) * axis
 
 
 # ----- the expert ---------------------------------------------------------------------------------------------
@@ -463,6 +480,7 @@ class AlohaExpert:
         self.phase_index = 0
         self.phase = self.phase_names[0]
         self.ik_error = 0.0  # largest IK position residual (m) so far in the episode
+        self._correction = np.zeros(3)  # insertion: integrated lateral correction of the right grasp point (m)
 
     @property
     def done(self) -> bool:
@@ -500,10 +518,14 @@ class AlohaExpert:
             self._wps = self.waypoints(np.asarray(obs[ENV_STATE_KEY]))
         if self._t == self.replan_step:
             self._replan(obs)
+        if self.task == "Insertion" and self._t > self.replan_step:
+            self._correction += self.plan.lateral_gain * peg_lateral_error(np.asarray(obs[ENV_STATE_KEY]))
         t = min(self._t, self.length - 1)
         action = np.zeros(14, dtype=np.float64)
         for arm in ("left", "right"):
             pos, rot, grip = interpolate(self._wps[arm], t + 1)  # the target to reach at the next step
+            if arm == "right":
+                pos = pos + self._correction
             self._q[arm], err = self._ik.solve(arm, pos, rot, self._q[arm])
             self.ik_error = max(self.ik_error, err)
             action[_ACTION_ARM[arm]] = self._q[arm]
