@@ -1,7 +1,10 @@
 """ACT head: L = L1(a_hat, a) on unpadded steps + kl_weight * KL(q(z | a, s) || N(0, I)); z = 0 at inference.
 
-Tokens into the transformer encoder: [proj(z), proj(state), camera feature-map cells]; a DETR-style decoder
-turns `horizon` learned queries into the action chunk (B, H, D).
+Tokens into the transformer encoder: [proj(z), proj(state), proj(instruction), camera feature-map cells] (the
+instruction token only with a "language" input: LanguageEncoder -> Linear to dim_model + its own learned position);
+a DETR-style decoder turns `horizon` learned queries into action tokens (B, H, d) and `action_out` into the chunk
+(B, H, D). Heads built on ACT (moe_act) reuse everything up to the action tokens (`_decode_hidden`,
+`_decode_condition`) and replace `action_out`.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from robopolicy.policies.act.configuration import ACTConfig
-from robopolicy.policies.base import LossOutput, PolicyHead
+from robopolicy.policies.base import LANGUAGE, LossOutput, PolicyHead
 from robopolicy.policies.common import kernels, prepacked, ragged
 from robopolicy.policies.common.dropout import dropout, use_fast_dropout
 from robopolicy.policies.common.encoders import crop_images, feature_map_shape, image_trunk, imagenet_normalize
+from robopolicy.policies.common.text_encoder import LanguageEncoder
 
 
 def sinusoid_table(n: int, dim: int) -> torch.Tensor:
@@ -52,12 +56,13 @@ def first_token_output(layer: nn.TransformerEncoderLayer, x: torch.Tensor, mask:
 
 class ACTHead(PolicyHead):
     config_class = ACTConfig
+    capabilities = frozenset({LANGUAGE})
 
     def __init__(self, config: ACTConfig):
         super().__init__(config)
         c = config
         d = c.dim_model
-        self.state_keys = sorted(k for k, f in c.input_features.items() if f.kind != "image")
+        self.state_keys = sorted(k for k, f in c.input_features.items() if f.kind not in ("image", "language"))
         self.image_keys = sorted(k for k, f in c.input_features.items() if f.kind == "image")
         state_dim = sum(math.prod(c.input_features[k].shape) for k in self.state_keys)
 
@@ -78,6 +83,11 @@ class ACTHead(PolicyHead):
         self.latent_in = nn.Linear(c.latent_dim, d)
         self.state_in = nn.Linear(state_dim, d) if state_dim else None
         self.token_pos = nn.Parameter(torch.zeros(2, d))
+        language_keys = c.language_keys
+        self.language = LanguageEncoder(c.language, language_keys[0]) if language_keys else None
+        if self.language is not None:  # one instruction token with its own learned position
+            self.language_in = nn.Linear(c.language.embed_dim, d)
+            self.language_pos = nn.Parameter(torch.zeros(d))
         if self.image_keys:
             self.backbone = image_trunk(c.encoder)
             cin, h, w = c.input_features[self.image_keys[0]].shape
@@ -88,10 +98,16 @@ class ACTHead(PolicyHead):
         dec = nn.TransformerDecoderLayer(d, c.n_heads, c.dim_feedforward, c.dropout, batch_first=True)
         self.decoder = nn.TransformerDecoder(dec, c.n_decoder_layers)
         self.queries = nn.Parameter(torch.zeros(c.horizon, d))
-        self.action_out = nn.Linear(d, c.action_dim)
+        self._build_output()
         nn.init.normal_(self.token_pos, std=0.02)
         nn.init.normal_(self.queries, std=0.02)
+        if self.language is not None:
+            nn.init.normal_(self.language_pos, std=0.02)
         use_fast_dropout(self)
+
+    def _build_output(self) -> None:
+        """The modules that turn action tokens (..., d) into actions: ACT's linear `action_out`."""
+        self.action_out = nn.Linear(self.config.dim_model, self.config.action_dim)
 
     def _state(self, obs: dict[str, torch.Tensor]) -> torch.Tensor | None:
         if not self.state_keys:
@@ -122,11 +138,14 @@ class ACTHead(PolicyHead):
         return mu, logvar
 
     def _tokens(self, obs: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
-        """Encoder input tokens [latent, state, camera cells] (B, T, d)."""
+        """Encoder input tokens [latent, state, instruction, camera cells] (B, T, d)."""
         tokens = [self.latent_in(z)[:, None] + self.token_pos[0]]
         state = self._state(obs)
         if state is not None:
             tokens.append(self.state_in(state)[:, None] + self.token_pos[1])
+        if self.language is not None:
+            instruction = self.language(obs).to(tokens[0].dtype)  # (B, embed_dim)
+            tokens.append(self.language_in(instruction)[:, None] + self.language_pos)
         for key in self.image_keys:
             img = crop_images(obs[key][:, -1], self.config.encoder.crop_shape, self.training)
             img = imagenet_normalize(img) if img.shape[1] == 3 else img
@@ -136,14 +155,23 @@ class ACTHead(PolicyHead):
 
     def _decode(self, obs: dict[str, torch.Tensor], z: torch.Tensor, pad: torch.Tensor | None = None
                 ) -> torch.Tensor:
-        """Action chunk (B, H, D) in training. With the CPU kernels (kernels.py) the padded steps of `pad` (B, H)
-        are not decoded (zeros: the loss masks them) and the first layer's query self-attention is shared by the
-        batch; torch's decoder otherwise."""
+        """Action chunk (B, H, D) in training (zeros on the padded steps the CPU kernels skip: the loss masks
+        them); see `_decode_hidden`."""
+        hidden, layout = self._decode_hidden(obs, z, pad)
+        out = self.action_out(hidden)
+        return out if layout is None else layout.unpack(out)
+
+    def _decode_hidden(self, obs: dict[str, torch.Tensor], z: torch.Tensor, pad: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, ragged.Ragged | None]:
+        """The decoder's action tokens in training, before `action_out`: (B, H, d) and None with torch's decoder;
+        with the CPU kernels (kernels.py) the rows (N, d) of the steps `pad` (B, H) leaves unpadded and their
+        layout (`layout.unpack(rows)` -> (B, H, d), zeros on the padded steps, which are never decoded), the first
+        layer's query self-attention shared by the batch."""
         tokens = self._tokens(obs, z)
         memory = self.encoder(tokens)
         b, layers = z.shape[0], self.decoder.layers
         if not kernels.enabled(memory):
-            return self.action_out(self.decoder(self.queries.expand(b, -1, -1), memory))
+            return self.decoder(self.queries.expand(b, -1, -1), memory), None
         every = ragged.Ragged.from_valid(torch.ones(b, self.config.horizon, dtype=torch.bool, device=z.device))
         x = self._query_self_attention(layers[0], b)
         for i, layer in enumerate(layers):
@@ -156,7 +184,7 @@ class ACTHead(PolicyHead):
         rows = ragged.decoder_cross_and_ff(layers[-1], layout.pack(x), memory, layout)
         if self.decoder.norm is not None:
             rows = self.decoder.norm(rows)
-        return layout.unpack(self.action_out(rows))
+        return rows, layout
 
     def _query_self_attention(self, layer: nn.TransformerDecoderLayer, b: int) -> torch.Tensor:
         """norm1(queries + dropout1(self_attn(queries))) of the first decoder layer, (B, H, d).
@@ -216,18 +244,24 @@ class ACTHead(PolicyHead):
             self._query_cache = (key, x, q)
         return self._query_cache[1], self._query_cache[2]
 
+    def _latent(self, batch: dict[str, torch.Tensor], actions: torch.Tensor, pad: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training latent z (B, latent) drawn from the posterior q(z | state, actions) (reparameterized) and its
+        KL to N(0, I) summed over latent dims (B,); z = 0 and KL = 0 without the CVAE."""
+        c = self.config
+        if not c.use_vae:
+            b = actions.shape[0]
+            return (torch.zeros(b, c.latent_dim, device=actions.device),
+                    torch.zeros(b, device=actions.device))
+        mu, logvar = self._posterior(self._state(batch), actions, pad)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        return z, -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1)
+
     def loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
         c = self.config
         actions = batch[c.action_key]
         pad = batch.get(f"{c.action_key}_is_pad")
-        b = actions.shape[0]
-        if c.use_vae:
-            mu, logvar = self._posterior(self._state(batch), actions, pad)
-            z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-            kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1)  # (B,)
-        else:
-            z = torch.zeros(b, c.latent_dim, device=actions.device)
-            kl = torch.zeros(b, device=actions.device)
+        z, kl = self._latent(batch, actions, pad)
         pred = self._decode(batch, z, pad)
         l1 = F.l1_loss(pred, actions, reduction="none").mean(-1)  # (B, H)
         if pad is not None:
@@ -246,10 +280,15 @@ class ACTHead(PolicyHead):
             return self._encode_inference(tokens)
         return self.encoder(tokens)
 
+    def _decode_condition(self, cond: torch.Tensor) -> torch.Tensor:
+        """The learned queries decoded against the memory (B, T, d) -> action tokens (B, H, d), before
+        `action_out`: torch's decoder in training mode, the prepacked inference path in eval mode."""
+        if self.training:
+            return self.decoder(self.queries.expand(cond.shape[0], -1, -1), cond)
+        return self._decode_inference(cond)
+
     @torch.no_grad()
     def sample_from_condition(self, cond: torch.Tensor, *, generator: torch.Generator | None = None,
                               guide=None) -> torch.Tensor:
         """Decode the learned queries against the memory (B, T, d) -> chunks (B, H, D); deterministic (z = 0)."""
-        if self.training:
-            return self.action_out(self.decoder(self.queries.expand(cond.shape[0], -1, -1), cond))
-        return self.action_out(self._decode_inference(cond))
+        return self.action_out(self._decode_condition(cond))
