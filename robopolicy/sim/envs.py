@@ -1,4 +1,4 @@
-"""Simulation environments for evaluation, built from a spec string: "pusht" or "robosuite:<Task>".
+"""Simulation environments for evaluation, built from a spec string: "pusht", "robosuite:<Task>" or "aloha:<Task>".
 
 Every environment has the same gymnasium-style interface (numpy in, numpy out):
   reset(seed=..., options=...) -> (obs, info)
@@ -21,7 +21,10 @@ import numpy as np
 
 from robopolicy.sim.errors import EnvMismatchError
 
-ENV_HELP = "'pusht' (gym-pusht PushT-v0) or 'robosuite:<Task>' (e.g. 'robosuite:Lift')"
+ENV_HELP = (
+    "'pusht' (gym-pusht PushT-v0), 'robosuite:<Task>' (e.g. 'robosuite:Lift') or 'aloha:<Task>' "
+    "(gym-aloha: 'aloha:TransferCube', 'aloha:Insertion')"
+)
 ROBOSUITE_MAX_STEPS = 400  # robomimic / Diffusion Policy rollout length for Lift, Can and Square
 ROBOSUITE_VIDEO_CAMERA = "agentview"
 
@@ -35,6 +38,10 @@ def parse_env_spec(spec: str) -> tuple[str, str]:
         from robopolicy.sim.robosuite_env import parse_env_spec as parse_robosuite
 
         return "robosuite", parse_robosuite(spec)
+    if backend == "aloha" and sep and task:
+        from robopolicy.sim.aloha_env import parse_env_spec as parse_aloha
+
+        return "aloha", parse_aloha(spec)
     raise ValueError(f"unknown env {spec!r}; expected {ENV_HELP}")
 
 
@@ -42,7 +49,7 @@ def parse_env_spec(spec: str) -> tuple[str, str]:
 class EnvSpec:
     """What to build.
 
-    name: "pusht" or "robosuite:<Task>".
+    name: "pusht", "robosuite:<Task>" or "aloha:<Task>" (see robopolicy.sim.aloha_env).
     obs_shapes: {dataset key: shape} the policy needs (images (C, H, W)); empty = the env's default features.
     video_size: side (px) of frames from `render()` (robosuite: rendered only in episodes reset with
     options={"video": True}, since an offscreen renderer costs about 1 s per reset on CPU).
@@ -70,6 +77,10 @@ class EnvSpec:
             from robopolicy.sim.pusht_env import PUSHT_FPS
 
             return float(PUSHT_FPS)
+        if self.backend == "aloha":
+            from robopolicy.sim.aloha_env import ALOHA_FPS
+
+            return float(ALOHA_FPS)
         from robopolicy.sim.robosuite_env import RobosuiteConfig
 
         return float(RobosuiteConfig().control_freq)
@@ -80,6 +91,10 @@ class EnvSpec:
             from robopolicy.sim.pusht_env import PUSHT_MAX_STEPS
 
             return PUSHT_MAX_STEPS
+        if self.backend == "aloha":
+            from robopolicy.sim.aloha_env import ALOHA_MAX_STEPS
+
+            return ALOHA_MAX_STEPS
         return ROBOSUITE_MAX_STEPS
 
     @property
@@ -88,6 +103,10 @@ class EnvSpec:
             from robopolicy.sim.pusht_env import ACTION_DIM
 
             return ACTION_DIM
+        if self.backend == "aloha":
+            from robopolicy.sim.aloha_env import ACTION_NAMES as ALOHA_ACTION_NAMES
+
+            return len(ALOHA_ACTION_NAMES)
         from robopolicy.sim.robosuite_env import ACTION_NAMES
 
         return len(ACTION_NAMES)
@@ -97,6 +116,10 @@ class EnvSpec:
             from robopolicy.sim.pusht_env import PushTEnv
 
             return PushTEnv(self.obs_shapes or None, video_size=self.video_size or 384)
+        if self.backend == "aloha":
+            from robopolicy.sim.aloha_env import make_aloha_env
+
+            return make_aloha_env(self.name, self.obs_shapes, video_size=self.video_size)
         return RobosuiteGymEnv(self.task, self.obs_shapes, video_size=self.video_size)
 
 
