@@ -1,0 +1,126 @@
+"""One language-conditioned policy for several robosuite tasks, per head, at the same training budget (issue 11).
+
+Stages (each one a `robopolicy` command; a stage whose output exists is skipped, so a killed run continues where
+it stopped, and a killed training resumes from its last checkpoint):
+  1. collect  scripted demonstrations of every task into one LeRobot v3 dataset (task strings, phase labels)
+  2. train    one policy per head from configs/multitask_robosuite_<head>.yaml (same steps and batch size)
+  3. eval     each policy on each task: --episodes unseen seeds (from 100000; collection uses 0..N-1), the
+              task's own instruction
+  4. swapped  the same episodes with another task's instruction (the next task in the list): a policy that
+              follows the words fails there, one that reads only the scene does not
+Prints a success table (per task, mean) and writes OUT/results.json.
+
+  python benchmarks/bench_multitask.py --heads diffusion,flow,act --episodes-per-task 50 --eval-episodes 50
+  python benchmarks/bench_multitask.py --steps 200 --episodes-per-task 4 --eval-episodes 2   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TASKS = ("Lift", "Stack", "PickPlaceCan", "Door", "NutAssemblyRound")
+EVAL_SEED = 100_000
+
+
+def run(cmd: list[str], log: Path) -> float:
+    """Run a robopolicy command, its output appended to `log`; returns the wall time (s); exits on failure."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with log.open("a") as f:
+        f.write(f"\n$ {' '.join(cmd)}\n")
+        f.flush()
+        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "MUJOCO_GL": "egl"})
+    if rc != 0:
+        sys.exit(f"failed ({rc}): {' '.join(cmd)}; see {log}")
+    return time.perf_counter() - start
+
+
+def robopolicy() -> list[str]:
+    return [sys.executable, "-m", "robopolicy.cli.main"]
+
+
+def instruction(task: str) -> str:
+    from robopolicy.sim.robosuite_env import TASK_STRINGS
+
+    return TASK_STRINGS[task]
+
+
+def success(eval_dir: Path) -> float:
+    return json.loads((eval_dir / "eval_info.json").read_text())["aggregated"]["pc_success"]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--heads", default="diffusion,flow,act", help="comma-separated heads (configs/multitask_*)")
+    p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated robosuite tasks")
+    p.add_argument("--episodes-per-task", type=int, default=50, help="demonstrations per task")
+    p.add_argument("--eval-episodes", type=int, default=50, help="evaluation episodes per task")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the presets', the same for all)")
+    p.add_argument("--n-envs", type=int, default=2, help="parallel evaluation environments")
+    p.add_argument("--no-swapped", action="store_true", help="skip the swapped-instruction evaluation")
+    p.add_argument("--out", type=Path, default=REPO / "outputs" / "multitask")
+    args = p.parse_args()
+    heads, tasks = args.heads.split(","), args.tasks.split(",")
+    out, log = args.out, args.out / "bench.log"
+    data = out / "robosuite"
+    times: dict[str, float] = {}
+
+    if not (data / "meta" / "info.json").exists():
+        times["collect"] = run([*robopolicy(), "collect", "--env", "robosuite:" + ",".join(tasks), "--episodes",
+                                str(args.episodes_per_task), "--out", str(data), "--format", "lerobot"], log)
+    for head in heads:
+        run_dir = out / head
+        done = run_dir / "DONE"
+        if not done.exists():
+            cmd = [*robopolicy(), "train", "--config", str(REPO / "configs" / f"multitask_robosuite_{head}.yaml"),
+                   f"--data.uri={data}", f"--train.output_dir={run_dir}"]
+            if args.steps is not None:
+                cmd.append(f"--train.steps={args.steps}")
+            if (run_dir / "checkpoints" / "last").exists():
+                cmd.append("--resume")
+            times[f"train/{head}"] = run(cmd, log)
+            done.write_text("trained\n")
+        for i, task in enumerate(tasks):
+            swapped = tasks[(i + 1) % len(tasks)]
+            runs = [("eval", None)] + ([] if args.no_swapped or len(tasks) < 2 else [("swapped", swapped)])
+            for kind, other in runs:
+                eval_dir = out / kind / head / task
+                if (eval_dir / "eval_info.json").exists():
+                    continue
+                cmd = [*robopolicy(), "eval", "--checkpoint", str(run_dir), "--env", f"robosuite:{task}",
+                       "--episodes", str(args.eval_episodes), "--seed", str(EVAL_SEED), "--n-envs", str(args.n_envs),
+                       "--videos", "1" if kind == "eval" else "0", "--out", str(eval_dir), "--no-progress"]
+                if other is not None:
+                    cmd += ["--task", instruction(other)]
+                times[f"{kind}/{head}/{task}"] = run(cmd, log)
+
+    results = {"tasks": tasks, "heads": heads, "episodes_per_task": args.episodes_per_task,
+               "eval_episodes": args.eval_episodes, "seconds": times, "success": {}, "swapped": {}}
+    for head in heads:
+        results["success"][head] = {t: success(out / "eval" / head / t) for t in tasks}
+        if (out / "swapped" / head / tasks[0] / "eval_info.json").exists():
+            results["swapped"][head] = {t: success(out / "swapped" / head / t) for t in tasks}
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+
+    print(f"success % over {args.eval_episodes} unseen seeds per task ({args.episodes_per_task} demos per task)")
+    print("| head | " + " | ".join(tasks) + " | mean | swapped instruction (mean) |")
+    print("|---" * (len(tasks) + 3) + "|")
+    for head in heads:
+        row = results["success"][head]
+        mean = sum(row.values()) / len(row)
+        sw = results["swapped"].get(head)
+        sw_mean = f"{sum(sw.values()) / len(sw):.0f}" if sw else "-"
+        print(f"| {head} | " + " | ".join(f"{row[t]:.0f}" for t in tasks) + f" | {mean:.1f} | {sw_mean} |")
+    print(f"results: {out / 'results.json'}; log: {log}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
