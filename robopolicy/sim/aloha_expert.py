@@ -1,12 +1,16 @@
 """Scripted bimanual experts for the gym-aloha tasks, with per-frame phase labels.
 
 The approach follows ACT's scripted data (Zhao et al. 2023): at the first step the expert reads the object
-pose(s), lays out timed end-effector waypoints for both arms (position, orientation, gripper), interpolates them
-and runs open loop. ACT turns the waypoints into joint trajectories by driving mocap bodies in a separate
+pose(s) and lays out timed end-effector waypoints for both arms (position, orientation, gripper), which it
+interpolates. ACT turns such waypoints into joint trajectories by driving mocap bodies in a separate
 end-effector simulation; here they become joint targets through inverse kinematics on a kinematic copy of the
 same MuJoCo model (`ArmIK`: position + orientation error, Jacobian from `mj_jac`, damped least squares),
-warm-started from the previous step, so the plan is a pure function of the initial object pose and no second
-simulation runs. The joint-position actuators track the targets within a few mrad at the speeds used.
+warm-started from the previous step, so no second simulation runs. The joint-position actuators track the
+targets within a few mrad at the speeds used. Unlike ACT's purely open-loop script, the second half looks at
+the objects once more (`replan_step` = t_meet): transfer-cube re-aims the left gripper at where the cube
+actually hangs in the right gripper; insertion re-plans the peg's path from how the peg and socket are
+actually held, then keeps the peg on the socket's axis with a small integral feedback. The demonstration
+stays a deterministic function of the initial state (the seed).
 
 End-effector frame: the "grasp point" `GRASP_OFFSET` in the `gripper_link` body frame (x points from the wrist
 along the fingers, the fingers close along y). Positions in m (world frame: x from the left arm to the right
