@@ -94,7 +94,8 @@ class Policy(nn.Module):
 
     def prepare(self, batch: Mapping[str, object]) -> dict[str, object]:
         """Raw windows -> head inputs on the head's device and in its dtype: states/actions normalized, uint8
-        images -> [0, 1], language (a string or one per sample) through the processor steps."""
+        images -> [0, 1], language (a string or one per sample) through the processor steps; other windows the
+        head's delta_indices() declares (per-frame labels, e.g. moe_act's phases) as they are."""
         out: dict[str, object] = {}
         device, dtype = self.head.device, self.head.dtype
         size = next((len(batch[k]) for k in self.config.windowed_inputs if k in batch), 1)
@@ -115,6 +116,12 @@ class Policy(nn.Module):
             pad = f"{key}_is_pad"
             if pad in batch:
                 out[pad] = torch.as_tensor(batch[pad]).to(device, non_blocking=True)
+        for key in self.config.delta_indices():  # windows a head loads beside its features (labels): unnormalized
+            if key in out or key not in batch:
+                continue
+            for name in (key, f"{key}_is_pad"):
+                if name in batch:
+                    out[name] = torch.as_tensor(batch[name]).to(device, non_blocking=True)
         return self.processor(out, device)
 
     def loss(self, batch: Mapping[str, torch.Tensor]) -> LossOutput:
