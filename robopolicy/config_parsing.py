@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
+import re
 import types
 import typing
 from collections.abc import Iterator, Mapping, Sequence
@@ -152,8 +154,24 @@ def field_lines(
             yield from field_lines(type(value), name, value)
             continue
         doc = get_attribute_docstring(cls, f.name)
-        text = doc.comment_inline or doc.comment_above or doc.docstring_below
+        text = doc.comment_inline or doc.comment_above or doc.docstring_below or _inline_comment(cls, f.name)
         yield f"--{name}={_plain_str(value)}", type_name(hints[f.name]), " ".join(text.split())
+
+
+def _inline_comment(cls: type, name: str) -> str:
+    """The `# ...` comment on the line defining field `name` in `cls` or a base class; draccus' parser skips
+    lines whose annotation holds quotes (Literal["a", "b"])."""
+    pattern = re.compile(rf"^\s*{re.escape(name)}\s*:[^#]*#\s?(.*)$")
+    for klass in cls.__mro__:
+        try:
+            lines = inspect.getsource(klass).splitlines()
+        except (OSError, TypeError):
+            continue
+        for line in lines:
+            match = pattern.match(line)
+            if match:
+                return match.group(1)
+    return ""
 
 
 def _default(f: dataclasses.Field) -> Any:

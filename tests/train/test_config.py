@@ -141,6 +141,9 @@ def test_help_lists_fields_with_defaults(capsys):
     assert info.value.code == 0
     assert "--train.steps=1000" in out and "optimizer steps" in out
     assert "--train.amp=auto" in out and "one of 'auto', 'bf16', 'off'" in out
+    # a choice field keeps its description (draccus' comment parser skips annotations with quotes)
+    assert "one of 'unet', 'transformer': the conditional network" in " ".join(out.split())
+    assert "--policy.language.encoder=" in out and "learned embedding per training task" in out
     assert "--data.uri=" in out and "--optim.lr=0.0001" in out and "--eval.episodes=10" in out
     assert "--policy.denoiser.unet.down_dims=[256,512,1024]" in out and "--policy.inference_scheduler=ddim" in out
     with pytest.raises(SystemExit):
