@@ -155,12 +155,7 @@ def test_trained_policy_follows_the_instruction_not_the_scene(tmp_path, head, en
                 LanguageConfig(encoder=str(write_tiny_text_model(tmp_path / "enc", encoder)), embed_dim=16))
     overrides = {"horizon": 4, "n_action_steps": 2} if head == "act" else {}
     torch.manual_seed(0)
-    try:
-        policy = _policy(ds, head, language, **overrides)
-    except Exception as exc:  # ACT gains language in its own change; until then it refuses the instruction
-        if head == "act" and "does not condition on an instruction" in str(exc):
-            pytest.skip("ACT does not take an instruction yet")
-        raise
+    policy = _policy(ds, head, language, **overrides)
     from robopolicy.data.sampler import WindowSampler
 
     windows = WindowSampler(ds, policy.config.delta_indices())
