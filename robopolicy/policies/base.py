@@ -35,7 +35,8 @@ from robopolicy.policies.common.text_encoder import LanguageConfig
 
 GUIDANCE = "guidance"
 LANGUAGE = "language"
-CAPABILITIES = frozenset({GUIDANCE, LANGUAGE})
+TOKENIZED_ACTIONS = "tokenized_actions"  # discrete action tokens: `head.tokenizer`, `head.token_logits` (dd_vla)
+CAPABILITIES = frozenset({GUIDANCE, LANGUAGE, TOKENIZED_ACTIONS})
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,12 @@ variant="maskgit" is the authors' reference decoder instead (parallel_decode.py,
 samples at masked positions, confidence log p(sample) + (1 - r) G with r = t / T, committed tokens ranked by
 (1 - r) log p(token) (remask=True) or kept (+inf), and the floor(L cos(pi t / 2T)) lowest (at least 1 before the
 last round) masked again.
+
+variant="left_to_right" is the autoregressive-order baseline of the same model: L passes (NFE = L), pass i
+commits position i by argmax given the positions before it ([MASK] after it).
+
+`logits_fn` returns (batch, length, V) scores: V = mask_token (a head whose output never includes [MASK]) or
+V > mask_token (the [MASK] column is ignored).
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+
+from robopolicy.config_parsing import check
 
 
 def cosine_mask_ratio(r: torch.Tensor) -> torch.Tensor:
@@ -54,23 +62,29 @@ def committed_after(length: int, rounds: int) -> list[int]:
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    """rounds: T (NFE). order: "max_confidence" (default, best in the paper) or "confidence_gap".
-    remask_threshold: (eta at round 1, eta at round T), linear, or None (off). residual_drop: delta or None."""
+    """How a chunk of [MASK] tokens is decoded (see the module docstring)."""
 
-    rounds: int = 12
-    order: Literal["max_confidence", "confidence_gap"] = "max_confidence"
-    remask_threshold: tuple[float, float] | None = None
-    residual_drop: float | None = None
-    variant: Literal["adaptive", "maskgit"] = "adaptive"
-    maskgit_remask: bool = True
+    rounds: int = 12  # T = forward passes per chunk (NFE); the paper's default 12
+    order: Literal["max_confidence", "confidence_gap"] = "max_confidence"  # which masked positions commit first
+    remask_threshold: tuple[float, float] | None = None  # (eta at round 1, eta at round T), linear; null: off
+    residual_drop: float | None = None  # re-mask a token whose probability fell by more than this; null: off
+    variant: Literal["adaptive", "maskgit", "left_to_right"] = "adaptive"  # the paper's, the authors' code, or AR order
+    maskgit_remask: bool = True  # maskgit variant: committed tokens compete again (scaled by 1 - t / T)
 
     def __post_init__(self):
-        if self.rounds < 1:
-            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
-        if self.order not in ("max_confidence", "confidence_gap"):
-            raise ValueError(f"order must be 'max_confidence' or 'confidence_gap', got {self.order!r}")
-        if self.variant not in ("adaptive", "maskgit"):
-            raise ValueError(f"variant must be 'adaptive' or 'maskgit', got {self.variant!r}")
+        check(self.rounds >= 1, "rounds", self.rounds, ">= 1")
+        check(self.order in ("max_confidence", "confidence_gap"), "order", self.order,
+              "'max_confidence' or 'confidence_gap'")
+        check(self.variant in ("adaptive", "maskgit", "left_to_right"), "variant", self.variant,
+              "'adaptive', 'maskgit' or 'left_to_right'")
+        check(self.remask_threshold is None or len(self.remask_threshold) == 2, "remask_threshold",
+              self.remask_threshold, "[eta_first, eta_last] or null")
+        check(self.residual_drop is None or self.residual_drop >= 0, "residual_drop", self.residual_drop,
+              ">= 0 or null")
+
+    def nfe(self, length: int) -> int:
+        """Forward passes to decode `length` tokens."""
+        return length if self.variant == "left_to_right" else self.rounds
 
 
 def decode(
@@ -87,17 +101,17 @@ def decode(
     """Decode (batch, length) tokens with `config.rounds` calls of `logits_fn(tokens) -> (batch, length, V)`.
 
     `on_round(t, tokens)` sees the tokens after each round (tests, visualisation). Returns long tokens with no
-    [MASK] left."""
+    [MASK] left (variant "left_to_right": `length` calls, one committed position each)."""
     if config.variant == "maskgit":
         return _decode_maskgit(logits_fn, batch, length, mask_token, config, device, generator, on_round)
+    if config.variant == "left_to_right":
+        return _decode_left_to_right(logits_fn, batch, length, mask_token, device, on_round)
     rounds = config.rounds
     tokens = torch.full((batch, length), mask_token, dtype=torch.long, device=device)
     commit_conf = torch.zeros(batch, length, device=device)
     targets = committed_after(length, rounds)
     for t in range(1, rounds + 1):
-        logits = logits_fn(tokens).float()
-        logits[..., mask_token] = float("-inf")
-        logp = torch.log_softmax(logits, dim=-1)
+        logp = _log_probs(logits_fn(tokens), mask_token)
         tau = 1.0 - (t - 1) / (rounds - 1) if rounds > 1 else 0.0
         sampled = (logp + tau * _gumbel(logp.shape, device, generator)).argmax(dim=-1)
         probs = logp.exp()
@@ -125,6 +139,31 @@ def decode(
     return tokens
 
 
+def _log_probs(logits: torch.Tensor, mask_token: int) -> torch.Tensor:
+    """float32 log-probabilities over the tokens < mask_token ([MASK] gets -inf where the logits have a column)."""
+    logits = logits.float()
+    if logits.shape[-1] > mask_token:
+        logits = logits.clone()
+        logits[..., mask_token:] = float("-inf")
+    return torch.log_softmax(logits, dim=-1)
+
+
+def _decode_left_to_right(
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    batch: int,
+    length: int,
+    mask_token: int,
+    device: torch.device | str,
+    on_round: Callable[[int, torch.Tensor], None] | None,
+) -> torch.Tensor:
+    tokens = torch.full((batch, length), mask_token, dtype=torch.long, device=device)
+    for i in range(length):
+        tokens[:, i] = _log_probs(logits_fn(tokens)[:, i], mask_token).argmax(dim=-1)
+        if on_round is not None:
+            on_round(i + 1, tokens)
+    return tokens
+
+
 def _gumbel(shape: torch.Size, device: torch.device | str, generator: torch.Generator | None) -> torch.Tensor:
     u = torch.rand(shape, device=device, generator=generator).clamp(1e-20, 1.0 - 1e-7)
     return -torch.log(-torch.log(u))
@@ -149,9 +188,7 @@ def _decode_maskgit(
     rounds = config.rounds
     tokens = torch.full((batch, length), mask_token, dtype=torch.long, device=device)
     for t in range(1, rounds + 1):
-        logits = logits_fn(tokens).float()
-        logits[..., mask_token] = float("-inf")
-        logp = torch.log_softmax(logits, dim=-1)
+        logp = _log_probs(logits_fn(tokens), mask_token)
         masked = tokens == mask_token
         sampled = torch.multinomial(logp.exp().flatten(0, 1), 1, generator=generator).view(batch, length)
         tokens = torch.where(masked, sampled, tokens)
