@@ -66,8 +66,9 @@ def test_parse_env_spec():
     assert parse_env_spec("robosuite:Lift") == "Lift"
     with pytest.raises(ValueError, match="robosuite:<Task>"):
         parse_env_spec("pusht")
-    with pytest.raises(ValueError, match="unsupported robosuite task 'Stack'"):
-        parse_env_spec("robosuite:Stack")
+    assert parse_env_spec("robosuite:Stack") == "Stack"
+    with pytest.raises(ValueError, match="unsupported robosuite task 'Wipe'"):
+        parse_env_spec("robosuite:Wipe")
 
 
 def test_canonical_quat_picks_one_sign():

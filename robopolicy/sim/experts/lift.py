@@ -25,10 +25,7 @@ from typing import Any
 
 import numpy as np
 
-# The gripper site orientation "pointing straight down" (xyzw) with the yaw of the Panda's home pose.
-DOWN_QUAT_XYZW = np.array([np.sqrt(0.5), np.sqrt(0.5), 0.0, 0.0])
-
-PHASES = ("reach", "grasp", "lift")
+from robopolicy.sim.experts.control import DOWN_QUAT_XYZW, orientation_error
 
 
 @dataclass(frozen=True)
@@ -49,40 +46,16 @@ class LiftExpertConfig:
     rot_gain: float = 3.0  # action per radian of orientation error
 
 
-def _quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamilton product of xyzw quaternions."""
-    ax, ay, az, aw = a
-    bx, by, bz, bw = b
-    return np.array(
-        [
-            aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw,
-            aw * bw - ax * bx - ay * by - az * bz,
-        ]
-    )
-
-
-def orientation_error(target_xyzw: np.ndarray, current_xyzw: np.ndarray) -> np.ndarray:
-    """Axis-angle vector (rad, world frame) rotating `current` onto `target`."""
-    conj = np.array([-current_xyzw[0], -current_xyzw[1], -current_xyzw[2], current_xyzw[3]])
-    q = _quat_mul(target_xyzw, conj)
-    if q[3] < 0:
-        q = -q
-    v = q[:3]
-    s = np.linalg.norm(v)
-    if s < 1e-9:
-        return np.zeros(3)
-    return v / s * 2.0 * np.arctan2(s, q[3])
-
-
 class LiftExpert:
-    """Scripted Lift policy: call `reset()` at the start of an episode, then `act(obs)` every step.
+    """Scripted Lift policy: call `reset()` at the start of an episode, then `act(obs)` every step; `phase` is
+    the phase ("reach", "grasp", "lift") that chose the last action.
 
     obs: the raw robosuite observation dict (uses robot0_eef_pos, robot0_eef_quat_site, robot0_gripper_qpos,
     cube_pos). Returns a float32 (7,) action in [-1, 1]: OSC_POSE deltas (dx, dy, dz, drx, dry, drz) and the
     gripper command (-1 open, +1 close).
     """
+
+    phases = ("reach", "grasp", "lift")
 
     def __init__(self, config: LiftExpertConfig = LiftExpertConfig()):
         self.config = config
@@ -139,10 +112,3 @@ class LiftExpert:
         rot = np.clip(c.rot_gain * orientation_error(DOWN_QUAT_XYZW, quat), -1.0, 1.0)
         action = np.concatenate([np.clip(pos, -1.0, 1.0), rot, [gripper]])
         return action.astype(np.float32)
-
-
-def make_expert(task: str):
-    """The scripted expert for a robosuite task name."""
-    if task == "Lift":
-        return LiftExpert()
-    raise ValueError(f"no scripted expert for robosuite task {task!r}; available: ['Lift']")
