@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +38,9 @@ from robopolicy.sim.aloha_env import (
     parse_env_spec,
 )
 from robopolicy.sim.aloha_expert import PHASE_KEY, AlohaExpert, AlohaExpertConfig, phase_feature
-from robopolicy.sim.collect import DONE_KEY, REWARD_KEY, CollectResult, EpisodeResult
 
+REWARD_KEY = "next.reward"  # the same column names as robopolicy.sim.collect
+DONE_KEY = "next.done"
 END_WINDOW = 10  # steps: success = reward 4 somewhere in the episode's last END_WINDOW steps
 
 
@@ -93,6 +94,46 @@ class AlohaCollectConfig:
         return AlohaConfig(task=self.task, cameras=self.cameras, image_height=h, image_width=w)
 
 
+@dataclass(frozen=True)
+class EpisodeResult:
+    """One rollout: its task, seed, number of recorded frames, success flag, first successful step (or None)."""
+
+    task: str
+    seed: int
+    length: int
+    success: bool
+    first_success_step: int | None
+    saved_as: int | None = None  # episode index in the dataset, None if discarded
+
+
+@dataclass
+class CollectResult:
+    """What a collection did: every rollout (saved or discarded) and the wall time."""
+
+    out: Path
+    format: str
+    rollouts: list[EpisodeResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def saved(self) -> list[EpisodeResult]:
+        return [r for r in self.rollouts if r.saved_as is not None]
+
+    @property
+    def success_rate(self) -> float:
+        return float(np.mean([r.success for r in self.rollouts])) if self.rollouts else 0.0
+
+    def summary(self) -> str:
+        saved = self.saved
+        n_ok = sum(r.success for r in self.rollouts)
+        per_min = 60.0 * len(self.rollouts) / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"wrote {len(saved)} episodes ({sum(r.length for r in saved)} frames) to {self.out} [{self.format}]; "
+            f"expert success {n_ok}/{len(self.rollouts)} ({100 * self.success_rate:.0f}%), "
+            f"{per_min:.1f} episodes/min, seeds {self.rollouts[0].seed}..{self.rollouts[-1].seed}"
+        )
+
+
 def recording_features(env: AlohaEnv, video: bool) -> dict[str, Feature]:
     """The env's observation/action features plus reward, done and the phase label."""
     feats = env.dataset_features(video=video)
@@ -122,7 +163,8 @@ def rollout(env: AlohaEnv, expert: AlohaExpert, seed: int, writer: EpisodeWriter
             frame[PHASE_KEY] = np.array([expert.phase_index], dtype=np.int64)
             writer.add_frame(frame, task=env.task_description)
         frame = env.features()
-    return EpisodeResult(seed, expert.length, last_success >= expert.length - END_WINDOW, first_success, None)
+    success = last_success >= expert.length - END_WINDOW
+    return EpisodeResult(env.task_name, seed, expert.length, success, first_success)
 
 
 def collect(
@@ -135,8 +177,8 @@ def collect(
     progress: bool = True,
     writer_options: dict | None = None,
 ) -> CollectResult:
-    """Collect `config.episodes` scripted episodes into `out` (LeRobot v3 or Zarr); same signature and result
-    as robopolicy.sim.collect.collect."""
+    """Collect `config.episodes` scripted episodes into `out` (LeRobot v3 or Zarr); the signature of
+    robopolicy.sim.collect.collect."""
     from tqdm.auto import tqdm
 
     env = AlohaEnv(config.env_config(), keys=[STATE_KEY, ENV_STATE_KEY])  # step() renders nothing; features() does
