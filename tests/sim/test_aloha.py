@@ -195,3 +195,44 @@ def test_standalone_collect_command(tmp_path, capsys):
     ds = open_dataset(out)
     assert ds.num_frames == 300 and list(ds.features[PHASE_KEY].names) == list(INSERTION_PHASES)
     assert ds.tasks == [TASK_STRINGS["Insertion"]]
+
+
+class AlohaExpertPolicy:
+    """The scripted AlohaExpert behind the chunk-policy protocol (T_o = 1, H = 1), fed the dataset features."""
+
+    def __init__(self, task: str = "TransferCube"):
+        from robopolicy.policies.base import FeatureSpec, PolicyConfig
+
+        self.task = task
+        self.config = PolicyConfig(
+            input_features={
+                STATE_KEY: FeatureSpec((14,), "state"),
+                ENV_STATE_KEY: FeatureSpec((len(ENV_STATE_NAMES[task]),), "state"),
+            },
+            output_features={"action": FeatureSpec((14,), "action")},
+            n_obs_steps=1,
+            horizon=1,
+            n_action_steps=1,
+        )
+        self.experts = None
+
+    def reset(self):
+        self.experts = None
+
+    def predict_chunk(self, obs):
+        import torch
+
+        state = obs[STATE_KEY][:, -1].numpy()
+        env_state = obs[ENV_STATE_KEY][:, -1].numpy()
+        if self.experts is None:
+            self.experts = [AlohaExpert(AlohaExpertConfig(task=self.task)) for _ in range(len(state))]
+        actions = [e.act({STATE_KEY: s, ENV_STATE_KEY: es}) for e, s, es in zip(self.experts, state, env_state)]
+        return torch.from_numpy(np.stack(actions))[:, None]
+
+
+def test_evaluate_runs_the_expert_on_aloha():
+    from robopolicy.sim.evaluate import evaluate
+
+    result = evaluate(AlohaExpertPolicy(), "aloha:TransferCube", n_episodes=2, seed=100, progress=False)
+    assert result.n_success == 2 and result.max_steps == 300
+    assert all(e.max_reward == 4.0 and e.n_steps < 300 for e in result.episodes)  # terminated at the first success
