@@ -160,7 +160,7 @@ def test_recording_has_phase_and_task(tmp_path):
     assert ds.read_episode("action", 0).shape == (300, 14)
 
 
-@pytest.mark.slow  # about 35 s: CPU rendering runs at ~30 frames/s whatever the size, plus video encoding
+@pytest.mark.slow  # 35-50 s here: CPU rendering runs at ~30 frames/s whatever the size, plus video encoding
 def test_recording_with_camera(tmp_path):
     out = tmp_path / "aloha_cam"
     config = AlohaCollectConfig(env="aloha:TransferCube", episodes=2, seed=0, cameras=("top",), image_size=32)
