@@ -16,7 +16,9 @@ from robopolicy.policies.registry import register_policy
 class ACTConfig(PolicyConfig):
     """Defaults follow the paper / LeRobot: chunk 100, latent 32, KL weight 10, dim 512, 8 heads, FF 3200,
     4 encoder layers, 1 decoder layer (LeRobot's default; the paper's code runs 7 but only the first is used),
-    z-score normalization. `horizon` is the chunk size k; actions start at the current step."""
+    z-score normalization. `horizon` is the chunk size k; actions start at the current step. A "language" input
+    (the dataset's task) becomes one more encoder token, read as `language` says (learned task embedding or a
+    transformers text encoder)."""
 
     name: ClassVar[str] = "act"
     head_class: ClassVar[str] = "ACTHead"

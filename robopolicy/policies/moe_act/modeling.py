@@ -1,7 +1,7 @@
 """MoE-ACT head: ACT's CVAE whose decoded action tokens h (B, H, d) go through a phase head and phase-routed experts.
 
     logits = phase_head(h)                        (B, H, K)   one phase distribution per chunk step
-    w      = softmax(logits / T)                  (B, H, K)   soft routing, T learned (log-parameterized, T0 = 10)
+    w      = softmax(logits / T)                  (B, H, K)   soft routing, T = max(exp(log T), 0.01) learned, T0 10
     pos    = sum_k w_k position_expert_k(h)       (B, H, D_pos)
     grip   = sum_k w_k gripper_expert_k(h)        (B, H, D_grip)  logits of "closed"
 
@@ -33,6 +33,8 @@ from robopolicy.config_parsing import ConfigError
 from robopolicy.policies.act.modeling import ACTHead
 from robopolicy.policies.base import LossOutput
 from robopolicy.policies.moe_act.configuration import MoEACTConfig
+
+MIN_TEMPERATURE = 1e-2  # floor of the routing temperature: exp(log T) must not underflow to 0 (logits / 0)
 
 
 def mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Sequential:
@@ -101,7 +103,8 @@ class MoEACTHead(ACTHead):
 
     @property
     def temperature(self) -> torch.Tensor:
-        return self.log_temperature.exp()
+        """Routing temperature T = exp(log T), floored at MIN_TEMPERATURE: positive whatever the optimizer does."""
+        return self.log_temperature.exp().clamp_min(MIN_TEMPERATURE)
 
     def _moe(self, h: torch.Tensor, *, detach_phase_input: bool = False) -> dict[str, torch.Tensor]:
         """Action tokens (..., d) -> {"logits": phase logits (..., K), "weights": routing weights (..., K),
