@@ -62,6 +62,7 @@ def test_a_frozen_text_encoder_conditions_the_head_and_loads_offline(tmp_path, d
     language = LanguageConfig(encoder=str(model_dir), embed_dim=16)
     policy = _policy(dataset, "flow", language)
     lang = policy.head.model.language
+    assert not lang.text.training  # frozen from the start: a cached embedding never carries dropout noise
     assert policy.config.language.architecture["model_type"].startswith(arch)
     # the pretrained weights were read at creation
     import transformers

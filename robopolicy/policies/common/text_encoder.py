@@ -90,7 +90,7 @@ class LanguageEncoder(nn.Module):
         if cfg.encoder:
             self.text = build_text_model(cfg)
             if cfg.frozen:
-                self.text.requires_grad_(False)
+                self.text.requires_grad_(False).eval()  # never dropout, not even before the first .train()
             width = self.text.config.hidden_size
             self.proj = nn.Linear(width, cfg.embed_dim)
             self._register_load_state_dict_pre_hook(lambda *args, **kwargs: self._cache.clear())
