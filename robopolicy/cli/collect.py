@@ -8,10 +8,17 @@ import sys
 DESCRIPTION = """\
 Collect demonstrations with a scripted expert in simulation.
 
-Episode k uses environment seed SEED + k, so the same command writes the same dataset; evaluate a policy
-on seeds outside that range. Each episode is stored with a success flag. Low-dim features by default
-(observation.state, observation.environment_state, action, next.reward, next.done); --cameras adds
-uint8 images rendered headless (MUJOCO_GL=egl).
+--env names one robosuite task or several, comma-separated (Lift, Stack, PickPlaceCan, Door,
+NutAssemblyRound): all go into ONE dataset, --episodes episodes PER TASK, the tasks one after the other,
+each episode stored with its task's instruction (the LeRobot `task`, e.g. "open the door") and a success
+flag. Episode k of a task uses environment seed SEED + k, so the same command writes the same dataset;
+evaluate a policy on seeds outside that range. Low-dim features by default (observation.state,
+observation.environment_state, action, phase, next.reward, next.done); `phase` is the expert's phase per
+frame (int64, an index into the feature's names: reach, grasp, lift, move, place, release, retreat,
+unlatch, open). Several tasks share the padded 23-D observation.environment_state layout (each task's
+robosuite object-state, zero-padded; see robopolicy.sim.robosuite_env); one task alone uses --env-state
+(auto: Lift keeps its native 10-D layout, the other tasks are padded). --cameras adds uint8 images
+rendered headless (MUJOCO_GL=egl).
 """
 
 EXAMPLES = """\
@@ -19,6 +26,8 @@ examples:
   robopolicy collect --env robosuite:Lift --episodes 100 --out data/lift.zarr
   robopolicy collect --env robosuite:Lift --episodes 50 --out data/lift_lerobot --format lerobot \\
       --cameras agentview --image-size 84
+  robopolicy collect --env robosuite:Lift,Stack,PickPlaceCan,Door,NutAssemblyRound --episodes 50 \\
+      --out data/robosuite_multitask        # 250 episodes, 50 per task
 """
 
 
@@ -26,8 +35,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = DESCRIPTION
     p.epilog = EXAMPLES
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.add_argument("--env", default="robosuite:Lift", help="simulation task with an expert (default: %(default)s)")
-    p.add_argument("--episodes", type=int, required=True, help="number of episodes to write")
+    p.add_argument(
+        "--env",
+        default="robosuite:Lift",
+        help="robosuite task(s) with an expert, comma-separated for a multi-task dataset, e.g. "
+        "robosuite:Lift,Stack,PickPlaceCan,Door,NutAssemblyRound (default: %(default)s)",
+    )
+    p.add_argument("--episodes", type=int, required=True, help="number of episodes to write per task")
     p.add_argument("--out", required=True, help="output dataset directory")
     p.add_argument(
         "--format",
@@ -37,7 +51,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the first episode (default: %(default)s)")
     p.add_argument(
-        "--max-steps", type=int, default=200, help="episode time limit in control steps at 20 Hz (default: %(default)s)"
+        "--max-steps",
+        type=int,
+        default=None,
+        help="episode time limit in control steps at 20 Hz (default: per task, Lift 200, Stack 300, "
+        "PickPlaceCan 400, Door 300, NutAssemblyRound 400)",
+    )
+    p.add_argument(
+        "--env-state",
+        choices=("auto", "native", "padded"),
+        default="auto",
+        help="observation.environment_state layout of a single-task collection: native (the task's robosuite "
+        "object-state), padded (23-D, the multi-task layout) or auto (native for Lift, padded otherwise); "
+        "several tasks are always padded (default: %(default)s)",
     )
     p.add_argument(
         "--success-hold-steps",
@@ -52,7 +78,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--only-successful",
         action="store_true",
-        help="discard failed episodes and try further seeds (at most 2 * episodes + 10 rollouts)",
+        help="discard failed episodes and try further seeds (at most 2 * episodes + 10 rollouts per task)",
     )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
@@ -81,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
             cameras=tuple(args.cameras),
             image_size=args.image_size,
             only_successful=args.only_successful,
+            env_state=args.env_state,
         )
     except ValueError as e:  # an unknown env or an out-of-range option: `robopolicy.cli.main` prints it, exit 2
         raise ConfigError(str(e)) from e
@@ -93,10 +120,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"robopolicy collect: error: {e} (command line: --overwrite or --append)", file=sys.stderr)
         return 2
     print(result.summary())
-    if len(result.saved) < config.episodes:
+    short = {t: sum(r.saved_as is not None for r in rs) for t, rs in result.by_task().items()}
+    short = {t: n for t, n in short.items() if n < config.episodes}
+    if short:
+        detail = ", ".join(f"{t} {n}" for t, n in short.items())
         print(
-            f"robopolicy collect: only {len(result.saved)} of {config.episodes} episodes succeeded within "
-            f"{config.attempts_allowed} attempts",
+            f"robopolicy collect: fewer than {config.episodes} episodes succeeded within "
+            f"{config.attempts_allowed} attempts per task ({detail})",
             file=sys.stderr,
         )
         return 1

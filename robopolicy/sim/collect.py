@@ -65,7 +65,7 @@ class CollectConfig:
     env: str = "robosuite:Lift"
     episodes: int = 50
     seed: int = 0
-    max_steps: int | None = 200
+    max_steps: int | None = None
     success_hold_steps: int = 10
     cameras: tuple[str, ...] = ()
     image_size: int = 84

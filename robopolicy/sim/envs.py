@@ -131,7 +131,8 @@ def env_spec_for_policy(name: str, input_features: Mapping[str, Any], video_size
 class RobosuiteGymEnv:
     """A robosuite task (see robopolicy.sim.robosuite_env) with the gymnasium-style interface above.
 
-    obs_shapes: the policy's keys: observation.state (9,), observation.environment_state (10,) and
+    obs_shapes: the policy's keys: observation.state (9,), observation.environment_state (the task's native
+    size, e.g. Lift's (10,), or the padded multi-task (23,); see robopolicy.sim.robosuite_env) and
     observation.images.<camera> (3, S, S), which turns on that camera at S x S. Reward: robosuite's sparse
     task reward (1.0 when solved); terminated = info["is_success"] = solved.
     video_size > 0: reset(options={"video": True}) builds an offscreen renderer for that episode and `render()`
@@ -142,15 +143,17 @@ class RobosuiteGymEnv:
         from robopolicy.sim.robosuite_env import (
             ENV_STATE_KEY,
             IMAGE_PREFIX,
-            LIFT_ENV_STATE_NAMES,
             STATE_KEY,
             STATE_NAMES,
             RobosuiteConfig,
             RobosuiteEnv,
+            env_state_dim,
+            env_state_layout_for_shape,
         )
 
         obs_shapes = {k: tuple(int(s) for s in v) for k, v in (obs_shapes or {}).items()}
-        expected = {STATE_KEY: (len(STATE_NAMES),), ENV_STATE_KEY: (len(LIFT_ENV_STATE_NAMES),)}
+        layout = env_state_layout_for_shape(task, obs_shapes.get(ENV_STATE_KEY))  # native or padded, by size
+        expected = {STATE_KEY: (len(STATE_NAMES),), ENV_STATE_KEY: (env_state_dim(task, layout),)}
         cameras, sizes = [], set()
         for key, shape in obs_shapes.items():
             if key.startswith(IMAGE_PREFIX):
@@ -176,10 +179,10 @@ class RobosuiteGymEnv:
             os.environ.setdefault("MUJOCO_GL", "egl")  # before mujoco is first imported
         self._keys = list(obs_shapes) or [STATE_KEY, ENV_STATE_KEY]
         self.video_size = int(video_size)
-        self._env = RobosuiteEnv(
-            RobosuiteConfig(task=task, cameras=tuple(cameras), image_size=sizes.pop() if sizes else 84)
-        )
+        size = sizes.pop() if sizes else 84
+        self._env = RobosuiteEnv(RobosuiteConfig(task=task, cameras=tuple(cameras), image_size=size, env_state=layout))
         self.fps = self._env.fps
+        self.task_description = self._env.task_description  # the task's instruction
         self.max_episode_steps = ROBOSUITE_MAX_STEPS
         self._video = False
         self._has_cameras = bool(cameras)

@@ -8,9 +8,12 @@ Phases (names from `robopolicy.sim.experts.PHASES`), each switched by what the o
   grasp    within `grasp_tol_xy` / `grasp_tol_z` of the grasp point: hold there and close the gripper until the
            fingers stop moving (at least `min_grasp_steps`, at most `max_grasp_steps`)
   lift     gripper closed, raise until the held object's reference point is at `carry_z`
-  move     carry it at `carry_z` until its x/y is within `move_tol_xy` of the goal
-  place    lower it onto the goal (x/y still corrected) until it is within `place_tol_z` above the goal height,
-           or it has stopped descending for `stall_steps` steps (it rests on something)
+  move     carry it at `carry_z` until its x/y is within `move_tol_xy` of the goal, it has come to rest
+           (`settle_speed`) and the hand has turned to its carrying yaw (see `carry_yaw`)
+  place    lower it onto the goal (x/y corrected first: the descent stops while the x/y error exceeds twice
+           `move_tol_xy`) until it is within `place_tol_z` above the goal height,
+           or it has stopped descending for `stall_steps` steps while descent was commanded (it rests on
+           something)
   release  hold still and open the gripper until the fingers stop moving
   retreat  gripper open, rise `retreat_height` m above where it let go
 
@@ -56,14 +59,17 @@ class PickPlaceConfig:
     max_grasp_steps: int = 15  # ... or at most this many steps (also bounds release)
     carry_z: float = 1.0  # height of the held object's reference point while moving (m, world)
     lift_tol: float = 0.01  # lift ends this close below carry_z
-    move_tol_xy: float = 0.005  # move ends this close to the goal in x/y
+    move_tol_xy: float = 0.005  # move ends this close to the goal in x/y ...
+    carry_tol_rot: float = 0.05  # ... with the hand this close (rad) to its carrying orientation ...
+    settle_speed: float = 0.002  # ... and the object moving less than this in x/y (m per step)
     place_tol_z: float = 0.005  # place ends this close above the goal height ...
     stall_steps: int = 5  # ... or after this many steps without descending more than `stall_dz`
     stall_dz: float = 5e-4
     retreat_height: float = 0.1  # rise this far after letting go
     pos_gain: float = 12.0  # action per metre of position error
     max_action: float = 1.0  # cap on the xyz action norm (1.0 = 0.25 m/s at the default OSC scale)
-    place_max_action: float = 0.5  # slower while lowering onto the goal
+    carry_max_action: float = 1.0  # cap on the xyz action norm while holding the object
+    place_max_action: float = 0.5  # cap on the descent while lowering onto the goal
     rot_gain: float = 3.0  # action per radian of orientation error
     carry_rot_max: float = 0.3  # cap on each rotation action while holding the object (0.15 rad per step)
 
@@ -111,6 +117,7 @@ class PickPlaceExpert:
         self._yaw = 0.0  # gripper yaw held from the grasp on
         self._lowest = np.inf
         self._stalled = 0
+        self._last_held: np.ndarray | None = None
         self._settle.reset()
 
     def _reach_target(self, eef: np.ndarray, grasp: np.ndarray) -> np.ndarray:
@@ -132,12 +139,21 @@ class PickPlaceExpert:
             self.phase, self._yaw = "lift", self.carry_yaw(obs, self._yaw)
         if self.phase == "lift" and self.held_point(obs)[2] > self.carry_height(obs) - c.lift_tol:
             self.phase = "move"
-        if self.phase == "move" and np.linalg.norm(self.goal(obs)[:2] - self.held_point(obs)[:2]) < c.move_tol_xy:
+        held = self.held_point(obs)
+        speed = np.inf if self._last_held is None else float(np.linalg.norm(held[:2] - self._last_held[:2]))
+        self._last_held = held.copy()
+        if (
+            self.phase == "move"
+            and np.linalg.norm(self.goal(obs)[:2] - held[:2]) < c.move_tol_xy
+            and speed < c.settle_speed
+            and np.linalg.norm(orientation_error(down_quat(self._yaw), quat)) < c.carry_tol_rot
+        ):
             self.phase, self._lowest, self._stalled = "place", np.inf, 0
         if self.phase == "place":
-            z = float(self.held_point(obs)[2])
-            if z < self._lowest - c.stall_dz:
-                self._lowest, self._stalled = z, 0
+            z = float(held[2])
+            descending = np.linalg.norm(self.goal(obs)[:2] - held[:2]) < 2.0 * c.move_tol_xy
+            if z < self._lowest - c.stall_dz or not descending:
+                self._lowest, self._stalled = min(z, self._lowest), 0
             else:
                 self._stalled += 1
             if z < self.goal(obs)[2] + c.place_tol_z or self._stalled >= c.stall_steps:
@@ -162,12 +178,20 @@ class PickPlaceExpert:
         elif self.phase in ("lift", "move", "place"):
             held, goal, carry_z = self.held_point(obs), self.goal(obs), self.carry_height(obs)
             if self.phase == "lift":
-                err, cap = np.array([0.0, 0.0, carry_z - held[2]]), c.max_action
+                err = np.array([0.0, 0.0, carry_z - held[2]])
             elif self.phase == "move":
-                err, cap = np.array([goal[0] - held[0], goal[1] - held[1], carry_z - held[2]]), c.max_action
+                err = np.array([goal[0] - held[0], goal[1] - held[1], carry_z - held[2]])
             else:
-                err, cap = goal - held, c.place_max_action
+                err = goal - held
+            cap = c.carry_max_action
             pos = saturated_p(err, c.pos_gain, cap)
+            if self.phase == "place":
+                # x/y first: the descent (at most place_max_action) slows to a stop as the x/y error grows
+                # from move_tol_xy to twice that
+                xy_err = float(np.linalg.norm(err[:2]))
+                pos[:2] = saturated_p(err[:2], c.pos_gain, c.carry_max_action)
+                slow = float(np.clip(2.0 - xy_err / c.move_tol_xy, 0.0, 1.0))
+                pos[2] = slow * float(np.clip(c.pos_gain * err[2], -c.place_max_action, c.place_max_action))
             rot = np.clip(c.rot_gain * orientation_error(down_quat(yaw), quat), -c.carry_rot_max, c.carry_rot_max)
             return np.concatenate([np.clip(pos, -1.0, 1.0), rot, [GRIPPER_CLOSE]]).astype(np.float32)
         elif self.phase == "release":
@@ -266,13 +290,17 @@ class NutExpertConfig(PickPlaceConfig):
     """NutAssemblyRound: grip the round nut by its handle, drop its ring over the round peg."""
 
     peg_xy: tuple[float, float] = (0.23, -0.1)  # robosuite's peg2 (round peg) position
-    handle_offset: float = 0.06  # handle site along the nut's x axis from the ring centre (m)
+    # grip point along the nut's x axis from the ring centre (m): the handle spans 0.035-0.085 and is 3.2 cm
+    # wide; nearer the ring than ~0.065 the 2 cm finger pads touch the ring's 4.5 cm wide block instead
+    handle_offset: float = 0.07
     release_z: float = 0.86  # ring centre height to let go at (the peg top is at 0.95 m, the table at 0.82 m)
     carry_z: float = 1.03  # ring centre height while moving (7 cm above the peg top: a tilted ring must clear it)
     grasp_z_offset: float = 0.0
     # The Panda cannot reach the peg with the handle beyond the ring (the handle pointing away from the robot,
     # +x): while carrying, the wrist turns the nut so that the handle's heading is at least this far (rad) from +x.
     min_handle_heading: float = np.deg2rad(100.0)
+    place_max_action: float = 0.3  # lower the ring slowly: a tilted ring jams on the peg
+    carry_max_action: float = 0.5  # carry it slowly: the fingers hold only the top of the 2 cm thin handle
 
 
 class NutExpert(PickPlaceExpert):
