@@ -1,6 +1,7 @@
 """dd_vla (Discrete Diffusion VLA, docs/algorithms.md sections 5 and 9): loss, decoding, both backbones, LoRA,
-per-group learning rates, FSDP on two CPU processes. The VLM is a tiny randomly initialised Idefics3 (SigLIP-style
-vision tower + Llama text model) written by the test with a WordPiece tokenizer: nothing downloads."""
+per-group learning rates, FSDP on two CPU processes. The VLMs are tiny randomly initialised Idefics3 (SigLIP-style
+vision tower + Llama text model) and PaliGemma (SigLIP + Gemma) written by the tests with a WordPiece tokenizer:
+nothing downloads."""
 
 from __future__ import annotations
 
@@ -82,6 +83,28 @@ def write_tiny_idefics3(directory: Path) -> Path:
     config = transformers.Idefics3Config(vision_config=vision, text_config=text, scale_factor=2,
                                          image_token_id=tokenizer.vocab_size - 1)
     transformers.Idefics3ForConditionalGeneration(config).save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
+    return directory
+
+
+def write_tiny_paligemma(directory: Path) -> Path:
+    import transformers
+    from transformers import BertTokenizerFast
+
+    from tests.text_models import SPECIAL, WORDS
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.txt").write_text("\n".join([*SPECIAL, *WORDS]) + "\n")
+    tokenizer = BertTokenizerFast(vocab=str(directory / "vocab.txt"))
+    text = dict(model_type="gemma", vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
+                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, head_dim=8,
+                max_position_embeddings=256, pad_token_id=0)
+    vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=2, image_size=32, patch_size=8, projection_dim=32)
+    torch.manual_seed(0)
+    config = transformers.PaliGemmaConfig(vision_config=vision, text_config=text, projection_dim=32,
+                                          image_token_index=tokenizer.vocab_size - 1)
+    transformers.PaliGemmaForConditionalGeneration(config).save_pretrained(str(directory))
     tokenizer.save_pretrained(str(directory))
     return directory
 
@@ -218,6 +241,25 @@ def test_vlm_backbone_is_bidirectional_over_actions_and_the_cached_prefix_matche
         padded = obs["task.attention_mask"] == 0
         obs2 = {**obs, "task.input_ids": torch.where(padded, 5, obs["task.input_ids"])}
         torch.testing.assert_close(head.backbone.train_logits(head.encode(obs2), tokens), full)
+
+
+def test_paligemma_backbone_decodes_from_its_cached_prefix_and_trains_with_lora(tmp_path):
+    policy = _policy(_vlm(write_tiny_paligemma(tmp_path / "tiny-paligemma"), lora_rank=2))
+    assert policy.config.vlm.architecture["model_type"] == "paligemma"
+    out = policy.loss(_raw_batch())
+    out.loss.backward()
+    assert out.per_sample.shape == (3, 4) and torch.isfinite(out.per_sample).all()
+    head = policy.eval().head
+    cond = head.encode(policy.prepare(_raw_obs(2)))
+    tokens = torch.randint(0, head.mask_token + 1, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = head.backbone.train_logits(cond, tokens)
+        torch.testing.assert_close(head.backbone.round_logits(head.backbone.start(cond), tokens), full,
+                                   atol=1e-5, rtol=1e-5)
+        later = tokens.clone()
+        later[:, -1] = (later[:, -1] + 1) % head.mask_token
+        assert (head.backbone.train_logits(cond, later)[:, 0] - full[:, 0]).abs().max() > 1e-4
+    assert policy.predict_chunk(_raw_obs(2), torch.Generator().manual_seed(0)).shape == (2, 4, 3)
 
 
 def test_vlm_policy_trains_loads_its_weights_and_its_checkpoint_rebuilds_offline(tiny_vlm, tmp_path):

@@ -106,6 +106,18 @@ class DDVLAHead(PolicyHead):
         return self.backbone.layer_classes()
 
 
+def fsdp_plugin(head: DDVLAHead, **options: Any):
+    """accelerate's FSDP2 plugin that shards `head`'s repeated blocks (the VLM's vision and language layers, or
+    the small transformer's blocks) one by one and the rest at the root: `Accelerator(fsdp_plugin=...)`. On a CPU
+    accelerate runs DDP instead (Accelerator(cpu=True) never selects FSDP); torch's `fully_shard` over
+    `head.fsdp_layer_classes()` is the same sharding there (tests/policies/test_dd_vla.py)."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    names = sorted(cls.__name__ for cls in head.fsdp_layer_classes())
+    return FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
+                                          transformer_cls_names_to_wrap=names, **options)
+
+
 def lora_layers(module: nn.Module) -> dict[str, nn.Module]:
     """{module name: peft LoRA layer} inside `module` ({} without peft or LoRA)."""
     try:
