@@ -188,7 +188,18 @@ def test_collect_cli_multitask_with_camera(tmp_path):
     ds.close()
 
 
-def test_collect_help_says_episodes_per_task(capsys):
+def test_single_lift_collect_keeps_10d_unless_padded(tmp_path):
+    base = ["--env", "robosuite:Lift", "--episodes", "1", "--max-steps", "2", "--no-progress"]
+    assert run_cli(*base, "--out", str(tmp_path / "native.zarr")) == 0
+    assert run_cli(*base, "--out", str(tmp_path / "padded.zarr"), "--env-state", "padded") == 0
+    native, padded = open_dataset(tmp_path / "native.zarr"), open_dataset(tmp_path / "padded.zarr")
+    assert native.features[ENV_STATE_KEY].shape == (10,) and padded.features[ENV_STATE_KEY].shape == (23,)
+    a, b = native.read_episode(ENV_STATE_KEY, 0), padded.read_episode(ENV_STATE_KEY, 0)
+    assert np.array_equal(a, b[:, :10]) and not b[:, 10:].any()
+    assert list(native.features[PHASE_KEY].names) == list(PHASES)
+
+
+def test_collect_help_says_episodes_per_task():
     parser = argparse.ArgumentParser(prog="robopolicy collect")
     collect_cli.add_arguments(parser)
     help_text = " ".join(parser.format_help().split())
