@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from robopolicy.sim.experts.control import DOWN_QUAT_XYZW, orientation_error
+from robopolicy.sim.experts.control import DOWN_QUAT_XYZW, pose_action, saturated_p
 
 
 @dataclass(frozen=True)
@@ -68,11 +68,7 @@ class LiftExpert:
         self._last_fingers: np.ndarray | None = None
 
     def _move(self, eef: np.ndarray, target: np.ndarray) -> np.ndarray:
-        cmd = self.config.pos_gain * (target - eef)
-        norm = np.linalg.norm(cmd)
-        if norm > self.config.max_action:
-            cmd *= self.config.max_action / norm
-        return cmd
+        return saturated_p(target - eef, self.config.pos_gain, self.config.max_action)
 
     def reach_target(self, eef: np.ndarray, cube: np.ndarray) -> np.ndarray:
         """Where to move while reaching: `hover` above the grasp point, lowered as the x/y error shrinks."""
@@ -109,6 +105,4 @@ class LiftExpert:
             pos, gripper = self._move(eef, self._hold + np.array([0.0, 0.0, c.lift_height])), 1.0
 
         quat = np.asarray(obs["robot0_eef_quat_site"], dtype=np.float64)
-        rot = np.clip(c.rot_gain * orientation_error(DOWN_QUAT_XYZW, quat), -1.0, 1.0)
-        action = np.concatenate([np.clip(pos, -1.0, 1.0), rot, [gripper]])
-        return action.astype(np.float32)
+        return pose_action(pos, DOWN_QUAT_XYZW, quat, c.rot_gain, gripper)
