@@ -292,6 +292,7 @@ def test_vlm_follows_the_policy_dtype(tiny_vlm):
     policy = _policy(_vlm(tiny_vlm)).to(torch.float64).eval()
     chunk = policy.predict_chunk(_raw_obs(2), torch.Generator().manual_seed(0))
     assert chunk.dtype == torch.float64 and chunk.shape == (2, 4, 3)
+    assert policy.train().loss(_raw_batch()).per_sample.dtype == torch.float64
 
 
 def test_lora_trains_adapters_only_and_round_trips_unmerged_and_merged(tiny_vlm, tmp_path):

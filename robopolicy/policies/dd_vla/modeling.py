@@ -68,7 +68,8 @@ class DDVLAHead(PolicyHead):
             masked = masked | pad.repeat_interleave(d, dim=1)  # padded steps are never shown as known tokens
         inputs = torch.where(masked, torch.full_like(target, self.mask_token), target)
         logits = self.backbone.train_logits(self.encode(batch), inputs)  # (B, L, bins)
-        ce = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), reduction="none").view(b, -1)
+        wide = torch.promote_types(logits.dtype, torch.float32)  # bf16 logits in float32, float64 stays
+        ce = F.cross_entropy(logits.flatten(0, 1).to(wide), target.flatten(), reduction="none").view(b, -1)
         weight = counted.to(ce.dtype)
         per_step = (ce * weight).view(b, h, d).sum(-1) / d
         with torch.no_grad():
