@@ -1,7 +1,7 @@
 """dd_vla (Discrete Diffusion VLA, docs/algorithms.md sections 5 and 9): loss, decoding, both backbones, LoRA,
 per-group learning rates, FSDP on two CPU processes. The VLMs are tiny randomly initialised Idefics3 (SigLIP-style
-vision tower + Llama text model) and PaliGemma (SigLIP + Gemma) written by the tests with a WordPiece tokenizer:
-nothing downloads."""
+vision tower + Llama text model), PaliGemma (SigLIP + Gemma) and Qwen2-VL, written by the tests with a WordPiece
+tokenizer: nothing downloads."""
 
 from __future__ import annotations
 
@@ -64,8 +64,10 @@ def _raw_batch(batch=3):
             "action_is_pad": torch.zeros(batch, 4, dtype=torch.bool)}
 
 
-# ----- a tiny Idefics3 written to disk -----------------------------------------------------------------------
-def write_tiny_idefics3(directory: Path) -> Path:
+# ----- tiny VLMs written to disk ----------------------------------------------------------------------------
+def write_tiny_vlm(directory: Path, family: str = "idefics3") -> Path:
+    """A tiny random VLM of `family` ("idefics3", "paligemma", "qwen2_vl"; 32x32 images) saved with
+    save_pretrained, with a WordPiece tokenizer, into `directory`; returns it."""
     import transformers
     from transformers import BertTokenizerFast
 
@@ -74,39 +76,40 @@ def write_tiny_idefics3(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "vocab.txt").write_text("\n".join([*SPECIAL, *WORDS]) + "\n")
     tokenizer = BertTokenizerFast(vocab=str(directory / "vocab.txt"))  # transformers 5 ignores vocab_file=
-    text = dict(model_type="llama", vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
-                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                pad_token_id=0)
+    n = tokenizer.vocab_size
+    text = dict(vocab_size=n, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0)
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
                   patch_size=8)
     torch.manual_seed(0)
-    config = transformers.Idefics3Config(vision_config=vision, text_config=text, scale_factor=2,
-                                         image_token_id=tokenizer.vocab_size - 1)
-    transformers.Idefics3ForConditionalGeneration(config).save_pretrained(str(directory))
+    if family == "idefics3":
+        config = transformers.Idefics3Config(vision_config=vision, text_config={**text, "model_type": "llama"},
+                                             scale_factor=2, image_token_id=n - 1)
+        model = transformers.Idefics3ForConditionalGeneration(config)
+    elif family == "paligemma":
+        config = transformers.PaliGemmaConfig(
+            vision_config={**vision, "model_type": "siglip_vision_model", "projection_dim": 32},
+            text_config={**text, "model_type": "gemma", "num_key_value_heads": 1, "head_dim": 8},
+            projection_dim=32, image_token_index=n - 1)
+        model = transformers.PaliGemmaForConditionalGeneration(config)
+    elif family == "qwen2_vl":
+        text.pop("pad_token_id")
+        config = transformers.Qwen2VLConfig(
+            vision_config=dict(depth=2, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=8,
+                               spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
+            text_config={**text, "rope_scaling": {"type": "mrope", "mrope_section": [1, 1, 2]},
+                         "bos_token_id": None, "eos_token_id": None},
+            image_token_id=n - 1)
+        model = transformers.Qwen2VLForConditionalGeneration(config)
+    else:
+        raise ValueError(family)
+    model.save_pretrained(str(directory))
     tokenizer.save_pretrained(str(directory))
     return directory
 
 
-def write_tiny_paligemma(directory: Path) -> Path:
-    import transformers
-    from transformers import BertTokenizerFast
-
-    from tests.text_models import SPECIAL, WORDS
-
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "vocab.txt").write_text("\n".join([*SPECIAL, *WORDS]) + "\n")
-    tokenizer = BertTokenizerFast(vocab=str(directory / "vocab.txt"))
-    text = dict(model_type="gemma", vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
-                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, head_dim=8,
-                max_position_embeddings=256, pad_token_id=0)
-    vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=2, image_size=32, patch_size=8, projection_dim=32)
-    torch.manual_seed(0)
-    config = transformers.PaliGemmaConfig(vision_config=vision, text_config=text, projection_dim=32,
-                                          image_token_index=tokenizer.vocab_size - 1)
-    transformers.PaliGemmaForConditionalGeneration(config).save_pretrained(str(directory))
-    tokenizer.save_pretrained(str(directory))
-    return directory
+def write_tiny_idefics3(directory: Path) -> Path:
+    return write_tiny_vlm(directory, "idefics3")
 
 
 @pytest.fixture(scope="module")
@@ -243,9 +246,11 @@ def test_vlm_backbone_is_bidirectional_over_actions_and_the_cached_prefix_matche
         torch.testing.assert_close(head.backbone.train_logits(head.encode(obs2), tokens), full)
 
 
-def test_paligemma_backbone_decodes_from_its_cached_prefix_and_trains_with_lora(tmp_path):
-    policy = _policy(_vlm(write_tiny_paligemma(tmp_path / "tiny-paligemma"), lora_rank=2))
-    assert policy.config.vlm.architecture["model_type"] == "paligemma"
+@pytest.mark.parametrize("family", ["paligemma", "qwen2_vl"])
+def test_other_vlm_families_decode_from_their_cached_prefix_and_train_with_lora(family, tmp_path):
+    extra = {"image_size": 32} if family == "qwen2_vl" else {}  # Qwen2-VL: any multiple of patch x merge
+    policy = _policy(_vlm(write_tiny_vlm(tmp_path / family, family), lora_rank=2, **extra))
+    assert policy.config.vlm.architecture["model_type"] == family
     out = policy.loss(_raw_batch())
     out.loss.backward()
     assert out.per_sample.shape == (3, 4) and torch.isfinite(out.per_sample).all()

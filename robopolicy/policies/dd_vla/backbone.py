@@ -173,11 +173,29 @@ def _paligemma_images(vlm: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
     return vlm.get_image_features(pixel_values=pixels).pooler_output
 
 
+def _qwen2_vl_images(vlm: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """Square images (N, C, S, S) -> the flat patch layout of Qwen2-VL's image processor (one frame repeated
+    temporal_patch_size times, merge_size x merge_size patch groups) -> merged patch features (N, n, width)."""
+    v = vlm.config.vision_config
+    p, m, t = v.patch_size, v.spatial_merge_size, v.temporal_patch_size
+    n, c, h, w = pixels.shape
+    gh, gw = h // p, w // p
+    x = pixels.reshape(n, c, gh // m, m, p, gw // m, m, p).permute(0, 2, 5, 3, 6, 1, 4, 7)
+    x = x.unsqueeze(6).expand(-1, -1, -1, -1, -1, -1, t, -1, -1).reshape(n * gh * gw, c * t * p * p)
+    grid = torch.tensor([[1, gh, gw]] * n, device=pixels.device)
+    merged = vlm.visual(x, grid_thw=grid).pooler_output
+    return merged.view(n, -1, merged.shape[-1])
+
+
 VLM_FAMILIES = {
     "idefics3": (_idefics3_images, "text_model"),
     "smolvlm": (_idefics3_images, "text_model"),
     "paligemma": (_paligemma_images, "language_model"),
+    # positions: one index per token (M-RoPE's three axes get the same one, as for Qwen2-VL's text tokens)
+    "qwen2_vl": (_qwen2_vl_images, "language_model"),
 }
+# square input side when the vision config names none (Qwen2-VL takes any multiple of patch x merge: 28)
+DEFAULT_IMAGE_SIZE = 224
 
 
 class VLMBackbone(nn.Module):
@@ -203,7 +221,11 @@ class VLMBackbone(nn.Module):
             self.vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         width = self.language_model.config.hidden_size
         vision = arch.vision_config
-        self.image_size = v.image_size or int(vision.image_size)
+        self.image_size = v.image_size or int(getattr(vision, "image_size", DEFAULT_IMAGE_SIZE))
+        unit = getattr(vision, "patch_size", 1) * getattr(vision, "spatial_merge_size", 1)
+        if self.image_size % unit:
+            raise PretrainedModelError(f"vlm.image_size={self.image_size}: the {arch.model_type} vision tower takes "
+                                       f"multiples of {unit} pixels")
         self.image_keys = sorted(k for k, f in c.input_features.items() if f.kind == "image")
         self.state_keys = sorted(k for k, f in c.input_features.items() if f.kind == "state") if c.state_token else []
         self.language_key = c.language_keys[0] if c.language_keys else None

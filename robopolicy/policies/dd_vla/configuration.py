@@ -9,7 +9,7 @@ T rounds of parallel decoding (robopolicy.policies.common.masked_decoding).
 Backbones (`backbone`):
 - "small": a from-scratch pre-norm transformer over [camera feature-map cells of a timm CNN, the instruction
   feature of LanguageEncoder, a state token, L action tokens]; trains on a CPU.
-- "vlm": a transformers vision-language model (Idefics3 / SmolVLM, PaliGemma) named by `vlm.model`; its
+- "vlm": a transformers vision-language model (Idefics3 / SmolVLM, PaliGemma, Qwen2-VL) named by `vlm.model`; its
   architecture is recorded at creation so checkpoints rebuild offline; LoRA through peft is optional.
 """
 
@@ -59,7 +59,7 @@ class SmallBackboneConfig:
 class VLMBackboneConfig:
     """The vision-language backbone (backbone="vlm")."""
 
-    model: str = ""  # transformers VLM (hub name or local dir), e.g. HuggingFaceTB/SmolVLM-256M-Instruct
+    model: str = ""  # transformers VLM (hub name or local dir): Idefics3 / SmolVLM, PaliGemma or Qwen2-VL
     pretrained: bool = True  # load its weights when the policy is created (false: random, e.g. tests)
     architecture: dict[str, Any] | None = None  # its transformers config, recorded at creation
     image_size: int = 0  # side of the square image fed to the vision tower; 0: the tower's own image_size
