@@ -82,7 +82,8 @@ class SmallBackbone(nn.Module):
         d = s.dim
         self.cfg = c
         self.image_keys = sorted(k for k, f in c.input_features.items() if f.kind == "image")
-        self.state_keys = sorted(k for k, f in c.input_features.items() if f.kind == "state") if c.state_token else []
+        self.state_keys = sorted(k for k, f in c.input_features.items()
+                                 if f.kind not in ("image", "language")) if c.state_token else []
         self.language_key = c.language_keys[0] if c.language_keys else None
         if self.image_keys:
             cin, h, w = c.input_features[self.image_keys[0]].shape
@@ -227,7 +228,8 @@ class VLMBackbone(nn.Module):
             raise PretrainedModelError(f"vlm.image_size={self.image_size}: the {arch.model_type} vision tower takes "
                                        f"multiples of {unit} pixels")
         self.image_keys = sorted(k for k, f in c.input_features.items() if f.kind == "image")
-        self.state_keys = sorted(k for k, f in c.input_features.items() if f.kind == "state") if c.state_token else []
+        self.state_keys = sorted(k for k, f in c.input_features.items()
+                                 if f.kind not in ("image", "language")) if c.state_token else []
         self.language_key = c.language_keys[0] if c.language_keys else None
         if self.image_keys:
             _, h, w = c.input_features[self.image_keys[0]].shape
