@@ -244,7 +244,11 @@ class VLMBackbone(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(v.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(v.image_std).view(1, 3, 1, 1), persistent=False)
         if v.lora_rank > 0:
-            from peft import LoraConfig, inject_adapter_in_model
+            try:
+                from peft import LoraConfig, inject_adapter_in_model
+            except ImportError:
+                raise PretrainedModelError(f"vlm.lora_rank={v.lora_rank} needs peft: `pip install robopolicy[vla]` "
+                                           "(or set vlm.lora_rank=0 to fine-tune every parameter)") from None
 
             inject_adapter_in_model(LoraConfig(r=v.lora_rank, lora_alpha=v.lora_alpha, lora_dropout=v.lora_dropout,
                                                target_modules=list(v.lora_targets)), self.vlm)
