@@ -5,6 +5,7 @@ tokenizer: nothing downloads."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -28,6 +29,7 @@ IMAGE = {"observation.image": FeatureSpec((3, 32, 32), "image")}
 TASK = {"task": FeatureSpec((), "language")}
 ACTION = {"action": FeatureSpec((3,), "action")}
 TASKS = ["pick up the can", "open the door"]
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
 def _stats():
@@ -101,6 +103,8 @@ def write_tiny_vlm(directory: Path, family: str = "idefics3") -> Path:
                          "bos_token_id": None, "eos_token_id": None},
             image_token_id=n - 1)
         model = transformers.Qwen2VLForConditionalGeneration(config)
+        (directory / "preprocessor_config.json").write_text(json.dumps(  # CLIP's pixel stats, as Qwen2-VL's
+            {"image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD)}))
     else:
         raise ValueError(family)
     model.save_pretrained(str(directory))
@@ -251,6 +255,10 @@ def test_other_vlm_families_decode_from_their_cached_prefix_and_train_with_lora(
     extra = {"image_size": 32} if family == "qwen2_vl" else {}  # Qwen2-VL: any multiple of patch x merge
     policy = _policy(_vlm(write_tiny_vlm(tmp_path / family, family), lora_rank=2, **extra))
     assert policy.config.vlm.architecture["model_type"] == family
+    # the pixel stats of the model's image processor are recorded at creation (SigLIP's 0.5 without one)
+    assert policy.config.vlm.image_mean == (CLIP_MEAN if family == "qwen2_vl" else None)
+    expected_std = CLIP_STD if family == "qwen2_vl" else (0.5, 0.5, 0.5)
+    torch.testing.assert_close(policy.head.backbone.pixel_std.flatten(), torch.tensor(expected_std))
     out = policy.loss(_raw_batch())
     out.loss.backward()
     assert out.per_sample.shape == (3, 4) and torch.isfinite(out.per_sample).all()

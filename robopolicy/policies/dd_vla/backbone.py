@@ -195,6 +195,7 @@ VLM_FAMILIES = {
     # positions: one index per token (M-RoPE's three axes get the same one, as for Qwen2-VL's text tokens)
     "qwen2_vl": (_qwen2_vl_images, "language_model"),
 }
+DEFAULT_PIXEL_STATS = (0.5, 0.5, 0.5)  # SigLIP's pixel mean and std, for a VLM without an image processor config
 # square input side when the vision config names none (Qwen2-VL takes any multiple of patch x merge: 28)
 DEFAULT_IMAGE_SIZE = 224
 
@@ -238,11 +239,11 @@ class VLMBackbone(nn.Module):
             state_dim = sum(math.prod(c.input_features[k].shape) for k in self.state_keys)
             self.state_in = state_mlp(state_dim, width)
         self.action_embed = nn.Embedding(c.bins + 1, width)
-        nn.init.normal_(self.action_embed.weight, std=self.language_model.get_input_embeddings().weight.std().item()
-                        if self.language_model.get_input_embeddings().weight.numel() > 1 else 0.02)
+        nn.init.normal_(self.action_embed.weight, std=0.02)
         self.out = nn.Linear(width, c.bins)
-        self.register_buffer("pixel_mean", torch.tensor(v.image_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(v.image_std).view(1, 3, 1, 1), persistent=False)
+        mean, std = v.image_mean or DEFAULT_PIXEL_STATS, v.image_std or DEFAULT_PIXEL_STATS
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         if v.lora_rank > 0:
             try:
                 from peft import LoraConfig, inject_adapter_in_model

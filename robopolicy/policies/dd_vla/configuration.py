@@ -63,8 +63,9 @@ class VLMBackboneConfig:
     pretrained: bool = True  # load its weights when the policy is created (false: random, e.g. tests)
     architecture: dict[str, Any] | None = None  # its transformers config, recorded at creation
     image_size: int = 0  # side of the square image fed to the vision tower; 0: the tower's own image_size
-    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # pixel normalization of the vision tower (SigLIP)
-    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    # pixel normalization of the vision tower; null: its image processor's, recorded at creation (else 0.5)
+    image_mean: tuple[float, float, float] | None = None
+    image_std: tuple[float, float, float] | None = None
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"  # the language model's attention kernel
     lora_rank: int = 0  # LoRA rank through peft; 0: off (every backbone parameter trains); the paper's repo: 32
     lora_alpha: float = 16.0  # LoRA scale alpha / rank
@@ -75,8 +76,9 @@ class VLMBackboneConfig:
 
     def __post_init__(self):
         check(self.image_size >= 0, "image_size", self.image_size, ">= 0 (0: the vision tower's own size)")
-        check(len(self.image_mean) == 3 and len(self.image_std) == 3 and min(self.image_std) > 0, "image_std",
-              self.image_std, "3 positive values (with 3 image_mean values)")
+        check(self.image_mean is None or len(self.image_mean) == 3, "image_mean", self.image_mean, "3 values or null")
+        check(self.image_std is None or (len(self.image_std) == 3 and min(self.image_std) > 0), "image_std",
+              self.image_std, "3 positive values or null")
         check(self.lora_rank >= 0, "lora_rank", self.lora_rank, ">= 0 (0: off)")
         check(self.lora_alpha > 0, "lora_alpha", self.lora_alpha, "> 0")
         check(0 <= self.lora_dropout < 1, "lora_dropout", self.lora_dropout, "in [0, 1)")
@@ -86,6 +88,38 @@ class VLMBackboneConfig:
     @property
     def pretrained_model(self) -> PretrainedModelConfig:
         return PretrainedModelConfig(self.model, self.pretrained, self.architecture)
+
+    def resolved(self) -> VLMBackboneConfig:
+        """This config with the VLM's architecture and its image processor's pixel mean / std recorded."""
+        out = dataclasses.replace(self, architecture=self.pretrained_model.resolved().architecture)
+        if (self.image_mean is not None and self.image_std is not None) or not self.model:
+            return out
+        mean, std = image_processor_stats(self.model)
+        return dataclasses.replace(out, image_mean=self.image_mean or mean, image_std=self.image_std or std)
+
+
+def image_processor_stats(model: str) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    """(image_mean, image_std) of the model's preprocessor_config.json; (None, None) without one."""
+    import json
+    from pathlib import Path
+
+    from robopolicy.policies.common.pretrained import model_source
+
+    path = Path(model_source(model)) / "preprocessor_config.json"
+    if not path.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(model, "preprocessor_config.json")
+        except Exception:  # not a hub name
+            cached = None
+        if not isinstance(cached, str):
+            return None, None
+        path = Path(cached)
+    data = json.loads(path.read_text())
+    data = data.get("image_processor", data)
+    mean, std = data.get("image_mean"), data.get("image_std")
+    return (tuple(float(x) for x in mean) if mean else None), (tuple(float(x) for x in std) if std else None)
 
 
 @register_policy
@@ -155,10 +189,9 @@ class DDVLAConfig(PolicyConfig):
                   "'' with backbone='vlm' (the VLM reads the instruction with its own tokenizer)")
 
     def resolved(self, tasks: Sequence[str]) -> DDVLAConfig:
-        """Records the VLM's architecture (backbone="vlm") or what the language encoder needs ("small")."""
+        """Records the VLM's architecture and pixel stats (backbone="vlm") or what the language encoder needs."""
         if self.backbone == "vlm":
-            arch = self.vlm.pretrained_model.resolved().architecture
-            return dataclasses.replace(self, vlm=dataclasses.replace(self.vlm, architecture=arch))
+            return dataclasses.replace(self, vlm=self.vlm.resolved())
         return super().resolved(tasks)
 
     def processor_steps(self, tasks: Sequence[str]) -> list:
