@@ -64,7 +64,7 @@ def with_decoding(policy: Policy, decoding: DecodeConfig) -> Policy:
     return policy
 
 
-def median_s(fn, repeats: int, device: torch.device) -> float:
+def timer(fn, device: torch.device):
     def timed() -> float:
         t = time.perf_counter()
         fn()
@@ -72,25 +72,33 @@ def median_s(fn, repeats: int, device: torch.device) -> float:
             torch.cuda.synchronize(device)
         return time.perf_counter() - t
 
-    timed()  # warm-up
-    return statistics.median(timed() for _ in range(repeats))
+    return timed
 
 
 @torch.no_grad()
 def measure(policy: Policy, batch: int, repeats: int) -> dict[str, float]:
+    """Median seconds of `encode` and of each decoder's `sample_from_condition`; the cases take turns within each
+    repeat, so a burst of background load hits all of them alike."""
     from robopolicy.policies.processor import Processor
 
     if not len(policy.processor) and policy.config.language_keys:
         policy.processor = Processor(policy.config.processor_steps(policy.config.language.tasks))
     inputs = policy.prepare(fake_obs(policy.config, batch))
     head, device = policy.head, policy.device
-    out = {"encode": median_s(lambda: head.encode(inputs), repeats, device)}
     cond = head.encode(inputs)
+    cases = {"encode": timer(lambda: head.encode(inputs), device)}
     for name, decoding in DECODERS:
-        with_decoding(policy, decoding)
-        gen = torch.Generator(device).manual_seed(0)
-        out[name] = median_s(lambda gen=gen: head.sample_from_condition(cond, generator=gen), repeats, device)
-    return out
+        def decode(decoding=decoding):
+            with_decoding(policy, decoding)
+            head.sample_from_condition(cond, generator=torch.Generator(device).manual_seed(0))
+        cases[name] = timer(decode, device)
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for r in range(repeats + 1):  # the first round warms up
+        for name, timed in cases.items():
+            t = timed()
+            if r:
+                times[name].append(t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main() -> None:
@@ -127,6 +135,9 @@ def main() -> None:
                          else f"{t[name] * 1e3:6.1f} x{ratio:4.1f}")
         print(f"{model:<26} {t['encode'] * 1e3:8.1f} " + " ".join(f"{c:>14}" for c in cells))
     print("cells: ms per chunk and the speed-up over left-to-right (whose cell shows its NFE in brackets)")
+    for model, t in rows.items():
+        per_pass = {name: t[name] / d.nfe(length) * 1e3 for name, d in DECODERS}
+        print(f"{model}: ms per forward pass " + ", ".join(f"{n} {v:.1f}" for n, v in per_pass.items()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"length": length, "batch": args.batch, "threads": args.threads, "rows": rows}, f, indent=2)

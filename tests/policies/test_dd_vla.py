@@ -415,3 +415,23 @@ def test_fsdp_shards_the_vlm_backbone_on_two_cpu_processes(tiny_vlm, tmp_path):
     n_sharded, worst, loss = (tmp_path / "result.txt").read_text().split()
     assert int(n_sharded) > 10 and np.isfinite(float(loss))
     assert float(worst) < 1e-5  # the sharded step equals the unsharded step on the global batch
+
+
+# ----- end to end ---------------------------------------------------------------------------------------------
+@pytest.mark.slow  # a few training steps on the PushT images through the CLI
+def test_train_command_trains_a_small_dd_vla_on_pusht_images(pusht_zarr, tmp_path):
+    from robopolicy.cli.main import main
+
+    out = tmp_path / "run"
+    code = main(["train", "--policy.type=dd_vla", f"--data.uri={pusht_zarr}", "--data.input_keys=[img,state]",
+                 "--data.episodes=[0,1]", "--policy.small.dim=64", "--policy.small.n_heads=4",
+                 "--policy.small.n_layers=2", "--policy.small.dim_feedforward=128",
+                 "--policy.small.encoder.backbone=resnet10t", "--policy.decoding.rounds=4", "--train.steps=4",
+                 "--train.batch_size=8", "--train.log_every=2", f"--train.output_dir={out}", "--train.progress=false",
+                 "--train.tensorboard=false", "--train.ema_power=0"])
+    assert code in (0, None)
+    policy = Policy.load(out)
+    assert policy.normalizer.modes["action"] == "quantiles" and "q01" in policy.normalizer.stats["action"]
+    obs = {"img": torch.randint(0, 256, (1, 1, 3, 96, 96), dtype=torch.uint8), "state": torch.rand(1, 1, 5) * 400}
+    chunk = policy.predict_chunk(obs, torch.Generator().manual_seed(0))
+    assert chunk.shape == (1, 8, 2) and torch.isfinite(chunk).all()
