@@ -3,8 +3,9 @@
 Phases (names from `robopolicy.sim.experts.PHASES`), each switched by what the observation shows:
 
   reach    gripper open, move the grip site to the task's grasp point with the grasp yaw; while the x/y error
-           is above `descend_xy_radius` the target hovers `hover` m higher, then it drops linearly with the x/y
-           error (the gripper comes in from above in one smooth motion)
+           is above `descend_xy_radius` (or the orientation error above `descend_rot_radius`) the target hovers
+           `hover` m higher, then it drops linearly with the larger of the two relative errors (the gripper comes
+           in from above in one smooth motion, already turned)
   grasp    within `grasp_tol_xy` / `grasp_tol_z` of the grasp point: hold there and close the gripper until the
            fingers stop moving (at least `min_grasp_steps`, at most `max_grasp_steps`)
   lift     gripper closed, raise until the held object's reference point is at `carry_z`
@@ -50,7 +51,8 @@ class PickPlaceConfig:
     """Gains, tolerances and heights of the pick-and-place phase machine (m, rad, control steps)."""
 
     hover: float = 0.06  # height above the grasp point while still far from it in x/y
-    descend_xy_radius: float = 0.015  # below this x/y error the hover height shrinks linearly to 0
+    descend_xy_radius: float = 0.015  # below this x/y error the hover height shrinks linearly to 0 ...
+    descend_rot_radius: float = 0.1  # ... once the orientation error (rad) is below this too
     grasp_tol_xy: float = 0.006  # x/y error at which the gripper starts closing
     grasp_tol_z: float = 0.01  # z error at which the gripper starts closing
     grasp_tol_yaw: float = 0.15  # yaw error (rad) at which the gripper starts closing
@@ -120,10 +122,12 @@ class PickPlaceExpert:
         self._last_held: np.ndarray | None = None
         self._settle.reset()
 
-    def _reach_target(self, eef: np.ndarray, grasp: np.ndarray) -> np.ndarray:
+    def _reach_target(self, eef: np.ndarray, grasp: np.ndarray, rot_error: float) -> np.ndarray:
         c = self.config
         xy_error = float(np.linalg.norm(grasp[:2] - eef[:2]))
-        return grasp + np.array([0.0, 0.0, c.hover * min(1.0, xy_error / c.descend_xy_radius)])
+        # stay up while either the x/y or the orientation error is large (a turning hand sweeps its fingers)
+        up = max(xy_error / c.descend_xy_radius, rot_error / c.descend_rot_radius)
+        return grasp + np.array([0.0, 0.0, c.hover * min(1.0, up)])
 
     def _switch(self, obs: Mapping[str, Any], eef: np.ndarray, quat: np.ndarray, fingers: np.ndarray) -> None:
         """Advance the phase as far as the observation allows (at most one switch per phase per step)."""
@@ -172,7 +176,9 @@ class PickPlaceExpert:
         yaw = self._yaw
         if self.phase == "reach":
             grasp, yaw = self.grasp_pose(obs)
-            pos, gripper = saturated_p(self._reach_target(eef, grasp) - eef, c.pos_gain, c.max_action), GRIPPER_OPEN
+            rot_error = float(np.linalg.norm(orientation_error(down_quat(yaw), quat)))
+            target = self._reach_target(eef, grasp, rot_error)
+            pos, gripper = saturated_p(target - eef, c.pos_gain, c.max_action), GRIPPER_OPEN
         elif self.phase == "grasp":
             pos, gripper = saturated_p(self._anchor - eef, c.pos_gain, c.max_action), GRIPPER_CLOSE
         elif self.phase in ("lift", "move", "place"):
