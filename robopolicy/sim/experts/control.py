@@ -72,10 +72,16 @@ def saturated_p(error: np.ndarray, gain: float, max_norm: float) -> np.ndarray:
 
 
 def pose_action(
-    pos_cmd: np.ndarray, target_quat: np.ndarray, quat: np.ndarray, rot_gain: float, gripper: float
+    pos_cmd: np.ndarray,
+    target_quat: np.ndarray,
+    quat: np.ndarray,
+    rot_gain: float,
+    gripper: float,
+    rot_max: float = 1.0,
 ) -> np.ndarray:
-    """Assemble the 7-D float32 OSC_POSE action: position command, orientation P-law (clipped), gripper."""
-    rot = np.clip(rot_gain * orientation_error(target_quat, quat), -1.0, 1.0)
+    """Assemble the 7-D float32 OSC_POSE action: position command (clipped to [-1, 1]), orientation P-law
+    rot_gain * axis-angle error (each component clipped to +-rot_max), gripper."""
+    rot = np.clip(rot_gain * orientation_error(target_quat, quat), -rot_max, rot_max)
     return np.concatenate([np.clip(pos_cmd, -1.0, 1.0), rot, [gripper]]).astype(np.float32)
 
 

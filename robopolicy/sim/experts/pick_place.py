@@ -189,8 +189,7 @@ class PickPlaceExpert:
                 err = np.array([goal[0] - held[0], goal[1] - held[1], carry_z - held[2]])
             else:
                 err = goal - held
-            cap = c.carry_max_action
-            pos = saturated_p(err, c.pos_gain, cap)
+            pos = saturated_p(err, c.pos_gain, c.carry_max_action)
             if self.phase == "place":
                 # x/y first: the descent (at most place_max_action) slows to a stop as the x/y error grows
                 # from move_tol_xy to twice that
@@ -198,8 +197,7 @@ class PickPlaceExpert:
                 pos[:2] = saturated_p(err[:2], c.pos_gain, c.carry_max_action)
                 slow = float(np.clip(2.0 - xy_err / c.move_tol_xy, 0.0, 1.0))
                 pos[2] = slow * float(np.clip(c.pos_gain * err[2], -c.place_max_action, c.place_max_action))
-            rot = np.clip(c.rot_gain * orientation_error(down_quat(yaw), quat), -c.carry_rot_max, c.carry_rot_max)
-            return np.concatenate([np.clip(pos, -1.0, 1.0), rot, [GRIPPER_CLOSE]]).astype(np.float32)
+            return pose_action(pos, down_quat(yaw), quat, c.rot_gain, GRIPPER_CLOSE, rot_max=c.carry_rot_max)
         elif self.phase == "release":
             pos, gripper = saturated_p(self._anchor - eef, c.pos_gain, c.max_action), GRIPPER_OPEN
         else:
