@@ -21,8 +21,10 @@ def write_tiny_text_model(directory: Path, arch: str = "bert", hidden: int = 32)
     directory.mkdir(parents=True, exist_ok=True)
     vocab = directory / "vocab.txt"
     vocab.write_text("\n".join([*SPECIAL, *WORDS]) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab))
+    tokenizer = BertTokenizerFast(vocab=str(vocab))  # transformers 5 ignores vocab_file=
     n = tokenizer.vocab_size
+    if n != len(SPECIAL) + len(WORDS):
+        raise RuntimeError(f"the tiny tokenizer has {n} tokens, expected {len(SPECIAL) + len(WORDS)}")
     torch.manual_seed(0)
     if arch == "bert":
         model = transformers.BertModel(transformers.BertConfig(

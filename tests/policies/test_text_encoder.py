@@ -88,6 +88,8 @@ def test_a_frozen_text_encoder_conditions_the_head_and_loads_offline(tmp_path, d
     a, b = _chunk(policy, TASKS[0]), _chunk(policy, TASKS[1])
     assert not torch.allclose(a, b)  # the words change the chunk
     unseen = _chunk(policy, "lift the red cube")  # a text encoder reads instructions it was not trained on
+    same_length = _chunk(policy, "open the can")  # as many tokens as TASKS[1]: the words, not the length, matter
+    assert not torch.allclose(same_length, b)
     assert torch.isfinite(unseen).all()
 
     ckpt = policy.save(tmp_path / "ckpt")
