@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -106,10 +106,11 @@ class PolicyConfig:
         """Field values (typed) that make this head tiny; {} by default."""
         return {}
 
-    def resolved(self, tasks: Sequence[str]) -> PolicyConfig:
-        """This config with what a fresh policy records once, from the dataset's task strings and the named
-        pretrained models: the learned embedding's tasks or the text encoder's architecture (see
-        robopolicy.policies.common.pretrained). A head with its own pretrained parts extends it."""
+    def resolved(self, tasks: Sequence[str] = (), features: Mapping[str, Any] | None = None) -> PolicyConfig:
+        """This config with what a fresh policy records once, from the dataset (its task strings and its features,
+        {key: robopolicy.data.features.Feature}) and the named pretrained models: the learned embedding's tasks
+        or the text encoder's architecture (see robopolicy.policies.common.pretrained). A head with its own
+        pretrained parts or dataset-derived sizes (a phase vocabulary) extends it."""
         if not self.language_keys:
             return self
         return self.replace(language=self.language.resolved(tasks))

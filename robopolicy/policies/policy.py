@@ -81,7 +81,7 @@ class Policy(nn.Module):
         if language and not dataset.tasks:
             raise StatsMismatchError(f"{dataset.root} has no task strings, but {TASK_KEY!r} (the instruction) is "
                                      "among the policy's inputs; record tasks or drop it from the inputs")
-        config = config.resolved(dataset.tasks)
+        config = config.resolved(dataset.tasks, dataset.features)
         processor = processor if processor is not None else Processor(config.processor_steps(dataset.tasks))
         policy = cls(config, make_normalizer(config, stats), processor)
         policy.head.load_pretrained_weights()

@@ -239,14 +239,14 @@ def phase_dataset(tmp_path_factory):
 def _policy(ds, input_keys=("observation.state",), **overrides) -> Policy:
     stats = compute_stats(ds, ["observation.state", "action"])
     torch.manual_seed(0)
-    small = {**MoEACTConfig.test_overrides(), "horizon": 6, "n_action_steps": 6,
-             "num_phases": len(MoEACTConfig.phase_names(ds))}
+    small = {**MoEACTConfig.test_overrides(), "horizon": 6, "n_action_steps": 6}  # K from the dataset's names
     return Policy.from_dataset(MoEACTConfig, ds, stats, input_keys=list(input_keys), **{**small, **overrides})
 
 
 def test_phase_labels_flow_from_the_dataset_to_the_head_and_the_checkpoint_round_trips(tmp_path, phase_dataset):
     assert MoEACTConfig.phase_names(phase_dataset) == PHASES
     policy = _policy(phase_dataset).train()
+    assert policy.config.num_phases == len(PHASES)  # recorded from the phase feature's names at creation
     windows = WindowSampler(phase_dataset, policy.config.delta_indices())
     raw = windows.get_batch([0, 10, 20, 23])
     prepared = policy.prepare(raw)

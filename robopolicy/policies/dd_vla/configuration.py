@@ -16,7 +16,7 @@ Backbones (`backbone`):
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -188,11 +188,11 @@ class DDVLAConfig(PolicyConfig):
             check(not self.language_keys or not self.language.encoder, "language.encoder", self.language.encoder,
                   "'' with backbone='vlm' (the VLM reads the instruction with its own tokenizer)")
 
-    def resolved(self, tasks: Sequence[str]) -> DDVLAConfig:
+    def resolved(self, tasks: Sequence[str] = (), features: Mapping[str, Any] | None = None) -> DDVLAConfig:
         """Records the VLM's architecture and pixel stats (backbone="vlm") or what the language encoder needs."""
         if self.backbone == "vlm":
             return dataclasses.replace(self, vlm=self.vlm.resolved())
-        return super().resolved(tasks)
+        return super().resolved(tasks, features)
 
     def processor_steps(self, tasks: Sequence[str]) -> list:
         """The VLM's own tokenizer for the instruction (backbone="vlm"), else the language config's steps."""

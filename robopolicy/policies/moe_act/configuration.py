@@ -3,12 +3,13 @@ phase head on every decoded action token and K phase-routed experts for position
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
-from robopolicy.config_parsing import check
+from robopolicy.config_parsing import ConfigError, check
 from robopolicy.policies.act.configuration import ACTConfig
 from robopolicy.policies.registry import register_policy
 
@@ -81,12 +82,22 @@ class MoEACTConfig(ACTConfig):
     @staticmethod
     def phase_names(dataset, key: str = "phase") -> tuple[str, ...]:
         """The phase vocabulary of a dataset's phase-label feature (its `names`); num_phases = len of it."""
-        names = dataset.feature(key).names
+        names = vocabulary(dataset.feature(key).names)
         if not names:
             raise ValueError(f"feature {key!r} of {dataset.root} has no `names`: the phase vocabulary is unknown")
-        if isinstance(names, dict) and len(names) == 1:  # LeRobot style {"axis name": [...]}
-            names = next(iter(names.values()))
-        return tuple(str(n) for n in names)
+        return names
+
+    def resolved(self, tasks: Sequence[str] = (), features: Mapping[str, Any] | None = None) -> MoEACTConfig:
+        """Also records K = the number of names of the dataset's phase feature when num_phases is not set."""
+        out = super().resolved(tasks, features)
+        feature = (features or {}).get(self.phase_key) if self.phase_key else None
+        if out.num_phases or feature is None:
+            return out
+        names = vocabulary(feature.names)
+        if not names:
+            raise ConfigError(f"the dataset's phase feature {self.phase_key!r} has no `names` (the phase "
+                              "vocabulary): set policy.num_phases")
+        return out.replace(num_phases=len(names))
 
     @property
     def gripper_index(self) -> list[int]:
@@ -120,3 +131,10 @@ class MoEACTConfig(ACTConfig):
     def test_overrides(cls) -> dict:
         return {**super().test_overrides(), "n_decoder_layers": 2, "num_phases": 3, "phase_hidden": 16,
                 "position_expert_hidden": 16, "gripper_expert_hidden": 8}
+
+
+def vocabulary(names: Any) -> tuple[str, ...]:
+    """A phase feature's `names` as the tuple of phase names ((): none); LeRobot's {"axis": [...]} unwrapped."""
+    if isinstance(names, dict) and len(names) == 1:
+        names = next(iter(names.values()))
+    return tuple(str(n) for n in names) if names else ()
