@@ -19,6 +19,10 @@ unlatch, open). Several tasks share the padded 23-D observation.environment_stat
 robosuite object-state, zero-padded; see robopolicy.sim.robosuite_env); one task alone uses --env-state
 (auto: Lift keeps its native 10-D layout, the other tasks are padded). --cameras adds uint8 images
 rendered headless (MUJOCO_GL=egl).
+
+--env aloha:TransferCube / aloha:Insertion (gym-aloha's bimanual ALOHA tasks, 50 Hz) records the scripted
+expert's whole 300-step demonstration per episode with its own phases (--max-steps and --success-hold-steps
+do not apply); pass --cameras top --image-size 120 for 120x160 frames (a quarter of 480x640 per side).
 """
 
 EXAMPLES = """\
@@ -28,6 +32,7 @@ examples:
       --cameras agentview --image-size 84
   robopolicy collect --env robosuite:Lift,Stack,PickPlaceCan,Door,NutAssemblyRound --episodes 50 \\
       --out data/robosuite_multitask        # 250 episodes, 50 per task
+  robopolicy collect --env aloha:TransferCube --episodes 50 --cameras top --image-size 120 --out data/transfer
 """
 
 
@@ -39,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--env",
         default="robosuite:Lift",
         help="robosuite task(s) with an expert, comma-separated for a multi-task dataset, e.g. "
-        "robosuite:Lift,Stack,PickPlaceCan,Door,NutAssemblyRound (default: %(default)s)",
+        "robosuite:Lift,Stack,PickPlaceCan,Door,NutAssemblyRound, or aloha:TransferCube / aloha:Insertion "
+        "(default: %(default)s)",
     )
     p.add_argument("--episodes", type=int, required=True, help="number of episodes to write per task")
     p.add_argument("--out", required=True, help="output dataset directory")
@@ -93,6 +99,10 @@ def resolve_format(out: str, fmt: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.env.startswith("aloha:"):  # gym-aloha's bimanual tasks: the expert's whole script per episode
+        from robopolicy.sim.aloha_collect import run_cli
+
+        return run_cli(args)
     from robopolicy.config_parsing import ConfigError
     from robopolicy.data.errors import DatasetExistsError
     from robopolicy.sim.collect import CollectConfig, collect

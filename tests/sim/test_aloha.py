@@ -197,6 +197,16 @@ def test_standalone_collect_command(tmp_path, capsys):
     assert ds.tasks == [TASK_STRINGS["Insertion"]]
 
 
+def test_robopolicy_collect_records_aloha(tmp_path, capsys):
+    from robopolicy.cli.main import main
+
+    out = tmp_path / "transfer"
+    assert main(["collect", "--env", "aloha:TransferCube", "--episodes", "1", "--out", str(out), "--no-progress"]) == 0
+    ds = open_dataset(out)
+    assert ds.num_episodes == 1 and ds.num_frames == 300 and ds.tasks == [TASK_STRINGS["TransferCube"]]
+    assert list(ds.features[PHASE_KEY].names) == list(TRANSFER_PHASES)
+
+
 class AlohaExpertPolicy:
     """The scripted AlohaExpert behind the chunk-policy protocol (T_o = 1, H = 1), fed the dataset features."""
 
