@@ -8,9 +8,11 @@ it stopped, and a killed training resumes from its last checkpoint):
               task's own instruction
   4. swapped  the same episodes with another task's instruction (the next task in the list): a policy that
               follows the words fails there, one that reads only the scene does not
+  5. decoding dd_vla only: the same checkpoint decoded with T = 4 and 8 rounds and left to right (NFE = L, one
+              token per pass) on --decoding-episodes per task (T = 12, the default, is stage 3)
 Prints a success table (per task, mean) and writes OUT/results.json.
 
-  python benchmarks/bench_multitask.py --heads diffusion,flow,act --episodes-per-task 50 --eval-episodes 50
+  python benchmarks/bench_multitask.py --episodes-per-task 50 --eval-episodes 50
   python benchmarks/bench_multitask.py --steps 200 --episodes-per-task 4 --eval-episodes 2   # a smoke run
 """
 
@@ -26,7 +28,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("Lift", "Stack", "PickPlaceCan", "Door", "NutAssemblyRound")
+HEADS = ("diffusion", "flow", "act", "dd_vla", "moe_act")
 EVAL_SEED = 100_000
+DECODINGS = {"T4": {"rounds": 4}, "T8": {"rounds": 8}, "left_to_right": {"variant": "left_to_right"}}
 
 
 def run(cmd: list[str], log: Path) -> float:
@@ -56,15 +60,30 @@ def success(eval_dir: Path) -> float:
     return json.loads((eval_dir / "eval_info.json").read_text())["aggregated"]["pc_success"]
 
 
+def eval_decoding(run_dir: Path, task: str, decoding: dict, episodes: int, n_envs: int, out_dir: Path) -> None:
+    """Evaluate a dd_vla checkpoint with other decoding settings (its config's `decoding` fields replaced)."""
+    import dataclasses
+
+    from robopolicy.policies.policy import load_policy
+    from robopolicy.sim.evaluate import evaluate
+
+    policy = load_policy(run_dir)
+    head = policy.head
+    head.config = dataclasses.replace(head.config, decoding=dataclasses.replace(head.config.decoding, **decoding))
+    evaluate(policy, f"robosuite:{task}", n_episodes=episodes, seed=EVAL_SEED, out_dir=out_dir, n_envs=n_envs,
+             video_episodes=0, progress=False, verbose=False)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--heads", default="diffusion,flow,act", help="comma-separated heads (configs/multitask_*)")
+    p.add_argument("--heads", default=",".join(HEADS), help="comma-separated heads (configs/multitask_*)")
     p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated robosuite tasks")
     p.add_argument("--episodes-per-task", type=int, default=50, help="demonstrations per task")
     p.add_argument("--eval-episodes", type=int, default=50, help="evaluation episodes per task")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the presets', the same for all)")
     p.add_argument("--n-envs", type=int, default=2, help="parallel evaluation environments")
     p.add_argument("--no-swapped", action="store_true", help="skip the swapped-instruction evaluation")
+    p.add_argument("--decoding-episodes", type=int, default=20, help="dd_vla episodes per task per decoding")
     p.add_argument("--out", type=Path, default=REPO / "outputs" / "multitask")
     args = p.parse_args()
     heads, tasks = args.heads.split(","), args.tasks.split(",")
@@ -100,6 +119,14 @@ def main() -> int:
                 if other is not None:
                     cmd += ["--task", instruction(other)]
                 times[f"{kind}/{head}/{task}"] = run(cmd, log)
+            if head != "dd_vla" or not args.decoding_episodes:
+                continue
+            for name, decoding in DECODINGS.items():
+                eval_dir = out / "decoding" / name / task
+                if not (eval_dir / "eval_info.json").exists():
+                    start = time.perf_counter()
+                    eval_decoding(run_dir, task, decoding, args.decoding_episodes, args.n_envs, eval_dir)
+                    times[f"decoding/{name}/{task}"] = time.perf_counter() - start
 
     results = {"tasks": tasks, "heads": heads, "episodes_per_task": args.episodes_per_task,
                "eval_episodes": args.eval_episodes, "seconds": times, "success": {}, "swapped": {}}
@@ -107,6 +134,8 @@ def main() -> int:
         results["success"][head] = {t: success(out / "eval" / head / t) for t in tasks}
         if (out / "swapped" / head / tasks[0] / "eval_info.json").exists():
             results["swapped"][head] = {t: success(out / "swapped" / head / t) for t in tasks}
+    if "dd_vla" in heads and args.decoding_episodes:
+        results["decoding"] = {name: {t: success(out / "decoding" / name / t) for t in tasks} for name in DECODINGS}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
     print(f"success % over {args.eval_episodes} unseen seeds per task ({args.episodes_per_task} demos per task)")
@@ -118,6 +147,9 @@ def main() -> int:
         sw = results["swapped"].get(head)
         sw_mean = f"{sum(sw.values()) / len(sw):.0f}" if sw else "-"
         print(f"| {head} | " + " | ".join(f"{row[t]:.0f}" for t in tasks) + f" | {mean:.1f} | {sw_mean} |")
+    for name, row in results.get("decoding", {}).items():
+        print(f"dd_vla decoded {name}: " + ", ".join(f"{t} {row[t]:.0f}" for t in tasks)
+              + f"; mean {sum(row.values()) / len(row):.1f} ({args.decoding_episodes} episodes per task)")
     print(f"results: {out / 'results.json'}; log: {log}")
     return 0
 
