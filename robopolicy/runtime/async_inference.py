@@ -454,7 +454,7 @@ class AsyncChunker:
         prev = self.queue.actions_from(t) if self.rtc is not None else None
         self.stats["requests"] += 1
         self._pending = self.source.submit(obs, step=t, prev_actions=prev, delay=self.delay_estimate, rtc=self.rtc,
-                                           task=self.task)
+                                           **({"task": self.task} if self.task is not None else {}))
         self._pending_since = time.perf_counter()
         return self._pending
 
