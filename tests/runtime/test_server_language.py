@@ -67,5 +67,5 @@ def test_info_of_a_head_without_guidance():
     from tests.runtime.policy_fixtures import tiny_policy
 
     service = PolicyService(tiny_policy("act"))
-    assert service.info["capabilities"] == [] and service.info["language_inputs"] == []
+    assert service.info["capabilities"] == ["language"] and service.info["language_inputs"] == []
     service.warmup()  # plain request only: ACT offers no guidance

@@ -76,7 +76,7 @@ def test_unknown_keys_at_every_level():
     assert "unknown config fields train.stepz (did you mean 'steps'?)" in msg and "train has: steps, " in msg
     msg = _error("--policy.denoiser.unet.down_dimz=[64]")
     assert "policy.denoiser.unet.down_dimz (did you mean 'down_dims'?)" in msg
-    assert "policy.type='dif': must be one of 'act', 'diffusion', 'flow'" in _error("--policy.type=dif")
+    assert "policy.type='dif': must be one of 'act', 'dd_vla', 'diffusion', 'flow'" in _error("--policy.type=dif")
     assert "policy.input_features: comes from the dataset" in _error("--policy.input_features={}")
 
 
