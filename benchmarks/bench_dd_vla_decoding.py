@@ -9,8 +9,8 @@ random weights (latency does not depend on them). Both attention layouts of the 
 (every round recomputes the whole sequence). `encode` (the camera trunk, once per observation) is timed apart.
 
 --checkpoint DIR times a trained dd_vla policy instead (its own config; observations are random tensors of its
-input shapes); success against T comes from `robopolicy eval --checkpoint DIR` with
-`--policy.decoding.rounds=T` style overrides once the robosuite multi-task data exists (issue 11).
+input shapes); success against T comes from benchmarks/bench_multitask.py (its decoding stage evaluates one
+trained dd_vla checkpoint with T = 4, 8, 12 and left to right on the robosuite tasks).
 
 Usage:
   .venv/bin/python benchmarks/bench_dd_vla_decoding.py [--repeats 20] [--threads 1] [--batch 1]
