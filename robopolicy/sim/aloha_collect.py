@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ from robopolicy.sim.aloha_env import (
     parse_env_spec,
 )
 from robopolicy.sim.aloha_expert import PHASE_KEY, AlohaExpert, AlohaExpertConfig, phase_feature
+from robopolicy.sim.collect import CollectResult, EpisodeResult
 
 REWARD_KEY = "next.reward"  # the same column names as robopolicy.sim.collect
 DONE_KEY = "next.done"
@@ -94,46 +95,6 @@ class AlohaCollectConfig:
         return AlohaConfig(task=self.task, cameras=self.cameras, image_height=h, image_width=w)
 
 
-@dataclass(frozen=True)
-class EpisodeResult:
-    """One rollout: its task, seed, number of recorded frames, success flag, first successful step (or None)."""
-
-    task: str
-    seed: int
-    length: int
-    success: bool
-    first_success_step: int | None
-    saved_as: int | None = None  # episode index in the dataset, None if discarded
-
-
-@dataclass
-class CollectResult:
-    """What a collection did: every rollout (saved or discarded) and the wall time."""
-
-    out: Path
-    format: str
-    rollouts: list[EpisodeResult] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def saved(self) -> list[EpisodeResult]:
-        return [r for r in self.rollouts if r.saved_as is not None]
-
-    @property
-    def success_rate(self) -> float:
-        return float(np.mean([r.success for r in self.rollouts])) if self.rollouts else 0.0
-
-    def summary(self) -> str:
-        saved = self.saved
-        n_ok = sum(r.success for r in self.rollouts)
-        per_min = 60.0 * len(self.rollouts) / self.seconds if self.seconds > 0 else 0.0
-        return (
-            f"wrote {len(saved)} episodes ({sum(r.length for r in saved)} frames) to {self.out} [{self.format}]; "
-            f"expert success {n_ok}/{len(self.rollouts)} ({100 * self.success_rate:.0f}%), "
-            f"{per_min:.1f} episodes/min, seeds {self.rollouts[0].seed}..{self.rollouts[-1].seed}"
-        )
-
-
 def recording_features(env: AlohaEnv, video: bool) -> dict[str, Feature]:
     """The env's observation/action features plus reward, done and the phase label."""
     feats = env.dataset_features(video=video)
@@ -164,7 +125,7 @@ def rollout(env: AlohaEnv, expert: AlohaExpert, seed: int, writer: EpisodeWriter
             writer.add_frame(frame, task=env.task_description)
         frame = env.features()
     success = last_success >= expert.length - END_WINDOW
-    return EpisodeResult(env.task_name, seed, expert.length, success, first_success)
+    return EpisodeResult(env.task_name, seed, expert.length, success, first_success, None)
 
 
 def collect(
