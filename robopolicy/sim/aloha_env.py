@@ -74,13 +74,10 @@ INSTALL_HINT = "gym-aloha is not installed: pip install 'robopolicy[sim]' (or gy
 
 
 def parse_env_spec(spec: str) -> str:
-    """Parse "aloha:TransferCube" -> "TransferCube"; ValueError for another backend or an unknown task."""
-    backend, sep, task = spec.partition(":")
-    if backend != "aloha" or not sep or not task:
-        raise ValueError(f"unknown env {spec!r}; expected 'aloha:<Task>', e.g. 'aloha:TransferCube'")
-    if task not in TASK_STRINGS:
-        raise ValueError(f"env {spec!r}: unknown gym-aloha task {task!r}; supported: {sorted(TASK_STRINGS)}")
-    return task
+    """Parse "aloha:TransferCube" -> "TransferCube"; a ValueError for another backend or an unsupported task."""
+    from robopolicy.sim.envs import backend_task
+
+    return backend_task(spec, "aloha", TASK_STRINGS, "TransferCube")
 
 
 def image_shape(image_size: int | Sequence[int] | None) -> tuple[int, int]:

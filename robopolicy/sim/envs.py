@@ -29,6 +29,17 @@ ROBOSUITE_MAX_STEPS = 400  # robomimic / Diffusion Policy rollout length for Lif
 ROBOSUITE_VIDEO_CAMERA = "agentview"
 
 
+def backend_task(spec: str, backend: str, tasks: Mapping[str, str], example: str) -> str:
+    """The task of a "<backend>:<Task>" spec, checked against `tasks` (e.g. a backend's TASK_STRINGS); a
+    ValueError naming the spec, the expected form and the supported tasks otherwise."""
+    name, sep, task = spec.partition(":")
+    if name != backend or not sep or not task:
+        raise ValueError(f"unknown env {spec!r}; expected '{backend}:<Task>', e.g. '{backend}:{example}'")
+    if task not in tasks:
+        raise ValueError(f"env {spec!r}: unsupported {backend} task {task!r}; supported: {sorted(tasks)}")
+    return task
+
+
 def parse_env_spec(spec: str) -> tuple[str, str]:
     """Split an env spec: "pusht" -> ("pusht", "PushT"), "robosuite:Lift" -> ("robosuite", "Lift"); else an error."""
     if spec == "pusht":

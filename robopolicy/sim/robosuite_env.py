@@ -175,13 +175,10 @@ def env_state_layout_for_shape(task: str, shape) -> str:
 
 
 def parse_env_spec(spec: str) -> str:
-    """Parse "robosuite:Lift" -> "Lift"; raises ValueError for any other backend or an unsupported task."""
-    backend, sep, task = spec.partition(":")
-    if backend != "robosuite" or not sep or not task:
-        raise ValueError(f"unknown env {spec!r}; expected 'robosuite:<Task>', e.g. 'robosuite:Lift'")
-    if task not in TASK_STRINGS:
-        raise ValueError(f"env {spec!r}: unsupported robosuite task {task!r}; supported: {sorted(TASK_STRINGS)}")
-    return task
+    """Parse "robosuite:Lift" -> "Lift"; a ValueError for another backend or an unsupported task."""
+    from robopolicy.sim.envs import backend_task
+
+    return backend_task(spec, "robosuite", TASK_STRINGS, "Lift")
 
 
 def parse_multi_env_spec(spec: str) -> list[str]:
