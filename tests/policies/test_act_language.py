@@ -5,39 +5,24 @@ from __future__ import annotations
 
 import shutil
 
-import numpy as np
 import pytest
 import torch
 
-from robopolicy.data.dataset import open_dataset
-from robopolicy.data.features import Feature
 from robopolicy.data.stats import compute_stats
-from robopolicy.data.writer import create_writer
 from robopolicy.policies.base import LANGUAGE
 from robopolicy.policies.common import kernels
 from robopolicy.policies.common.text_encoder import LanguageConfig
 from robopolicy.policies.policy import TASK_KEY, Policy
 from robopolicy.policies.registry import get_config_class
+from tests.policies.conftest import LANGUAGE_FEATURES, LANGUAGE_TASKS
 from tests.text_models import write_tiny_text_model
 
-FEATURES = {
-    "observation.state": Feature("observation.state", "float32", (3,), "state"),
-    "action": Feature("action", "float32", (2,), "action"),
-}
-TASKS = ["pick up the can", "open the door"]
+FEATURES, TASKS = LANGUAGE_FEATURES, LANGUAGE_TASKS
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("act_lang") / "ds"
-    rng = np.random.default_rng(0)
-    with create_writer(root, FEATURES, fps=10, format="lerobot") as w:
-        for task in TASKS:
-            for _ in range(15):
-                w.add_frame({"observation.state": rng.normal(size=3).astype(np.float32),
-                             "action": rng.normal(size=2).astype(np.float32)}, task=task)
-            w.save_episode()
-    return open_dataset(root)
+def dataset(two_task_dataset):
+    return two_task_dataset
 
 
 def _policy(ds, language: LanguageConfig) -> Policy:
