@@ -157,7 +157,7 @@ def convert(
                         progress(ep.length)
             swap_in(new, dst, overwrite)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            remove_staging(staging, missing_ok=True)
     return dst
 
 
@@ -234,7 +234,7 @@ def clean_leftovers(dst: Path) -> list[str]:
                 f"{dst}: another convert (pid {marker['pid']}, from {marker.get('src')}) is writing it in {path}; "
                 "wait for it to finish, or delete that directory if that process is not a convert"
             )
-        shutil.rmtree(path)
+        remove_staging(path)
         notes.append(f"removed {path}: the unfinished output of an interrupted convert (pid {marker['pid']})")
     for path in sorted(dst.parent.glob(f".{dst.name}.old-*")):
         notes.append(
@@ -253,6 +253,22 @@ def make_staging(dst: Path, src: str) -> Path:
     tmp.write_text(json.dumps(marker) + "\n")
     os.replace(tmp, staging / STAGING_MARKER)  # a kill leaves no marker or a whole one, never half of one
     return staging
+
+
+def remove_staging(path: Path, missing_ok: bool = False) -> None:
+    """Delete a staging directory with its marker last: a process killed while deleting leaves the marker
+    (and what was not deleted yet), which the next convert recognises and removes, never an unprovable rest."""
+    if missing_ok and not path.exists():
+        return
+    for child in path.iterdir():
+        if child.name == STAGING_MARKER:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+    (path / STAGING_MARKER).unlink(missing_ok=True)
+    path.rmdir()
 
 
 def _holds_nothing(path: Path) -> bool:

@@ -253,6 +253,35 @@ def test_a_staging_directory_killed_before_its_marker_is_cleaned(small_zarr, tmp
     assert any(str(staging) in n and "empty staging directory" in n for n in notes)
 
 
+def test_a_convert_killed_while_deleting_a_staging_directory_leaves_it_recognisable(small_zarr, tmp_path,
+                                                                                     monkeypatch):
+    """The marker goes last: a kill in the middle of the cleanup (here: the second file deleted) leaves the marker
+    and the rest, which the next convert removes, instead of a directory nothing can prove is robopolicy's."""
+    import robopolicy.data.convert as convert_module
+
+    dst = tmp_path / "out"
+    staging = _fake_staging(dst, _dead_pid())
+    for i in range(3):
+        (staging / "dataset" / f"chunk-{i}").write_bytes(b"x")
+    real_rmtree, calls = convert_module.shutil.rmtree, []
+
+    def killed_rmtree(path, *args, **kwargs):
+        calls.append(path)
+        first = next(Path(path).iterdir())  # some of it is gone when the process dies
+        first.unlink() if first.is_file() else real_rmtree(first)
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(convert_module.shutil, "rmtree", killed_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        convert(small_zarr, dst, to="zarr", episodes=[0])
+    monkeypatch.undo()
+    assert calls and (staging / STAGING_MARKER).exists()  # the proof survived the interrupted cleanup
+    notes: list[str] = []
+    convert(small_zarr, dst, to="zarr", episodes=[0], log=notes.append)
+    assert not staging.exists() and leftovers(tmp_path) == []
+    assert any(str(staging) in n and "interrupted convert" in n for n in notes)
+
+
 def test_a_running_convert_to_the_same_dst_is_refused(small_zarr, tmp_path):
     dst = tmp_path / "out"
     live = _fake_staging(dst, os.getppid())  # a live process that is not us

@@ -245,6 +245,7 @@ def test_deploy_passes_the_instruction_to_a_language_policy():
 
     rig = SimArmRig(FOLLOWER, seed=0)
     robot = make_robot(FOLLOWER, port=rig.follower.port, calibration="defaults")
+    threads = torch.get_num_threads()
     try:
         robot.connect()
         center = np.array(list(robot.last_commanded.values()))
@@ -257,8 +258,12 @@ def test_deploy_passes_the_instruction_to_a_language_policy():
         policy.predict_chunk = lambda obs, *a, **k: (seen.append(obs["task"]), predict(obs, *a, **k))[1]
         with pytest.raises(ConfigError, match="--task"):
             Deployer(robot, DeployConfig(fps=30, episode_time_s=0.3), policy=policy)
+        # one torch thread beside the emulated arm's threads (see test_deploy_cli_with_a_remote_policy_server:
+        # with two, a chunk took seconds on a loaded machine)
+        torch.set_num_threads(1)
         report = Deployer(robot, DeployConfig(fps=30, episode_time_s=0.3, task="wave"), policy=policy).run_episode()
     finally:
+        torch.set_num_threads(threads)
         robot.disconnect()
         rig.stop()
     assert report.stopped is None and seen and set(seen) == {"wave"}
