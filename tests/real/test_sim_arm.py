@@ -150,6 +150,9 @@ def test_concurrent_reads_while_stepping(arm):
                 arm.step(0.002, cmds)
             except Exception as exc:  # pragma: no cover - reported below
                 errors.append(exc)
+            # paced like the emulator's motion thread (2 ms of simulated time per step), faster than real time: an
+            # unpaced loop re-takes the arm's lock at once and starved the reader for > 60 s on a loaded machine
+            time.sleep(0.0005)
 
     thread = threading.Thread(target=stepper, daemon=True)
     thread.start()
