@@ -72,6 +72,24 @@ class WindowSampler(torch.utils.data.Dataset):
         self._starts = np.array([ep.start for ep in dataset.episodes], dtype=np.int64)
         self._stops = np.array([ep.stop for ep in dataset.episodes], dtype=np.int64)
 
+    def window_weights(self, balance: str = "frames") -> np.ndarray | None:
+        """Sampling weight of every window (sum 1) so that each episode ("episodes") or each task ("tasks": the
+        episode's first task string) is drawn equally often whatever its length; None for "frames" (uniform)."""
+        if balance == "frames":
+            return None
+        if balance not in ("episodes", "tasks"):
+            raise ValueError(f"balance must be 'frames', 'episodes' or 'tasks', got {balance!r}")
+        episodes = self.dataset.episodes
+        lengths = np.array([episodes[e].stop - episodes[e].start for e in self.episode_ids], dtype=np.float64)
+        if balance == "episodes":
+            groups = np.arange(len(self.episode_ids))
+        else:
+            names = [episodes[e].tasks[0] if episodes[e].tasks else "" for e in self.episode_ids]
+            _, groups = np.unique(np.array(names, dtype=object).astype(str), return_inverse=True)
+        frames_per_group = np.bincount(groups, weights=lengths)
+        per_window = 1.0 / (frames_per_group[groups] * (groups.max() + 1))  # (episodes,)
+        return np.repeat(per_window, lengths.astype(np.int64))
+
     def __len__(self) -> int:
         return len(self.anchors)
 
@@ -139,7 +157,8 @@ def make_dataloader(
 
 
 class EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
-    """Shuffled batches as a pure function of (seed, step): epoch e is a permutation seeded by (seed, e).
+    """Shuffled batches as a pure function of (seed, step): epoch e is a permutation seeded by (seed, e); with
+    `weights` (one per window, e.g. WindowSampler.window_weights) every batch is drawn with replacement instead.
 
     Resuming at `start_step` yields exactly the batches the uninterrupted run would have seen from there.
     With `world_size` > 1 each rank takes every world_size-th item of the global batch.
@@ -147,7 +166,7 @@ class EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
 
     def __init__(
         self, n: int, batch_size: int, *, seed: int = 0, start_step: int = 0, num_steps: int | None = None,
-        rank: int = 0, world_size: int = 1,
+        rank: int = 0, world_size: int = 1, weights: np.ndarray | None = None,
     ):
         if n < batch_size:
             raise ValueError(f"dataset has {n} windows, fewer than one batch of {batch_size}")
@@ -155,8 +174,15 @@ class EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.start_step, self.num_steps = start_step, num_steps
         self.rank, self.world_size = rank, world_size
         self.batches_per_epoch = n // batch_size
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        if self.weights is not None and len(self.weights) != n:
+            raise ValueError(f"{len(self.weights)} weights for {n} windows")
 
     def batch(self, step: int) -> list[int]:
+        if self.weights is not None:  # weighted draws with replacement, a pure function of (seed, step)
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + 7_919 * step + 1)
+            items = torch.multinomial(self.weights, self.batch_size, replacement=True, generator=g)
+            return items[self.rank :: self.world_size].tolist()
         epoch, pos = divmod(step, self.batches_per_epoch)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         perm = torch.randperm(self.n, generator=g)

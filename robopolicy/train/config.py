@@ -32,6 +32,7 @@ class DataConfig:
     episodes: tuple[int, ...] | None = None  # episode indices to train on; null: all
     cache_mb: float = 0.0  # RAM cache of decoded video frames, in MB (0: none)
     num_workers: int = 0  # DataLoader worker processes (0: load in the training process)
+    balance: Literal["frames", "episodes", "tasks"] = "frames"  # draw windows uniformly, or each episode / task equally
 
     def __post_init__(self):
         check(self.input_keys is None or len(self.input_keys) > 0, "input_keys", self.input_keys,
