@@ -136,6 +136,16 @@ class PolicyConfig:
         return [k for k, f in self.input_features.items() if f.kind == "language"]
 
     @property
+    def state_keys(self) -> list[str]:
+        """The numeric inputs (every input but images and the instruction), sorted: what heads read as state."""
+        return sorted(k for k, f in self.input_features.items() if f.kind not in ("image", "language"))
+
+    @property
+    def image_keys(self) -> list[str]:
+        """The camera inputs, sorted."""
+        return sorted(k for k, f in self.input_features.items() if f.kind == "image")
+
+    @property
     def windowed_inputs(self) -> list[str]:
         """Inputs loaded as frame windows (everything but language)."""
         return [k for k, f in self.input_features.items() if f.kind != "language"]

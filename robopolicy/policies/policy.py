@@ -367,7 +367,7 @@ def read_weights(path: Path, what: str = "weights") -> dict[str, torch.Tensor]:
 
 
 def make_normalizer(config: PolicyConfig, stats: Mapping[str, Mapping]) -> Normalizer:
-    modes = {k: config.state_norm for k, f in config.input_features.items() if f.kind not in ("image", "language")}
+    modes = dict.fromkeys(config.state_keys, config.state_norm)
     modes[config.action_key] = config.action_norm
     return Normalizer({k: stats[k] for k in modes if k in stats}, modes)
 

@@ -62,8 +62,7 @@ class ACTHead(PolicyHead):
         super().__init__(config)
         c = config
         d = c.dim_model
-        self.state_keys = sorted(k for k, f in c.input_features.items() if f.kind not in ("image", "language"))
-        self.image_keys = sorted(k for k, f in c.input_features.items() if f.kind == "image")
+        self.state_keys, self.image_keys = c.state_keys, c.image_keys
         state_dim = sum(math.prod(c.input_features[k].shape) for k in self.state_keys)
 
         def encoder_stack(layers: int) -> nn.TransformerEncoder:
@@ -251,8 +250,7 @@ class ACTHead(PolicyHead):
         c = self.config
         if not c.use_vae:
             b = actions.shape[0]
-            return (torch.zeros(b, c.latent_dim, device=actions.device),
-                    torch.zeros(b, device=actions.device))
+            return (actions.new_zeros(b, c.latent_dim), actions.new_zeros(b))
         mu, logvar = self._posterior(self._state(batch), actions, pad)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
         return z, -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1)

@@ -54,12 +54,11 @@ class TransformerDenoiser(nn.Module):
         """x (B, H, D); timestep (B,) or scalar; cond (B, n_obs_steps * obs_feature_dim [+ lang_dim]) -> (B, H, D)."""
         b, h, _ = x.shape
         t_tok = self.time_emb(timestep.expand(b).float())[:, None]
-        tokens = [t_tok]
+        obs = cond[:, : cond.shape[1] - self.lang_dim]
+        cond_tokens = [t_tok, self.obs_in(obs.reshape(b, self.n_obs_steps, -1))]
         if self.lang_in is not None:
-            cond, lang = cond[:, : -self.lang_dim], cond[:, -self.lang_dim :]
-            tokens.append(self.lang_in(lang)[:, None])
-        tokens.insert(1, self.obs_in(cond.reshape(b, self.n_obs_steps, -1)))
-        memory = self.cond_mlp(self.drop(torch.cat(tokens, dim=1) + self.cond_pos))
+            cond_tokens.append(self.lang_in(cond[:, -self.lang_dim :])[:, None])
+        memory = self.cond_mlp(self.drop(torch.cat(cond_tokens, dim=1) + self.cond_pos))
         tokens = self.drop(self.action_in(x) + self.pos[:, :h])
         mask = self.causal_mask[:h, :h] if self.causal_mask is not None else None
         out = self.decoder(tokens, memory, tgt_mask=mask)

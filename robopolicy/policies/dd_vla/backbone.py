@@ -81,9 +81,8 @@ class SmallBackbone(nn.Module):
         c, s = config, config.small
         d = s.dim
         self.cfg = c
-        self.image_keys = sorted(k for k, f in c.input_features.items() if f.kind == "image")
-        self.state_keys = sorted(k for k, f in c.input_features.items()
-                                 if f.kind not in ("image", "language")) if c.state_token else []
+        self.image_keys = c.image_keys
+        self.state_keys = c.state_keys if c.state_token else []
         self.language_key = c.language_keys[0] if c.language_keys else None
         if self.image_keys:
             cin, h, w = c.input_features[self.image_keys[0]].shape
@@ -228,9 +227,8 @@ class VLMBackbone(nn.Module):
         if self.image_size % unit:
             raise PretrainedModelError(f"vlm.image_size={self.image_size}: the {arch.model_type} vision tower takes "
                                        f"multiples of {unit} pixels")
-        self.image_keys = sorted(k for k, f in c.input_features.items() if f.kind == "image")
-        self.state_keys = sorted(k for k, f in c.input_features.items()
-                                 if f.kind not in ("image", "language")) if c.state_token else []
+        self.image_keys = c.image_keys
+        self.state_keys = c.state_keys if c.state_token else []
         self.language_key = c.language_keys[0] if c.language_keys else None
         if self.image_keys:
             _, h, w = c.input_features[self.image_keys[0]].shape

@@ -23,8 +23,9 @@ class MoEACTConfig(ACTConfig):
 
     Phase labels: the per-frame int64 dataset feature `phase_key` (shape (1,), its `names` the phase vocabulary),
     loaded at the action offsets (one label per chunk step) and needed in training only; a negative label marks an
-    unlabelled frame (left out of the phase loss). `num_phases` K must be given (the number of the feature's
-    names, see `phase_names`): 0, the default, leaves it unset and building the head refuses it.
+    unlabelled frame (left out of the phase loss). `num_phases` K is the number of the feature's names: recorded
+    from the dataset when a policy is created (`resolved`), or given; 0 leaves it unset and building the head
+    refuses it.
 
     Gripper dims (`gripper_dims`, negative indices count from the end) are trained with BCE on the normalized
     target: closed (1) where it is above `gripper_threshold` (0 = above the dataset mean under mean_std, the range's
@@ -43,7 +44,7 @@ class MoEACTConfig(ACTConfig):
     n_encoder_layers: int = 6  # transformer encoder layers
     n_decoder_layers: int = 6  # transformer decoder layers
     kl_weight: float = 100.0  # weight of the KL term (ACT: 10)
-    num_phases: int = 0  # K phases = experts per MoE head; must be set (0 = unset): len(names) of the phase feature
+    num_phases: int = 0  # K phases = experts per MoE head (0: read from the dataset's phase feature at creation)
     phase_key: str = "phase"  # per-frame int64 phase-label feature; "" = no phase supervision (free routing)
     gripper_dims: tuple[int, ...] = (-1,)  # action dims trained as a binary gripper (BCE); () = every dim is position
     gripper_threshold: float = 0.0  # normalized gripper target above which it counts as closed (BCE target 1)

@@ -88,8 +88,9 @@ class MoEACTHead(ACTHead):
         c: MoEACTConfig = self.config
         d, k = c.dim_model, c.num_phases
         if k < 1:
-            raise ConfigError("moe_act: num_phases is not set; give the number of phases K (experts per MoE head): "
-                              "len(MoEACTConfig.phase_names(dataset)), the names of the dataset's phase feature")
+            raise ConfigError("moe_act: num_phases is not set; a policy created from a dataset reads it from the "
+                              "names of its phase feature (Policy.from_dataset), else set policy.num_phases to the "
+                              "number of phases K (experts per MoE head)")
         self.register_buffer("position_index", torch.tensor(c.position_index, dtype=torch.long), persistent=False)
         self.register_buffer("gripper_index", torch.tensor(c.gripper_index, dtype=torch.long), persistent=False)
         self.phase_head = mlp(d, c.phase_hidden, k, c.dropout)
