@@ -123,6 +123,9 @@ class Deployer:
                     else {k: f["kind"] for k, f in info["input_features"].items()})
         self.input_keys = [k for k, kind in features.items() if kind != "language"]  # the instruction: not a frame
         language = [k for k, kind in features.items() if kind == "language"]
+        if cfg.task and not language:
+            raise ConfigError(f"--task {cfg.task!r}: this policy takes no instruction (no 'language' input); drop "
+                              "--task or deploy a language-conditioned checkpoint")
         if language and not cfg.task:
             raise ConfigError(f"the policy takes an instruction ({language[0]!r}): pass it with --task "
                               "(e.g. --task 'pick up the cube')")

@@ -263,6 +263,11 @@ class PolicyService:
         self.max_obs_abs = float(max_obs_abs)
         self.default_task = default_task
         self.info = policy_info(policy)
+        if default_task is not None and not self.info["language_inputs"]:
+            from robopolicy.config_parsing import ConfigError
+
+            raise ConfigError(f"--task {default_task!r}: this policy takes no instruction (no 'language' input); "
+                              "drop --task")
         self._lock = threading.Lock()
 
     def warmup(self) -> None:

@@ -225,6 +225,8 @@ def evaluate(
     if not spec.obs_shapes:
         spec = replace(spec, obs_shapes={k: tuple(f.shape) for k, f in observed.items()})
     instructions = {}
+    if task is not None and not language:
+        raise EnvMismatchError(f"task={task!r}: this policy takes no instruction (no 'language' input); drop --task")
     if language:
         instruction = task if task is not None else env_instruction(spec)
         if instruction is None:

@@ -258,6 +258,8 @@ def test_deploy_passes_the_instruction_to_a_language_policy():
         policy.predict_chunk = lambda obs, *a, **k: (seen.append(obs["task"]), predict(obs, *a, **k))[1]
         with pytest.raises(ConfigError, match="--task"):
             Deployer(robot, DeployConfig(fps=30, episode_time_s=0.3), policy=policy)
+        with pytest.raises(ConfigError, match="takes no instruction"):  # an instruction is never silently ignored
+            Deployer(robot, DeployConfig(fps=30, episode_time_s=0.3, task="wave"), policy=base)
         # one torch thread beside the emulated arm's threads (see test_deploy_cli_with_a_remote_policy_server:
         # with two, a chunk took seconds on a loaded machine)
         torch.set_num_threads(1)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import tests.plugin_heads.configuration  # noqa: F401  (registers the test-only head)
+from robopolicy.config_parsing import ConfigError
 from robopolicy.policies.base import FeatureSpec
 from robopolicy.policies.policy import Policy, make_normalizer
 from robopolicy.policies.processor import Processor, TaskVocabulary
@@ -68,4 +69,6 @@ def test_info_of_a_head_without_guidance():
 
     service = PolicyService(tiny_policy("act"))
     assert service.info["capabilities"] == ["language"] and service.info["language_inputs"] == []
+    with pytest.raises(ConfigError, match="takes no instruction"):  # `serve --task` for a policy without one
+        PolicyService(tiny_policy("act"), default_task="pick up the can")
     service.warmup()  # plain request only: ACT offers no guidance

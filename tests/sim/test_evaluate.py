@@ -259,6 +259,7 @@ class InstructedPushTPolicy(ConstantPushTPolicy):
 @needs_pusht
 def test_a_language_policy_gets_the_env_task_or_the_given_instruction(tmp_path):
     from robopolicy.sim.envs import EnvSpec
+    from robopolicy.sim.errors import EnvMismatchError
     from robopolicy.sim.evaluate import env_instruction
 
     assert env_instruction(EnvSpec("pusht")) == "Push the T-shaped block onto the T-shaped target."
@@ -274,3 +275,5 @@ def test_a_language_policy_gets_the_env_task_or_the_given_instruction(tmp_path):
     assert info["task"] == "Push the T-shaped block onto the T-shaped target."
     with pytest.raises(KeyError):
         evaluate(InstructedPushTPolicy(), "pusht", task="an instruction it does not know", **kwargs)
+    with pytest.raises(EnvMismatchError, match="takes no instruction.*drop --task"):  # never silently ignored
+        evaluate(ConstantPushTPolicy(), "pusht", task="go left", **kwargs)
