@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -38,6 +39,14 @@ class Feature:
     @property
     def is_numeric(self) -> bool:
         return not self.is_visual and self.dtype not in ("string", "language")
+
+
+PHASE_KEY = "phase"  # per-frame task-phase labels (scripted experts write them, moe_act trains on them)
+
+
+def phase_label_feature(names: Sequence[str]) -> Feature:
+    """The per-frame phase label feature: int64 (1,), value i means names[i] (the phase vocabulary)."""
+    return Feature(PHASE_KEY, "int64", (1,), "other", names=list(names))
 
 
 def infer_kind(name: str, dtype: str, shape: tuple[int, ...] = ()) -> Kind:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from robopolicy.data.features import Feature
+from robopolicy.data.features import PHASE_KEY, Feature
 from robopolicy.data.writer import EpisodeWriter, create_writer
 from robopolicy.sim.aloha_env import (
     ACTION_KEY,
@@ -37,7 +37,7 @@ from robopolicy.sim.aloha_env import (
     image_shape,
     parse_env_spec,
 )
-from robopolicy.sim.aloha_expert import PHASE_KEY, AlohaExpert, AlohaExpertConfig, phase_feature
+from robopolicy.sim.aloha_expert import AlohaExpert, AlohaExpertConfig, phase_feature
 from robopolicy.sim.collect import CollectResult, EpisodeResult
 
 REWARD_KEY = "next.reward"  # the same column names as robopolicy.sim.collect

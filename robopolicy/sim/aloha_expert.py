@@ -37,10 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from robopolicy.data.features import Feature
+from robopolicy.data.features import Feature, phase_label_feature
 from robopolicy.sim.aloha_env import ENV_STATE_KEY, STATE_KEY, _import_gym_aloha
 
-PHASE_KEY = "phase"
 TRANSFER_PHASES = ("approach", "grasp", "lift", "meet", "handover", "release", "retreat")
 INSERTION_PHASES = ("approach", "grasp", "lift", "meet", "insert")
 PHASES = {"TransferCube": TRANSFER_PHASES, "Insertion": INSERTION_PHASES}
@@ -53,8 +52,8 @@ CUBE_REST_Z = 0.02  # the cube's centre once it rests on the table (half-size 2 
 
 
 def phase_feature(task: str = "TransferCube") -> Feature:
-    """The per-frame phase label feature: int64 (1,), value i means names[i]."""
-    return Feature(PHASE_KEY, "int64", (1,), "other", names=list(PHASES[task]))
+    """The per-frame phase label feature of `task`: int64 (1,), value i means PHASES[task][i]."""
+    return phase_label_feature(PHASES[task])
 
 
 def _v(x: float, y: float, z: float) -> np.ndarray:

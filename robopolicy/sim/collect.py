@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from robopolicy.data.features import Feature
+from robopolicy.data.features import PHASE_KEY, Feature, phase_label_feature
 from robopolicy.data.writer import EpisodeWriter, create_writer
 from robopolicy.sim.experts import PHASES, make_expert, phase_index
 from robopolicy.sim.robosuite_env import (
@@ -39,7 +39,6 @@ from robopolicy.sim.robosuite_env import (
 
 REWARD_KEY = "next.reward"
 DONE_KEY = "next.done"
-PHASE_KEY = "phase"
 # The per-task step limits `max_steps=None` uses (20 Hz): about twice the expert's longest episode.
 TASK_MAX_STEPS = {"Lift": 200, "Stack": 300, "PickPlaceCan": 400, "Door": 300, "NutAssemblyRound": 400}
 
@@ -172,7 +171,7 @@ class CollectResult:
 def recording_features(env: RobosuiteEnv, video: bool) -> dict[str, Feature]:
     """The env's observation/action features plus the phase, reward and done columns."""
     feats = env.dataset_features(video=video)
-    feats[PHASE_KEY] = Feature(PHASE_KEY, "int64", (1,), "other", names=list(PHASES))
+    feats[PHASE_KEY] = phase_label_feature(PHASES)
     feats[REWARD_KEY] = Feature(REWARD_KEY, "float32", (1,), "reward")
     feats[DONE_KEY] = Feature(DONE_KEY, "bool", (1,), "done")
     return feats

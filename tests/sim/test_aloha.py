@@ -13,6 +13,7 @@ pytest.importorskip("dm_control", reason="dm-control not installed (gym-aloha's 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 from robopolicy.data.dataset import open_dataset
+from robopolicy.data.features import PHASE_KEY
 from robopolicy.sim.aloha_collect import AlohaCollectConfig, collect, rollout
 from robopolicy.sim.aloha_env import (
     ACTION_NAMES,
@@ -28,7 +29,6 @@ from robopolicy.sim.aloha_env import (
 )
 from robopolicy.sim.aloha_expert import (
     INSERTION_PHASES,
-    PHASE_KEY,
     TRANSFER_PHASES,
     AlohaExpert,
     AlohaExpertConfig,

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import torch
 
 from robopolicy.config_parsing import ConfigError, check
+from robopolicy.data.features import PHASE_KEY
 from robopolicy.policies.act.configuration import ACTConfig
 from robopolicy.policies.registry import register_policy
 
@@ -45,7 +46,7 @@ class MoEACTConfig(ACTConfig):
     n_decoder_layers: int = 6  # transformer decoder layers
     kl_weight: float = 100.0  # weight of the KL term (ACT: 10)
     num_phases: int = 0  # K phases = experts per MoE head (0: read from the dataset's phase feature at creation)
-    phase_key: str = "phase"  # per-frame int64 phase-label feature; "" = no phase supervision (free routing)
+    phase_key: str = PHASE_KEY  # per-frame int64 phase-label feature; "" = no phase supervision (free routing)
     gripper_dims: tuple[int, ...] = (-1,)  # action dims trained as a binary gripper (BCE); () = every dim is position
     gripper_threshold: float = 0.0  # normalized gripper target above which it counts as closed (BCE target 1)
     phase_hidden: int = 256  # hidden width of the phase head MLP
@@ -81,7 +82,7 @@ class MoEACTConfig(ACTConfig):
                   self.gripper_dims, "distinct action dims")
 
     @staticmethod
-    def phase_names(dataset, key: str = "phase") -> tuple[str, ...]:
+    def phase_names(dataset, key: str = PHASE_KEY) -> tuple[str, ...]:
         """The phase vocabulary of a dataset's phase-label feature (its `names`); num_phases = len of it."""
         names = vocabulary(dataset.feature(key).names)
         if not names:
