@@ -24,6 +24,7 @@ from robopolicy.real.motors import (
 )
 from robopolicy.real.motors import dynamixel as dxl
 from robopolicy.real.motors import feetech as ft
+from robopolicy.real.motors.bus import HANDSHAKE_RECHECK_S
 from robopolicy.real.motors.calibration import unnormalize
 from robopolicy.real.motors.tables import model_spec
 
@@ -139,6 +140,38 @@ def test_missing_motor_not_found(emu, protocol):
     assert "'gripper' (id 9)" in str(info.value) and emu.port in str(info.value)
     assert info.value.motor_ids == (9,)
     assert not bus.is_connected
+
+
+def test_motors_that_answer_late_are_found_by_the_second_handshake_round(emu, protocol, monkeypatch):
+    """Servos still booting (or a host that stalled) miss the first ping round; connect asks them again after
+    HANDSHAKE_RECHECK_S instead of reporting them missing."""
+    import robopolicy.real.motors.bus as bus_module
+
+    pauses = []
+
+    class Clock:  # the bus's `time`, reviving the motors during the pause between the rounds
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+        def sleep(self, seconds):
+            pauses.append(seconds)
+            emu.faults = Faults()
+            time.sleep(seconds)
+
+    monkeypatch.setattr(bus_module, "time", Clock())
+    bus = make_bus(emu.port, protocol, **FAST)
+    emu.faults = Faults(dead_ids=frozenset({1, 2, 3}))
+    bus.connect()
+    assert bus.is_connected and bus.stats.timeouts == 3 * 3  # three motors, three attempts each, in round 1
+    assert pauses == [HANDSHAKE_RECHECK_S]
+    bus.disconnect()
+    # still silent after the pause: reported missing, after both rounds
+    bus = make_bus(emu.port, protocol, **FAST)
+    emu.faults = Faults(dead_ids=frozenset({2}))
+    monkeypatch.setattr(Clock, "sleep", lambda self, seconds: pauses.append(seconds))
+    with pytest.raises(MotorNotFoundError) as info:
+        bus.connect()
+    assert info.value.motor_ids == (2,) and len(pauses) == 2 and bus.stats.timeouts == 2 * 3
 
 
 def test_sync_read_write_six_motors(emu, protocol):

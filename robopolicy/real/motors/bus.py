@@ -14,7 +14,7 @@ import math
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, fields
 from types import ModuleType
 
@@ -45,6 +45,9 @@ RETRY_WINDOW_GROWTH = 2.0
 RETRY_WINDOW_MAX_FACTOR = 4.0
 # reads of bytes already waiting once a reply window has passed (a descheduled host still takes its replies)
 MAX_LATE_READS = 8
+# connect: motors that did not answer the first ping round are asked once more after this pause (servos still
+# booting after power-on, or a host that stalled for a moment); costs nothing when every motor answers
+HANDSHAKE_RECHECK_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -165,14 +168,20 @@ class MotorsBus:
                 raise
 
     def _handshake(self) -> None:
-        missing: list[str] = []
+        numbers: dict[str, int] = {}
+        for round_ in range(2):
+            missing = [name for name in self.motors if name not in numbers]
+            if round_ and missing:
+                time.sleep(HANDSHAKE_RECHECK_S)
+            for name in missing:
+                with suppress(MotorTimeoutError, MotorCorruptError):
+                    numbers[name] = self.ping(name)
+        missing = [name for name in self.motors if name not in numbers]
+        if missing:
+            raise MotorNotFoundError(self.port, missing, [self.motors[n].id for n in missing], self.baudrate)
         mismatch: list[MotorModelMismatchError] = []
         for name, motor in self.motors.items():
-            try:
-                number = self.ping(name)
-            except (MotorTimeoutError, MotorCorruptError):
-                missing.append(name)
-                continue
+            number = numbers[name]
             spec = self.specs[name]
             if number != spec.model_number:
                 found = model_by_number(self.protocol, number)
@@ -181,8 +190,6 @@ class MotorsBus:
                         self.port, name, motor.id, spec.name, spec.model_number, number, found.name if found else None
                     )
                 )
-        if missing:
-            raise MotorNotFoundError(self.port, missing, [self.motors[n].id for n in missing], self.baudrate)
         if mismatch:
             raise mismatch[0]
         if self.protocol == FEETECH:
