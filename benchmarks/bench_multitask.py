@@ -83,6 +83,8 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the presets', the same for all)")
     p.add_argument("--n-envs", type=int, default=2, help="parallel evaluation environments")
     p.add_argument("--no-swapped", action="store_true", help="skip the swapped-instruction evaluation")
+    p.add_argument("--swapped-episodes", type=int, default=None, help="episodes per task with the swapped "
+                   "instruction (default: --eval-episodes)")
     p.add_argument("--decoding-episodes", type=int, default=20, help="dd_vla episodes per task per decoding")
     p.add_argument("--out", type=Path, default=REPO / "outputs" / "multitask")
     args = p.parse_args()
@@ -113,8 +115,9 @@ def main() -> int:
                 eval_dir = out / kind / head / task
                 if (eval_dir / "eval_info.json").exists():
                     continue
+                episodes = args.eval_episodes if kind == "eval" else args.swapped_episodes or args.eval_episodes
                 cmd = [*robopolicy(), "eval", "--checkpoint", str(run_dir), "--env", f"robosuite:{task}",
-                       "--episodes", str(args.eval_episodes), "--seed", str(EVAL_SEED), "--n-envs", str(args.n_envs),
+                       "--episodes", str(episodes), "--seed", str(EVAL_SEED), "--n-envs", str(args.n_envs),
                        "--videos", "1" if kind == "eval" else "0", "--out", str(eval_dir), "--no-progress"]
                 if other is not None:
                     cmd += ["--task", instruction(other)]
@@ -129,7 +132,8 @@ def main() -> int:
                     times[f"decoding/{name}/{task}"] = time.perf_counter() - start
 
     results = {"tasks": tasks, "heads": heads, "episodes_per_task": args.episodes_per_task,
-               "eval_episodes": args.eval_episodes, "seconds": times, "success": {}, "swapped": {}}
+               "eval_episodes": args.eval_episodes, "swapped_episodes": args.swapped_episodes or args.eval_episodes,
+               "seconds": times, "success": {}, "swapped": {}}
     for head in heads:
         results["success"][head] = {t: success(out / "eval" / head / t) for t in tasks}
         if (out / "swapped" / head / tasks[0] / "eval_info.json").exists():
