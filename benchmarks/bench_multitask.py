@@ -89,7 +89,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=REPO / "outputs" / "multitask")
     args = p.parse_args()
     heads, tasks = args.heads.split(","), args.tasks.split(",")
-    out, log = args.out, args.out / "bench.log"
+    out, log = args.out, args.out / "bench.log"  # and OUT/<head>.log per head (runs with other --heads beside)
     data = out / "robosuite"
     times: dict[str, float] = {}
 
@@ -106,7 +106,7 @@ def main() -> int:
                 cmd.append(f"--train.steps={args.steps}")
             if (run_dir / "checkpoints" / "last").exists():
                 cmd.append("--resume")
-            times[f"train/{head}"] = run(cmd, log)
+            times[f"train/{head}"] = run(cmd, out / f"{head}.log")
             done.write_text("trained\n")
         for i, task in enumerate(tasks):
             swapped = tasks[(i + 1) % len(tasks)]
@@ -121,7 +121,7 @@ def main() -> int:
                        "--videos", "1" if kind == "eval" else "0", "--out", str(eval_dir), "--no-progress"]
                 if other is not None:
                     cmd += ["--task", instruction(other)]
-                times[f"{kind}/{head}/{task}"] = run(cmd, log)
+                times[f"{kind}/{head}/{task}"] = run(cmd, out / f"{head}.log")
             if head != "dd_vla" or not args.decoding_episodes:
                 continue
             for name, decoding in DECODINGS.items():
@@ -154,7 +154,7 @@ def main() -> int:
     for name, row in results.get("decoding", {}).items():
         print(f"dd_vla decoded {name}: " + ", ".join(f"{t} {row[t]:.0f}" for t in tasks)
               + f"; mean {sum(row.values()) / len(row):.1f} ({args.decoding_episodes} episodes per task)")
-    print(f"results: {out / 'results.json'}; log: {log}")
+    print(f"results: {out / 'results.json'}; logs: {log}, {out}/<head>.log")
     return 0
 
 
