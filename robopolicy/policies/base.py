@@ -295,6 +295,10 @@ class PolicyHead(nn.Module, ABC):
         own "lr" (the trainer's schedule scales every group from its own base). One group by default."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
+    def fsdp_layer_classes(self) -> set[type[nn.Module]]:
+        """The repeated blocks FSDP shards one by one (train.fsdp); everything else is one unit. None by default."""
+        return set()
+
     @classmethod
     def supports(cls, capability: str) -> bool:
         return capability in cls.capabilities

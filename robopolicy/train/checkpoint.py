@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +53,8 @@ def _cpu(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
 
-def _optimizer_to_files(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    sd = opt.state_dict()
+def _optimizer_to_files(sd: Mapping) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer state dict (torch's layout, indexed by parameter position) as tensors + JSON metadata."""
     tensors = {}
     for idx, state in sd["state"].items():
         for name, value in state.items():
@@ -63,9 +63,10 @@ def _optimizer_to_files(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Ten
 
 
 def _optimizer_from_files(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict,
-                          source: Path) -> None:
-    """Load state saved by _optimizer_to_files (torch moves each state tensor to its parameter's device); a
-    ResumeError naming `source` when it does not fit the optimizer."""
+                          source: Path) -> dict:
+    """The optimizer state dict saved by _optimizer_to_files, checked against `opt`'s parameters (a ResumeError
+    naming `source` when it does not fit); `opt.load_state_dict` takes it (torch moves each state tensor to its
+    parameter's device)."""
     params = [p for group in opt.param_groups for p in group["params"]]
     state: dict[int, dict[str, torch.Tensor]] = {}
     try:
@@ -77,39 +78,45 @@ def _optimizer_from_files(opt: torch.optim.Optimizer, tensors: dict[str, torch.T
                 if value.dim() > 0 and tuple(value.shape) != tuple(params[idx].shape):
                     raise ValueError(f"state {idx}.{name} has shape {tuple(value.shape)}, its parameter "
                                      f"{tuple(params[idx].shape)}")
-        opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        groups = meta["param_groups"]
+        if len(groups) != len(opt.param_groups) or any(len(g["params"]) != len(mine["params"])
+                                                       for g, mine in zip(groups, opt.param_groups)):
+            raise ValueError(f"{[len(g['params']) for g in groups]} parameters per group, this run's optimizer has "
+                             f"{[len(g['params']) for g in opt.param_groups]}")
     except (ValueError, KeyError, IndexError, TypeError) as e:
         raise ResumeError(f"{source}: optimizer state does not fit this run's optimizer ({e}); {RESUME_HINT}"
                           ) from None
+    return {"state": state, "param_groups": groups}
 
 
 def save_checkpoint(
-    run_dir: Path, step: int, policy: Policy, modules: Mapping[str, nn.Module],
-    optimizers: Mapping[str, torch.optim.Optimizer], ema: EMA | None, train_config: dict, data: dict,
+    run_dir: Path, step: int, policy: Policy, modules: Mapping[str, Mapping[str, torch.Tensor]],
+    optimizers: Mapping[str, Mapping], ema: EMA | None, train_config: dict, data: dict,
+    head_state: Mapping[str, torch.Tensor] | None = None, rng: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write step_<step>/ atomically (temp dir + rename) and point checkpoints/last at it.
 
-    modules / optimizers: unwrapped, by name (the policy among the modules); data: what identifies the dataset
-    (see `check_resume_data`)."""
+    modules / optimizers: state dicts by name (the policy's among the modules; optimizers in torch's layout);
+    head_state: the weights model.safetensors holds when there is no EMA (default: the head's live weights; an
+    FSDP run passes the gathered ones); data: what identifies the dataset (see `check_resume_data`); rng: the
+    generator states (default: this process's, `rng_state()`; several processes: `rng_state()` of each, the
+    keys of rank r > 0 prefixed "rank<r>.")."""
     ckpt_root = Path(run_dir) / "checkpoints"
     final = ckpt_root / f"step_{step:06d}"
     tmp = ckpt_root / f".tmp_step_{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
-    policy.save(tmp, state_dict=ema.state_dict() if ema is not None else None)
+    policy.save(tmp, state_dict=ema.state_dict() if ema is not None else head_state)
     (tmp / "train_config.json").write_text(json.dumps(train_config, indent=2))
     ts = tmp / "train_state"
     (ts / "modules").mkdir(parents=True)
     (ts / "optimizers").mkdir()
-    for name, module in modules.items():
-        save_file(plain_tensors(module.state_dict()), str(ts / "modules" / f"{name}.safetensors"))
+    for name, weights in modules.items():
+        save_file(plain_tensors(weights), str(ts / "modules" / f"{name}.safetensors"))
     opt_meta = {}
-    for name, opt in optimizers.items():
-        tensors, opt_meta[name] = _optimizer_to_files(opt)
+    for name, opt_state in optimizers.items():
+        tensors, opt_meta[name] = _optimizer_to_files(opt_state)
         save_file(tensors, str(ts / "optimizers" / f"{name}.safetensors"))
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    save_file(rng, str(ts / "rng.safetensors"))
+    save_file(dict(rng or rng_state()), str(ts / "rng.safetensors"))
     state = {"step": step, "ema_step": ema.step if ema is not None else None, "optimizers": opt_meta, "data": data}
     (ts / "state.json").write_text(json.dumps(state))
     if final.exists():
@@ -118,6 +125,14 @@ def save_checkpoint(
     (ckpt_root / "last.tmp").write_text(final.name)
     os.replace(ckpt_root / "last.tmp", ckpt_root / "last")
     return final
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    """This process's generator states: "torch" (CPU) and "cuda<i>" per visible GPU."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return state
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -181,10 +196,13 @@ def check_resume_data(ckpt: Path, policy: Policy, data: dict) -> None:
 
 
 def load_train_state(
-    ckpt: Path, modules: Mapping[str, nn.Module], optimizers: Mapping[str, torch.optim.Optimizer], ema: EMA | None
+    ckpt: Path, modules: Mapping[str, nn.Module], optimizers: Mapping[str, torch.optim.Optimizer], ema: EMA | None,
+    sharded: Collection[str] = (), rank: int = 0,
 ) -> int:
     """Restore every module, optimizer, the EMA and the RNG from `ckpt` (modules unwrapped, on any device); returns
-    the step to continue from."""
+    the step to continue from. `sharded`: names of FSDP-sharded modules (their optimizer has the same name); the
+    full tensors are scattered into them (robopolicy.train.sharding). `rank`: this process, which continues its
+    own generator stream when the checkpoint holds one for it (else rank 0's)."""
     ts = Path(ckpt) / "train_state"
     state = _train_state(ckpt)
     saved_modules = sorted(p.stem for p in (ts / "modules").glob("*.safetensors"))
@@ -207,19 +225,34 @@ def load_train_state(
     if "torch" not in rng or rng["torch"].dtype != torch.uint8:
         raise ResumeError(f"{ts / 'rng.safetensors'}: no 'torch' generator state (uint8); the file is damaged "
                           f"({RESUME_HINT})")
+    opt_states = {name: _optimizer_from_files(opt, opt_tensors[name], state["optimizers"][name],
+                                              ts / "optimizers" / f"{name}.safetensors")
+                  for name, opt in optimizers.items()}
+    if sharded:
+        from robopolicy.train.sharding import load_full_model_state, load_full_optimizer_state
     for name, module in modules.items():
-        module.load_state_dict(module_weights[name])
+        if name in sharded:
+            load_full_model_state(module, module_weights[name])
+        else:
+            module.load_state_dict(module_weights[name])
     for name, opt in optimizers.items():
-        _optimizer_from_files(opt, opt_tensors[name], state["optimizers"][name],
-                              ts / "optimizers" / f"{name}.safetensors")
+        try:
+            if name in sharded:
+                load_full_optimizer_state(modules[name], opt, opt_states[name])
+            else:
+                opt.load_state_dict(opt_states[name])
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise ResumeError(f"{ts / 'optimizers' / f'{name}.safetensors'}: optimizer state does not fit this "
+                              f"run's optimizer ({e}); {RESUME_HINT}") from None
     if ema is not None:
         for k, v in ema.shadow.items():
             v.copy_(ema_weights[k])
         ema.step = state.get("ema_step") or 0
+    prefix = f"rank{rank}." if rank and f"rank{rank}.torch" in rng else ""
     try:
-        torch.set_rng_state(rng["torch"])
+        torch.set_rng_state(rng[prefix + "torch"])
         if torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([rng[k] for k in sorted(rng) if k.startswith("cuda")])
+            torch.cuda.set_rng_state_all([rng[k] for k in sorted(rng) if k.startswith(prefix + "cuda")])
     except RuntimeError as e:
         raise ResumeError(f"{ts / 'rng.safetensors'}: RNG state rejected by torch ({e}); {RESUME_HINT}") from None
     return int(state["step"])

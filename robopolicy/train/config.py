@@ -76,6 +76,7 @@ class TrainLoopConfig:
     tensorboard: bool = True  # write tensorboard logs under output_dir/tensorboard
     wandb_project: str | None = None  # log to Weights & Biases too (needs `pip install wandb`)
     progress: bool = True  # show a progress bar
+    fsdp: bool = False  # shard the policy's weights, grads, optimizer state over processes (FSDP2); needs ema_power 0
 
     def __post_init__(self):
         check(self.steps >= 1, "steps", self.steps, ">= 1")
@@ -87,6 +88,10 @@ class TrainLoopConfig:
         check(self.save_every >= 1, "save_every", self.save_every, ">= 1")
         check(self.eval_every >= 0, "eval_every", self.eval_every, ">= 0 (0: never)")
         check(self.output_dir != "", "output_dir", self.output_dir, "a directory path")
+        check(not self.fsdp or self.ema_power == 0, "ema_power", self.ema_power,
+              "0 with fsdp=true (the EMA would keep a full copy of the sharded weights on every process)")
+        check(not self.fsdp or self.eval_every == 0, "eval_every", self.eval_every,
+              "0 with fsdp=true (evaluate the saved checkpoint with `robopolicy eval`)")
 
 
 @dataclass(frozen=True)

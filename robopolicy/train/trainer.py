@@ -34,6 +34,7 @@ from robopolicy.train.checkpoint import (
     latest_checkpoint,
     load_train_state,
     resume_checkpoint,
+    rng_state,
     save_checkpoint,
 )
 from robopolicy.train.config import TrainConfig
@@ -117,6 +118,9 @@ class Trainer:
         self.dataset = open_dataset(cfg.data.uri, cache_mb=cfg.data.cache_mb)
         policy = build_policy(cfg, self.dataset)
         self.windows = WindowSampler(self.dataset, policy.config.delta_indices(), episodes=cfg.data.episodes)
+        self.sharded: tuple[str, ...] = ()
+        if tc.fsdp:  # before the optimizers exist: they must hold the sharded parameters
+            self._shard(policy)
         modules, optimizers = self.rule.build(policy, cfg)
         if modules.get(POLICY) is not policy:
             raise ValueError(f"{type(self.rule).__name__}.build must return the policy it was given as {POLICY!r}")
@@ -136,7 +140,8 @@ class Trainer:
         self.start = 0
         if ckpt is not None:
             check_resume_data(ckpt, self.policy, self.data_info)
-            self.start = load_train_state(ckpt, self._unwrapped(), self.optimizers, self.ema)
+            self.start = load_train_state(ckpt, self._unwrapped(), self.optimizers, self.ema, sharded=self.sharded,
+                                          rank=acc.process_index)
             acc.print(f"resumed from {ckpt} at step {self.start}")
         self.end = tc.steps if stop_after is None else min(tc.steps, stop_after)
         self.log: RunLog | None = None
@@ -156,13 +161,28 @@ class Trainer:
             (self.run_dir / "metrics.csv").unlink(missing_ok=True)
         self.acc.wait_for_everyone()
 
+    def _shard(self, policy: Policy) -> None:
+        """FSDP2 over the launched processes: the head's repeated blocks one by one, then the policy."""
+        from robopolicy.train.sharding import shard
+
+        if self.acc.num_processes < 2:
+            raise ConfigError("train.fsdp=true shards the policy across processes, but this run has one; launch "
+                              "several, e.g. `accelerate launch --num_processes 8 -m robopolicy.cli.main train ...`, "
+                              "or set train.fsdp=false")
+        units = shard(policy.to(self.acc.device), policy.head.fsdp_layer_classes())
+        self.sharded = (POLICY,)
+        self.acc.print(f"fsdp: the policy sharded over {self.acc.num_processes} processes ({units} block units "
+                       "and the rest)")
+
     def _prepare(self, modules: dict, optimizers: dict) -> tuple[dict, dict]:
         """accelerate.prepare the trainable modules and the optimizers in one call (it re-points each optimizer
-        at its moved parameters); modules without trainable parameters (targets) are only moved."""
-        trainable = [n for n, m in modules.items() if any(p.requires_grad for p in m.parameters())]
+        at its moved parameters); modules without trainable parameters (targets) are only moved, FSDP-sharded
+        ones are left as they are (FSDP itself reduces their gradients)."""
+        trainable = [n for n, m in modules.items()
+                     if any(p.requires_grad for p in m.parameters()) and n not in self.sharded]
         prepared = self.acc.prepare(*(modules[n] for n in trainable), *optimizers.values())
         prepared = prepared if isinstance(prepared, tuple) else (prepared,)
-        out_modules = {n: modules[n].to(self.acc.device) for n in modules}
+        out_modules = {n: modules[n] if n in self.sharded else modules[n].to(self.acc.device) for n in modules}
         out_modules.update(zip(trainable, prepared[: len(trainable)]))
         return out_modules, dict(zip(optimizers, prepared[len(trainable):]))
 
@@ -245,14 +265,46 @@ class Trainer:
         return last_ckpt or latest_checkpoint(self.run_dir)
 
     def save(self, step: int) -> Path | None:
-        """Checkpoint every module, optimizer and the EMA (main process; all processes must call it)."""
+        """Checkpoint every module, optimizer and the EMA (written by the main process; all processes must call
+        it: they gather the sharded weights together)."""
         self.acc.wait_for_everyone()
+        modules, optimizers, head_state = self._states()
+        rng = self._rng_states()
         if not self.acc.is_main_process:
             return None
-        ckpt = save_checkpoint(self.run_dir, step, self.policy, self._unwrapped(), self.optimizers, self.ema,
-                               self.cfg.to_dict(), self.data_info)
+        ckpt = save_checkpoint(self.run_dir, step, self.policy, modules, optimizers, self.ema, self.cfg.to_dict(),
+                               self.data_info, head_state=head_state, rng=rng)
         self._call("on_save", step, ckpt)
         return ckpt
+
+    def _states(self) -> tuple[dict, dict, dict | None]:
+        """State dicts of every module and optimizer, and the policy head's weights; the sharded ones gathered
+        into full tensors on the CPU (a collective)."""
+        modules = self._unwrapped()
+        optimizers = {name: opt.state_dict() for name, opt in self.optimizers.items() if name not in self.sharded}
+        states = {name: m.state_dict() for name, m in modules.items() if name not in self.sharded}
+        if not self.sharded:
+            return states, optimizers, None
+        from robopolicy.train.sharding import full_model_state, full_optimizer_state
+
+        for name in self.sharded:
+            states[name] = full_model_state(modules[name])
+            if name in self.optimizers:
+                optimizers[name] = full_optimizer_state(modules[name], self.optimizers[name])
+        prefix = "head."
+        head_state = {k[len(prefix):]: v for k, v in states[POLICY].items() if k.startswith(prefix)}
+        return states, optimizers, head_state
+
+    def _rng_states(self) -> dict[str, torch.Tensor]:
+        """Every process's generator states (a collective): each resumes its own stream."""
+        if self.acc.num_processes == 1:
+            return rng_state()
+        from accelerate.utils import gather_object
+
+        out = {}
+        for rank, states in enumerate(gather_object([rng_state()])):
+            out.update({(k if rank == 0 else f"rank{rank}.{k}"): v for k, v in states.items()})
+        return out
 
     def log_scalars(self, step: int, values: dict[str, float]) -> None:
         """Tensorboard / wandb scalars from a callback (main process)."""

@@ -48,6 +48,8 @@ class Learner:
         opt = self.optimizers[optimizer]
         self.acc.backward(loss)
         norm = self.acc.clip_grad_norm_(self.modules[module or optimizer].parameters(), self.grad_clip)
+        if hasattr(norm, "full_tensor"):  # the norm over FSDP-sharded gradients is a (replicated) DTensor
+            norm = norm.full_tensor()
         opt.step()
         opt.zero_grad(set_to_none=True)
         return norm.detach()
