@@ -81,3 +81,24 @@ def test_accelerate_fsdp2_shards_the_vlm_head(tiny_vlm, tmp_path):
                          stdin=subprocess.DEVNULL)
     assert res.returncode == 0, res.stderr[-3000:]
     assert float((tmp_path / "loss.txt").read_text()) > 0
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="train.fsdp shards over processes, one per GPU: needs 2 GPUs "
+                    "(tests/train/test_distributed.py runs it on two CPU processes)")
+def test_train_fsdp_on_every_gpu_in_bf16(pusht_zarr, tmp_path):
+    from robopolicy.policies.policy import Policy
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    out = tmp_path / "run"
+    cmd = [str(torchrun), "--standalone", f"--nproc_per_node={torch.cuda.device_count()}", "-m",
+           "robopolicy.cli.main", "train", f"--data.uri={pusht_zarr}", "--data.input_keys=[img,state]",
+           "--data.episodes=[0,1,2,3]", "--policy.type=dd_vla", "--policy.small.encoder.backbone=resnet10t",
+           "--train.steps=4", "--train.batch_size=16", "--train.save_every=2", "--train.amp=bf16",
+           "--train.ema_power=0", "--train.fsdp=true", "--train.progress=false", "--train.tensorboard=false",
+           f"--train.output_dir={out}"]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "fsdp: the policy sharded over" in res.stdout
+    policy = Policy.load(out)
+    obs = {"img": torch.randint(0, 256, (1, 1, 3, 96, 96), dtype=torch.uint8), "state": torch.rand(1, 1, 5) * 400}
+    assert torch.isfinite(policy.predict_chunk(obs, torch.Generator().manual_seed(0))).all()
