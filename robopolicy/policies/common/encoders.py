@@ -95,17 +95,25 @@ def imagenet_normalize(x: torch.Tensor) -> torch.Tensor:
 
 
 def crop_images(x: torch.Tensor, shape: tuple[int, int] | None, train: bool) -> torch.Tensor:
-    """Random crop (one offset per batch) when training, centre crop otherwise; x (..., H, W)."""
+    """Random crop when training, one offset per sample (x's first dimension; shared by its cameras' channels and
+    time steps), as diffusion_policy's CropRandomizer does; centre crop otherwise. x (N, ..., H, W) ->
+    (N, ..., ch, cw)."""
     if shape is None:
         return x
     ch, cw = shape
     h, w = x.shape[-2:]
-    if train:
-        top = int(torch.randint(0, h - ch + 1, ()).item())
-        left = int(torch.randint(0, w - cw + 1, ()).item())
-    else:
+    if not train:
         top, left = (h - ch) // 2, (w - cw) // 2
-    return x[..., top : top + ch, left : left + cw]
+        return x[..., top : top + ch, left : left + cw]
+    n = x.shape[0]
+    flat = x.reshape(n, -1, h, w)
+    top = torch.randint(0, h - ch + 1, (n, 1, 1, 1), device=x.device)
+    left = torch.randint(0, w - cw + 1, (n, 1, 1, 1), device=x.device)
+    rows = top + torch.arange(ch, device=x.device).view(1, 1, ch, 1)  # (N, 1, ch, 1)
+    cols = left + torch.arange(cw, device=x.device).view(1, 1, 1, cw)  # (N, 1, 1, cw)
+    samples = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+    planes = torch.arange(flat.shape[1], device=x.device).view(1, -1, 1, 1)
+    return flat[samples, planes, rows, cols].reshape(*x.shape[:-2], ch, cw)
 
 
 class ImageEncoder(nn.Module):
