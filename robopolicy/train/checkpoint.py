@@ -84,9 +84,12 @@ def _optimizer_from_files(opt: torch.optim.Optimizer, tensors: dict[str, torch.T
             raise ValueError(f"{[len(g['params']) for g in groups]} parameters per group, this run's optimizer has "
                              f"{[len(g['params']) for g in opt.param_groups]}")
     except (ValueError, KeyError, IndexError, TypeError) as e:
-        raise ResumeError(f"{source}: optimizer state does not fit this run's optimizer ({e}); {RESUME_HINT}"
-                          ) from None
+        raise _optimizer_misfit(source, e) from None
     return {"state": state, "param_groups": groups}
+
+
+def _optimizer_misfit(source: Path, error: Exception) -> ResumeError:
+    return ResumeError(f"{source}: optimizer state does not fit this run's optimizer ({error}); {RESUME_HINT}")
 
 
 def save_checkpoint(
@@ -242,8 +245,7 @@ def load_train_state(
             else:
                 opt.load_state_dict(opt_states[name])
         except (ValueError, KeyError, IndexError, TypeError) as e:
-            raise ResumeError(f"{ts / 'optimizers' / f'{name}.safetensors'}: optimizer state does not fit this "
-                              f"run's optimizer ({e}); {RESUME_HINT}") from None
+            raise _optimizer_misfit(ts / "optimizers" / f"{name}.safetensors", e) from None
     if ema is not None:
         for k, v in ema.shadow.items():
             v.copy_(ema_weights[k])
