@@ -159,3 +159,20 @@ def test_cli_invalid_value_exits_2_without_traceback(capsys):
     assert err.startswith("robopolicy train: error: train.steps") and "Traceback" not in err
     assert main(["train", "--policy.type=act", "--policy.horizon=0"]) == 2
     assert "policy.horizon=0: must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["--train.fsdp=true"], "train.ema_power=0.75: must be 0 with fsdp=true"),
+    (["--train.fsdp=true", "--train.ema_power=0", "--train.eval_every=10"], "train.eval_every=10: must be 0 with fsdp"),
+])
+def test_fsdp_refuses_what_cannot_be_sharded(overrides, expected):
+    with pytest.raises(ConfigError, match=expected.replace(".", r"\.")):
+        load_config(None, overrides)
+
+
+def test_fsdp_in_one_process_is_one_clear_line(pusht_zarr, tmp_path, capsys):
+    code = main(["train", f"--data.uri={pusht_zarr}", "--data.input_keys=[state]", "--train.fsdp=true",
+                 "--train.ema_power=0", f"--train.output_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "this run has one; launch several" in err[0]
+    assert not (tmp_path / "run" / "checkpoints").exists()
