@@ -68,6 +68,8 @@ TEE_CORNERS_LOCAL = np.array(
     [[-60, 0], [60, 0], [60, 30], [-60, 30], [-15, 30], [15, 30], [15, 120], [-15, 120]], dtype=np.float64
 )
 
+GOAL_POSE = np.array([256.0, 256.0, np.pi / 4])  # gym-pusht's fixed goal: x, y (px), angle (rad)
+
 STATE_KEYS = ("state",)
 KEYPOINT_KEYS = ("keypoint",)
 IMAGE_KEYS = ("img", "image", "observation.image")
@@ -91,6 +93,28 @@ def block_points(block_pose: np.ndarray, local: np.ndarray) -> np.ndarray:
 def zarr_keypoints(block_pose: np.ndarray) -> np.ndarray:
     """The zarr's 9 keypoints (..., 9, 2) for block poses (..., 3)."""
     return block_points(block_pose, ZARR_KEYPOINTS_LOCAL)
+
+
+def block_coverage(block_pose: np.ndarray) -> np.ndarray:
+    """gym-pusht's coverage (...,) in [0, 1]: area of the T at `block_pose` (..., 3) inside the goal T / goal area.
+
+    The same polygons and the same shapely intersection as gym-pusht's `_get_coverage`, vectorised over poses;
+    the union of each T's two rectangles is a sum because they share only an edge. Needs shapely (a gym-pusht
+    dependency).
+    """
+    try:
+        import shapely
+    except ImportError as e:
+        raise ImportError(f"PushT coverage needs shapely ({e}): `pip install 'robopolicy[sim]'`") from None
+    pose = np.asarray(block_pose, dtype=np.float64)
+    batch = pose.shape[:-1]
+    block = block_points(pose.reshape(-1, 3), TEE_CORNERS_LOCAL).reshape(-1, 2, 4, 2)
+    goal = block_points(GOAL_POSE, TEE_CORNERS_LOCAL).reshape(2, 4, 2)
+    goal_rects = [shapely.polygons(g) for g in goal]
+    inside = sum(
+        shapely.area(shapely.intersection(shapely.polygons(block[:, r]), g)) for r in range(2) for g in goal_rects
+    )
+    return (inside / sum(shapely.area(g) for g in goal_rects)).reshape(batch)
 
 
 def legacy_reset_state(state: np.ndarray) -> np.ndarray:

@@ -1,0 +1,58 @@
+"""Monte-Carlo return-to-go per frame (Cal-QL's V^mu), computed once per dataset, reward source and discount.
+
+G_t = r_t + gamma * G_{t+1} inside an episode, nothing bootstrapped past a terminal frame. At an episode end
+that is not terminal (a time limit, a demonstration that stopped) `tail` says what follows:
+  "zero"   nothing (the plain discounted sum of the recorded rewards);
+  "repeat" the last reward forever, r_last / (1 - gamma): Cal-QL's treatment of a sparse-reward episode that
+           never succeeded (every return then equals r_neg / (1 - gamma)), generalised to any last reward.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from robopolicy.data.dataset import Dataset
+from robopolicy.rl.rewards import REWARD_KEY, Rewards, dataset_rewards
+
+TAILS = ("zero", "repeat")
+
+
+def monte_carlo_returns(
+    reward: np.ndarray, terminal: np.ndarray, episode_ends: np.ndarray, gamma: float, tail: str = "zero"
+) -> np.ndarray:
+    """Return-to-go (N,) float32 for rewards (N,), terminal flags (N,) and exclusive episode ends (E,)."""
+    if not 0.0 <= gamma < 1.0:
+        raise ValueError(f"gamma must be in [0, 1), got {gamma}")
+    if tail not in TAILS:
+        raise ValueError(f"tail must be one of {TAILS}, got {tail!r}")
+    reward = np.asarray(reward, dtype=np.float64).reshape(-1)
+    terminal = np.asarray(terminal, dtype=bool).reshape(-1)
+    ends = np.asarray(episode_ends, dtype=np.int64)
+    if len(ends) == 0 or ends[-1] != len(reward) or np.any(np.diff(np.r_[0, ends]) <= 0):
+        raise ValueError(f"episode_ends must increase strictly up to the {len(reward)} frames, got {ends[:5]}...")
+    out = np.empty_like(reward)
+    start = 0
+    for end in ends:
+        last = end - 1
+        g = 0.0 if terminal[last] or tail == "zero" else reward[last] / (1.0 - gamma)  # G_{last + 1}
+        for t in range(last, start - 1, -1):
+            g = reward[t] + gamma * (0.0 if terminal[t] else g)
+            out[t] = g
+        start = end
+    return out.astype(np.float32)
+
+
+_CACHE: dict[tuple, tuple[Rewards, np.ndarray]] = {}
+
+
+def dataset_returns(
+    dataset: Dataset, gamma: float, source: str = REWARD_KEY, tail: str = "zero"
+) -> tuple[Rewards, np.ndarray]:
+    """(rewards, return-to-go (N,)) of `dataset`, computed on the first call and cached for this process
+    (keyed by the dataset's root, frame count, reward source, gamma and tail)."""
+    key = (str(dataset.root), dataset.num_frames, source, float(gamma), tail)
+    if key not in _CACHE:
+        rewards = dataset_rewards(dataset, source)
+        _CACHE[key] = rewards, monte_carlo_returns(rewards.reward, rewards.terminal, dataset.episode_ends, gamma,
+                                                   tail)
+    return _CACHE[key]
