@@ -5,7 +5,8 @@ it stopped, and a killed training resumes from its last checkpoint):
   1. collect  scripted demonstrations of every task into one LeRobot v3 dataset (task strings, phase labels)
   2. train    one policy per head from configs/multitask_robosuite_<head>.yaml (same steps and batch size)
   3. eval     each policy on each task: --episodes unseen seeds (from 100000; collection uses 0..N-1), the
-              task's own instruction
+              task's own instruction, the task's collection step limit (TASK_MAX_STEPS: about twice the
+              expert's longest episode; --max-steps N for one limit everywhere)
   4. swapped  the same episodes with another task's instruction (the next task in the list): a policy that
               follows the words fails there, one that reads only the scene does not
   5. decoding dd_vla only: the same checkpoint decoded with T = 4 and 8 rounds and left to right (NFE = L, one
@@ -60,7 +61,14 @@ def success(eval_dir: Path) -> float:
     return json.loads((eval_dir / "eval_info.json").read_text())["aggregated"]["pc_success"]
 
 
-def eval_decoding(run_dir: Path, task: str, decoding: dict, episodes: int, n_envs: int, out_dir: Path) -> None:
+def max_steps(task: str, override: int | None) -> int:
+    from robopolicy.sim.collect import TASK_MAX_STEPS
+
+    return override if override is not None else TASK_MAX_STEPS[task]
+
+
+def eval_decoding(run_dir: Path, task: str, decoding: dict, episodes: int, n_envs: int, steps: int,
+                  out_dir: Path) -> None:
     """Evaluate a dd_vla checkpoint with other decoding settings (its config's `decoding` fields replaced)."""
     import dataclasses
 
@@ -71,7 +79,7 @@ def eval_decoding(run_dir: Path, task: str, decoding: dict, episodes: int, n_env
     head = policy.head
     head.config = dataclasses.replace(head.config, decoding=dataclasses.replace(head.config.decoding, **decoding))
     evaluate(policy, f"robosuite:{task}", n_episodes=episodes, seed=EVAL_SEED, out_dir=out_dir, n_envs=n_envs,
-             video_episodes=0, progress=False, verbose=False)
+             max_steps=steps, video_episodes=0, progress=False, verbose=False)
 
 
 def main() -> int:
@@ -81,6 +89,8 @@ def main() -> int:
     p.add_argument("--episodes-per-task", type=int, default=50, help="demonstrations per task")
     p.add_argument("--eval-episodes", type=int, default=50, help="evaluation episodes per task")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the presets', the same for all)")
+    p.add_argument("--max-steps", type=int, default=None, help="episode step limit for every task (default: "
+                   "the task's TASK_MAX_STEPS)")
     p.add_argument("--n-envs", type=int, default=2, help="parallel evaluation environments")
     p.add_argument("--no-swapped", action="store_true", help="skip the swapped-instruction evaluation")
     p.add_argument("--swapped-episodes", type=int, default=None, help="episodes per task with the swapped "
@@ -118,6 +128,7 @@ def main() -> int:
                 episodes = args.eval_episodes if kind == "eval" else args.swapped_episodes or args.eval_episodes
                 cmd = [*robopolicy(), "eval", "--checkpoint", str(run_dir), "--env", f"robosuite:{task}",
                        "--episodes", str(episodes), "--seed", str(EVAL_SEED), "--n-envs", str(args.n_envs),
+                       "--max-steps", str(max_steps(task, args.max_steps)),
                        "--videos", "1" if kind == "eval" else "0", "--out", str(eval_dir), "--no-progress"]
                 if other is not None:
                     cmd += ["--task", instruction(other)]
@@ -128,11 +139,13 @@ def main() -> int:
                 eval_dir = out / "decoding" / name / task
                 if not (eval_dir / "eval_info.json").exists():
                     start = time.perf_counter()
-                    eval_decoding(run_dir, task, decoding, args.decoding_episodes, args.n_envs, eval_dir)
+                    eval_decoding(run_dir, task, decoding, args.decoding_episodes, args.n_envs,
+                                  max_steps(task, args.max_steps), eval_dir)
                     times[f"decoding/{name}/{task}"] = time.perf_counter() - start
 
     results = {"tasks": tasks, "heads": heads, "episodes_per_task": args.episodes_per_task,
                "eval_episodes": args.eval_episodes, "swapped_episodes": args.swapped_episodes or args.eval_episodes,
+               "max_steps": {t: max_steps(t, args.max_steps) for t in tasks},
                "seconds": times, "success": {}, "swapped": {}}
     for head in heads:
         results["success"][head] = {t: success(out / "eval" / head / t) for t in tasks}
