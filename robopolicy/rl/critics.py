@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from robopolicy.config_parsing import check
+from robopolicy.train.update import polyak_update
 
 
 @dataclass(frozen=True)
@@ -94,18 +95,19 @@ class EnsembleMLP(nn.Module):
 class EnsembleQ(nn.Module):
     """Q(s, a) ensemble with a Polyak target copy.
 
-    forward(obs (B, F), action (B, A)) -> q (E, B) (distributional: the atoms' expectation);
-    logits(obs, action) -> (E, B, K) (distributional only); target(obs, action, generator) -> (B,): the min over
-    `subsample` members of the target networks drawn at random (one draw per call); td_loss(obs, action, y (B,))
-    -> (E, B) per-member loss; update_target() moves the target networks `tau` of the way.
+    forward(obs (B, F), action (B, ...)) -> the members' raw outputs (E, B, K) (K = num_bins, or 1), what a
+    DistributedDataParallel wrapper calls; values(out) -> Q (E, B) (distributional: the atoms' expectation);
+    td_loss(out, y (B,)) -> (E, B) per-member loss against detached targets; q(obs, action) = values(forward);
+    target(obs, action, generator) -> (B,): the min over `subsample` members of the target networks drawn at
+    random (one draw per call); update_target() moves the target networks `tau` of the way.
     """
 
     def __init__(self, obs_dim: int, action_dim: int, config: CriticConfig):
         super().__init__()
         self.config = config
-        out = config.num_bins or 1
-        self.net = EnsembleMLP(config.ensemble_size, obs_dim + action_dim, config.hidden_dims, out,
-                               config.layer_norm)
+        self.obs_dim, self.action_dim = obs_dim, action_dim
+        self.net = EnsembleMLP(config.ensemble_size, obs_dim + action_dim, config.hidden_dims,
+                               config.num_bins or 1, config.layer_norm)
         self.target_net = copy.deepcopy(self.net).requires_grad_(False)
         if config.num_bins:
             self.register_buffer("atoms", torch.linspace(config.q_min, config.q_max, config.num_bins))
@@ -114,41 +116,35 @@ class EnsembleQ(nn.Module):
     def distributional(self) -> bool:
         return self.config.num_bins > 0
 
-    def _q(self, net: nn.Module, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        out = net(torch.cat([obs, action.flatten(1)], dim=-1))
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([obs, action.flatten(1)], dim=-1))
+
+    def values(self, out: torch.Tensor) -> torch.Tensor:
         if not self.distributional:
             return out.squeeze(-1)
         return torch.softmax(out.float(), dim=-1) @ self.atoms.float()
 
-    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return self._q(self.net, obs, action)
+    def q(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.values(self(obs, action))
 
-    def logits(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    def td_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-member TD loss (E, B) of raw outputs `out` (E, B, K) against targets y (B,) (detached here)."""
+        y = y.detach()
         if not self.distributional:
-            raise ValueError("logits() is for a distributional critic (num_bins > 0)")
-        return self.net(torch.cat([obs, action.flatten(1)], dim=-1))
+            return (self.values(out) - y.unsqueeze(0)).pow(2)
+        logp = torch.log_softmax(out.float(), dim=-1)
+        return -(logp * two_hot(y, self.atoms).unsqueeze(0)).sum(-1)
 
     @torch.no_grad()
     def target(self, obs: torch.Tensor, action: torch.Tensor, generator: torch.Generator | None = None
                ) -> torch.Tensor:
-        q = self._q(self.target_net, obs, action)
+        q = self.values(self.target_net(torch.cat([obs, action.flatten(1)], dim=-1)))
         e, k = self.config.ensemble_size, self.config.subsample
         members = torch.randperm(e, generator=generator, device="cpu")[:k].to(q.device)
         return q[members].min(dim=0).values
 
-    def td_loss(self, obs: torch.Tensor, action: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-member TD loss (E, B) against targets y (B,) (detached here)."""
-        y = y.detach()
-        if not self.distributional:
-            return (self(obs, action) - y.unsqueeze(0)).pow(2)
-        target = two_hot(y, self.atoms)  # (B, K)
-        logp = torch.log_softmax(self.logits(obs, action).float(), dim=-1)
-        return -(logp * target.unsqueeze(0)).sum(-1)
-
-    @torch.no_grad()
     def update_target(self) -> None:
-        for p, tp in zip(self.net.parameters(), self.target_net.parameters()):
-            tp.lerp_(p, self.config.tau)
+        polyak_update(self.target_net, self.net, self.config.tau)
 
 
 def two_hot(y: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:

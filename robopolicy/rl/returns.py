@@ -9,6 +9,8 @@ that is not terminal (a time limit, a demonstration that stopped) `tail` says wh
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from robopolicy.data.dataset import Dataset
@@ -42,17 +44,25 @@ def monte_carlo_returns(
     return out.astype(np.float32)
 
 
-_CACHE: dict[tuple, tuple[Rewards, np.ndarray]] = {}
+_REWARDS: dict[tuple, Rewards] = {}
+_RETURNS: dict[tuple, tuple[Rewards, np.ndarray]] = {}
 
 
 def dataset_returns(
-    dataset: Dataset, gamma: float, source: str = REWARD_KEY, tail: str = "zero"
+    dataset: Dataset, gamma: float, source: str = REWARD_KEY, tail: str = "zero", scale: float = 1.0,
+    bias: float = 0.0,
 ) -> tuple[Rewards, np.ndarray]:
-    """(rewards, return-to-go (N,)) of `dataset`, computed on the first call and cached for this process
-    (keyed by the dataset's root, frame count, reward source, gamma and tail)."""
-    key = (str(dataset.root), dataset.num_frames, source, float(gamma), tail)
-    if key not in _CACHE:
-        rewards = dataset_rewards(dataset, source)
-        _CACHE[key] = rewards, monte_carlo_returns(rewards.reward, rewards.terminal, dataset.episode_ends, gamma,
-                                                   tail)
-    return _CACHE[key]
+    """(rewards, return-to-go (N,)) of `dataset` with rewards r' = scale * r + bias (PA-RL: bias -1 for sparse
+    tasks), computed on the first call and cached for this process (rewards keyed by the dataset's root, frame
+    count and source; returns also by gamma, tail, scale and bias)."""
+    data_key = (str(dataset.root), dataset.num_frames, source)
+    if data_key not in _REWARDS:
+        _REWARDS[data_key] = dataset_rewards(dataset, source)
+    key = (*data_key, float(gamma), tail, float(scale), float(bias))
+    if key not in _RETURNS:
+        raw = _REWARDS[data_key]
+        rewards = raw if (scale, bias) == (1.0, 0.0) else dataclasses.replace(
+            raw, reward=(raw.reward * scale + bias).astype(np.float32))
+        _RETURNS[key] = rewards, monte_carlo_returns(rewards.reward, rewards.terminal, dataset.episode_ends, gamma,
+                                                     tail)
+    return _RETURNS[key]

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from robopolicy.config_parsing import ConfigError, suggest
 from robopolicy.data.dataset import Dataset, open_dataset
 from robopolicy.data.errors import DatasetError
-from robopolicy.data.sampler import EpochBatchSampler, WindowSampler, _keep_batch
+from robopolicy.data.sampler import EpochBatchSampler, _keep_batch
 from robopolicy.data.stats import compute_stats
 from robopolicy.policies.policy import TASK_KEY, Policy
 from robopolicy.train.callbacks import Callback
@@ -101,7 +101,7 @@ class Trainer:
     resume: continue from <output_dir>/checkpoints/last; stop_after: end early at that step (for tests)."""
 
     def __init__(self, cfg: TrainConfig, *, rule: UpdateRule | None = None, callbacks: Sequence[Callback] = (),
-                 resume: bool = False, stop_after: int | None = None):
+                 resume: bool = False, stop_after: int | None = None, policy: Policy | None = None):
         self.cfg, tc = cfg, cfg.train
         self.rule = rule or BehaviourCloning()
         self.callbacks = list(callbacks)
@@ -116,8 +116,12 @@ class Trainer:
 
         # data, policy, the rule's modules and optimizers (moved and wrapped by accelerate)
         self.dataset = open_dataset(cfg.data.uri, cache_mb=cfg.data.cache_mb)
-        policy = build_policy(cfg, self.dataset)
-        self.windows = WindowSampler(self.dataset, policy.config.delta_indices(), episodes=cfg.data.episodes)
+        if policy is None:
+            policy = build_policy(cfg, self.dataset)
+        else:  # fine-tuning a trained policy: its features must be the dataset's
+            check_trainable(cfg, self.dataset)
+            policy.check_dataset(self.dataset)
+        self.windows = self.rule.sampler(self.dataset, policy, cfg.data.episodes)
         self.sharded: tuple[str, ...] = ()
         if tc.fsdp:  # before the optimizers exist: they must hold the sharded parameters
             self._shard(policy)
@@ -326,9 +330,10 @@ class Trainer:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None = None, rule: UpdateRule | None = None,
-          callbacks: Sequence[Callback] = ()) -> Path:
-    """Train and return the last checkpoint directory (see `Trainer`)."""
-    return Trainer(cfg, rule=rule, callbacks=callbacks, resume=resume, stop_after=stop_after).run()
+          callbacks: Sequence[Callback] = (), policy: Policy | None = None) -> Path:
+    """Train (`policy`: start from this one instead of a fresh one) and return the last checkpoint directory
+    (see `Trainer`)."""
+    return Trainer(cfg, rule=rule, callbacks=callbacks, resume=resume, stop_after=stop_after, policy=policy).run()
 
 
 def _plain(episodes) -> list[int] | None:

@@ -11,13 +11,15 @@ e.g. {"policy", "critic", "critic_target"} with optimizers {"policy", "critic"} 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from accelerate import Accelerator
 from torch import nn
 
+from robopolicy.data.dataset import Dataset
+from robopolicy.data.sampler import WindowSampler
 from robopolicy.policies.policy import Policy
 from robopolicy.train.config import OptimConfig, TrainConfig
 
@@ -56,7 +58,12 @@ class Learner:
 
 
 class UpdateRule(ABC):
-    """A training method: its modules, their optimizers, and one update step."""
+    """A training method: the windows it reads, its modules, their optimizers, and one update step."""
+
+    def sampler(self, dataset: Dataset, policy: Policy, episodes: Sequence[int] | None = None) -> WindowSampler:
+        """The windows the rule trains on (called before `build`): the head's own by default; an offline-RL rule
+        adds the observation after the chunk and looks up its rewards."""
+        return WindowSampler(dataset, policy.config.delta_indices(), episodes=episodes)
 
     @abstractmethod
     def build(self, policy: Policy, cfg: TrainConfig) -> tuple[dict[str, nn.Module], dict[str, torch.optim.Optimizer]]:

@@ -27,7 +27,7 @@ def test_ensemble_members_differ_and_match_a_per_member_mlp():
     torch.manual_seed(0)
     q = EnsembleQ(5, 6, CriticConfig(ensemble_size=4, hidden_dims=(16, 16)))
     obs, act = torch.randn(7, 5), torch.randn(7, 2, 3)
-    out = q(obs, act)
+    out = q.q(obs, act)
     assert out.shape == (4, 7)
     assert (out[0] - out[1]).abs().max() > 1e-3  # independent initialisation
     # member 2 by hand: linear, per-member LayerNorm, ReLU, ..., linear
@@ -43,7 +43,7 @@ def test_target_is_the_min_of_a_random_subset_and_polyak_moves_it():
     q = EnsembleQ(3, 2, CriticConfig(ensemble_size=10, subsample=2, hidden_dims=(8,), tau=0.5))
     obs, act = torch.randn(5, 3), torch.randn(5, 2)
     with torch.no_grad():
-        all_q = q._q(q.target_net, obs, act)
+        all_q = q.values(q.target_net(torch.cat([obs, act], -1)))
     g = torch.Generator().manual_seed(3)
     members = torch.randperm(10, generator=torch.Generator().manual_seed(3))[:2]
     torch.testing.assert_close(q.target(obs, act, generator=g), all_q[members].min(0).values)
@@ -72,9 +72,9 @@ def test_two_hot_is_exact_and_a_distributional_critic_learns_a_target():
     target = -50.0 + 20.0 * obs[:, 0]
     for _ in range(300):
         opt.zero_grad()
-        q.td_loss(obs, act, target).mean().backward()
+        q.td_loss(q(obs, act), target).mean().backward()
         opt.step()
-    assert (q(obs, act) - target).abs().mean() < 3.0
+    assert (q.q(obs, act) - target).abs().mean() < 3.0
 
 
 def test_critic_config_refuses_bad_values():

@@ -1,0 +1,95 @@
+"""What an offline-RL update needs beside the policy's own windows: the executed chunk's rewards, where the
+episode ends, the Monte-Carlo return, and the observation after the chunk.
+
+A transition is chunk-level, aligned with how the policy executes (algorithms.md section 7): from frame t the
+policy runs the first k = n_action_steps actions of its chunk and observes frame t + k. The sampler loads the
+observation at t + k under the alias `next.<key>` (its own `_is_pad`); rewards, terminal flags and returns are
+looked up by the anchor's global index in arrays computed once per dataset (robopolicy.rl.returns).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from robopolicy.data.dataset import Dataset
+from robopolicy.data.sampler import WindowSampler
+from robopolicy.policies.base import PolicyConfig
+from robopolicy.rl.returns import dataset_returns
+
+NEXT = "next."
+
+
+def executed_slice(config: PolicyConfig, steps: int | None = None) -> slice:
+    """Positions of the executed actions in the head's chunk: from the current frame (offset 0), `steps` of
+    them (default n_action_steps)."""
+    start = list(config.action_delta_indices).index(0)
+    return slice(start, start + (steps or config.n_action_steps))
+
+
+def rl_sampler(dataset: Dataset, config: PolicyConfig, k: int, episodes=None) -> WindowSampler:
+    """The head's windows plus every observation window again k frames later as `next.<key>`."""
+    deltas = dict(config.delta_indices())
+    aliases = {}
+    for key in config.windowed_inputs:
+        if key == config.action_key:
+            continue
+        aliases[NEXT + key] = key
+        deltas[NEXT + key] = [d + k for d in config.obs_delta_indices]
+    return WindowSampler(dataset, deltas, episodes=episodes, aliases=aliases)
+
+
+def next_observation(batch: Mapping[str, Any], config: PolicyConfig) -> dict[str, Any]:
+    """The raw observation after the chunk, under the policy's own key names (the task string unchanged)."""
+    out = {k[len(NEXT):]: v for k, v in batch.items() if k.startswith(NEXT)}
+    if "task" in batch:
+        out["task"] = batch["task"]
+    for key in config.language_keys:
+        if key in batch:
+            out[key] = batch[key]
+    return out
+
+
+@dataclass
+class ChunkRewards:
+    """Per-frame arrays of a dataset as tensors: reward, terminal, return-to-go, and each frame's episode stop."""
+
+    reward: torch.Tensor  # (N,) float32
+    terminal: torch.Tensor  # (N,) bool
+    returns: torch.Tensor  # (N,) float32, Monte-Carlo return-to-go (Cal-QL's V^mu)
+    stop: torch.Tensor  # (N,) int64, exclusive end of the frame's episode
+
+    @classmethod
+    def of(cls, dataset: Dataset, gamma: float, source: str, tail: str, scale: float = 1.0, bias: float = 0.0
+           ) -> ChunkRewards:
+        """Rewards r' = scale * r + bias (e.g. PA-RL's -1 bias for sparse tasks), returns of r'."""
+        rewards, returns = dataset_returns(dataset, gamma, source, tail, scale, bias)
+        stop = np.repeat(dataset.episode_ends, [ep.length for ep in dataset.episodes])
+        return cls(torch.from_numpy(rewards.reward.astype(np.float32)), torch.from_numpy(rewards.terminal),
+                   torch.from_numpy(returns), torch.from_numpy(stop))
+
+    def chunk(self, index: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For anchors `index` (B,): reward (B, k), terminal (B, k), exists (B, k + 1) and return-to-go (B,)."""
+        index = index.cpu().long()
+        frames = index[:, None] + torch.arange(k + 1)
+        exists = frames < self.stop[index][:, None]
+        inside = frames[:, :k].clamp(max=len(self.reward) - 1)
+        reward = torch.where(exists[:, :k], self.reward[inside], 0.0)
+        terminal = exists[:, :k] & self.terminal[inside]
+        return reward, terminal, exists, self.returns[index]
+
+
+def flatten_condition(cond: Any) -> torch.Tensor:
+    """A head's `encode` output as one feature vector per sample (B, F): tensors (B, F) as they are, token
+    sequences (B, T, C) mean-pooled over T, dicts / tuples concatenated; non-float leaves (masks) skipped."""
+    if torch.is_tensor(cond):
+        if not cond.is_floating_point():
+            return cond.new_zeros(cond.shape[0], 0, dtype=torch.float32)
+        x = cond.float()
+        return x if x.dim() == 2 else x.flatten(1, -2).mean(1) if x.dim() > 2 else x.view(-1, 1)
+    leaves = list(cond.values()) if isinstance(cond, Mapping) else list(cond)
+    return torch.cat([flatten_condition(c) for c in leaves if c is not None], dim=-1)

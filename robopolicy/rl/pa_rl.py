@@ -1,0 +1,187 @@
+"""PA-RL (algorithms.md section 6): Cal-QL critic on chunk transitions, policy-agnostic action optimisation,
+and distillation of the optimised actions through the head's own loss. Works for any head of the contract.
+
+One update on a batch of chunk transitions (s_t, a_{t:t+k}, r_{t:t+k}, s_{t+k}), k = executed actions:
+  1. N chunks sampled from the policy at s_{t+k} are optimised (global top-k by Q, then T clipped gradient steps)
+     and one is chosen (argmax, PA-RL's max_q_value strategy): the Bellman target is
+     y = sum_i gamma^i r_{t+i} + gamma^k (1 - done) min_subset Q_target(s_{t+k}, a*) (pitfall: the next action
+     comes from the optimised set, not from the raw policy);
+  2. the critic: TD error on the dataset chunk (squared, or cross entropy on two-hot targets when
+     distributional) plus alpha * Cal-QL's term with the k optimised chunks at s_t as the policy's actions and
+     the Monte-Carlo return as the calibration floor; Polyak targets;
+  3. distillation (after `critic_warmup_steps`): the head's own training loss with the dataset chunk replaced by
+     one optimised chunk at s_t drawn from softmax(Q) (distill_argmax=False); the optimised positions are the
+     executed ones, the rest of the head's window keeps the sampled values. A small policy learning rate
+     (optim.lr; PA-RL 5e-5) keeps the candidates from collapsing.
+The critic reads the policy's observation encoding (`encode`, detached, pooled per sample) and the normalized
+executed chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from robopolicy.config_parsing import check
+from robopolicy.data.dataset import Dataset
+from robopolicy.data.sampler import WindowSampler
+from robopolicy.policies.policy import Policy
+from robopolicy.rl.action_optimization import ActionOptimizationConfig, choose, optimize_actions
+from robopolicy.rl.chunks import ChunkRewards, executed_slice, flatten_condition, next_observation, rl_sampler
+from robopolicy.rl.critics import CriticConfig, EnsembleQ
+from robopolicy.rl.objectives import cal_ql_regularizer, chunk_targets
+from robopolicy.rl.rewards import REWARD_KEY
+from robopolicy.train.config import TrainConfig
+from robopolicy.train.update import POLICY, Learner, UpdateRule, make_optimizer
+
+CRITIC = "critic"
+
+
+@dataclass(frozen=True)
+class PARLConfig:
+    gamma: float = 0.99  # discount per environment step
+    reward: str = REWARD_KEY  # a reward column, 'episode_success' or 'pusht_coverage' (relabelled)
+    return_tail: Literal["zero", "repeat"] = "zero"  # what follows an episode that stops without terminating
+    reward_scale: float = 1.0  # r' = scale * r + bias (PA-RL: bias -1 for sparse-reward tasks)
+    reward_bias: float = 0.0
+    chunk_steps: int | None = None  # executed actions per transition; null: the policy's n_action_steps
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    critic_lr: float = 3e-4
+    optimization: ActionOptimizationConfig = field(default_factory=ActionOptimizationConfig)
+    cql_alpha: float = 0.005  # weight of Cal-QL's conservative term
+    cql_reduce: Literal["mean", "logsumexp"] = "mean"  # over the optimised actions (see cal_ql_regularizer)
+    target_action: Literal["argmax", "softmax"] = "argmax"  # which optimised chunk the Bellman target uses
+    distill_action: Literal["argmax", "softmax"] = "softmax"  # which one the policy is distilled onto
+    temperature: float = 1.0  # of the softmax choices
+    critic_warmup_steps: int = 0  # critic-only updates before distillation starts
+
+    def __post_init__(self):
+        check(0.0 <= self.gamma < 1.0, "gamma", self.gamma, "in [0, 1)")
+        check(self.chunk_steps is None or self.chunk_steps >= 1, "chunk_steps", self.chunk_steps, ">= 1 or null")
+        check(self.critic_lr > 0, "critic_lr", self.critic_lr, "> 0")
+        check(self.cql_alpha >= 0, "cql_alpha", self.cql_alpha, ">= 0")
+        check(self.temperature > 0, "temperature", self.temperature, "> 0")
+        check(self.critic_warmup_steps >= 0, "critic_warmup_steps", self.critic_warmup_steps, ">= 0")
+
+
+class _Eval:
+    """Eval mode (no dropout) for sampling and encoding inside a training step; restores the previous mode."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def __enter__(self):
+        self.was_training = self.module.training
+        self.module.eval()
+
+    def __exit__(self, *exc):
+        self.module.train(self.was_training)
+
+
+class PARL(UpdateRule):
+    """The PA-RL update rule for the trainer (modules: policy, critic; optimizers: policy, critic)."""
+
+    def __init__(self, config: PARLConfig):
+        self.config = config
+        self.rewards: ChunkRewards | None = None
+        self.obs_dim: int | None = None
+        self.k = 0
+
+    # ----- data ---------------------------------------------------------------------------------------------
+    def sampler(self, dataset: Dataset, policy: Policy, episodes=None) -> WindowSampler:
+        cfg = self.config
+        self.k = cfg.chunk_steps or policy.config.n_action_steps
+        sl = executed_slice(policy.config, self.k)
+        if sl.stop > policy.config.horizon:
+            raise ValueError(f"rl.chunk_steps={self.k} executes past the policy's chunk (horizon "
+                             f"{policy.config.horizon}, current frame at position {sl.start})")
+        self.rewards = ChunkRewards.of(dataset, cfg.gamma, cfg.reward, cfg.return_tail, cfg.reward_scale,
+                                       cfg.reward_bias)
+        windows = rl_sampler(dataset, policy.config, self.k, episodes)
+        with torch.no_grad(), _Eval(policy):
+            probe = policy.prepare(windows.get_batch([0]))
+            self.obs_dim = flatten_condition(policy.head.encode(probe)).shape[-1]
+        return windows
+
+    # ----- modules ------------------------------------------------------------------------------------------
+    def build(self, policy: Policy, cfg: TrainConfig) -> tuple[dict[str, nn.Module], dict[str, torch.optim.Optimizer]]:
+        if self.obs_dim is None:
+            raise RuntimeError("PARL.sampler(dataset, policy) must run before build")
+        critic = EnsembleQ(self.obs_dim, self.k * policy.config.action_dim, self.config.critic)
+        critic.to(device=policy.head.device)
+        optimizers = {POLICY: make_optimizer(policy.head.parameter_groups(), cfg.optim),
+                      CRITIC: torch.optim.Adam(critic.net.parameters(), lr=self.config.critic_lr)}
+        return {POLICY: policy, CRITIC: critic}, optimizers
+
+    # ----- one update ---------------------------------------------------------------------------------------
+    def update(self, learner: Learner, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
+        cfg, opt_cfg = self.config, self.config.optimization
+        policy: Policy = learner.unwrap(POLICY)
+        critic: EnsembleQ = learner.unwrap(CRITIC)
+        head, pcfg = policy.head, policy.config
+        sl = executed_slice(pcfg, self.k)
+        device = head.device
+        reward, terminal, exists, v_mu = (x.to(device) for x in self.rewards.chunk(batch["index"], self.k))
+
+        with torch.no_grad(), _Eval(policy):
+            obs = policy.prepare(batch)
+            nxt = policy.prepare(next_observation(batch, pcfg))
+            feat = flatten_condition(head.encode(obs))
+            next_feat = flatten_condition(head.encode(nxt))
+            cand_now = head.sample(obs, num_samples=opt_cfg.num_samples)  # (B, N, H, D) normalized
+            cand_next = head.sample(nxt, num_samples=opt_cfg.num_samples)
+
+        def q_fn(f: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+            return critic.q(f, a[:, sl].float()).mean(0)
+
+        # 1. the Bellman target from the optimised candidates at s_{t+k}
+        best_next, q_best_next = optimize_actions(q_fn, next_feat, cand_next.float(), opt_cfg)
+        a_next = choose(best_next, q_best_next, cfg.target_action, cfg.temperature)
+        boot = critic.target(next_feat, a_next[:, sl]).unsqueeze(1).expand(-1, self.k)
+        y, defined = chunk_targets(reward, terminal, exists, boot, cfg.gamma)
+        y, defined = y[:, -1], defined[:, -1]
+
+        # 2. the critic: TD on the dataset chunk + Cal-QL over the optimised chunks at s_t
+        best_now, q_best_now = optimize_actions(q_fn, feat, cand_now.float(), opt_cfg)
+        b, n_opt = best_now.shape[:2]
+        data_chunk = obs[pcfg.action_key][:, sl].float()
+        feats = torch.cat([feat, feat.repeat_interleave(n_opt, 0)])
+        actions = torch.cat([data_chunk, best_now[:, :, sl].flatten(0, 1)])
+        out = learner.modules[CRITIC](feats, actions)  # (E, B + B * n_opt, K)
+        td = critic.td_loss(out[:, :b], y)
+        mask = defined.float()
+        td_loss = (td * mask).sum() / (mask.sum().clamp(min=1.0) * td.shape[0])
+        q_all = critic.values(out)
+        q_data, q_policy = q_all[:, :b], q_all[:, b:].unflatten(1, (b, n_opt))
+        cql = cal_ql_regularizer(q_policy, q_data, v_mu, cfg.cql_reduce).mean()
+        critic_loss = td_loss + cfg.cql_alpha * cql
+        critic_grad = learner.step(CRITIC, critic_loss)
+        critic.update_target()
+
+        values = {"critic/td_loss": td_loss.detach(), "critic/cql": cql.detach(),
+                  "critic/q_data": q_data.mean().detach(), "critic/target": y[defined].mean().detach(),
+                  "critic/grad_norm": critic_grad, "candidates/q_optimised": q_best_now.mean().detach()}
+        with torch.no_grad():  # the mean over all N sampled candidates: optimisation can only raise it
+            n = cand_now.shape[1]
+            values["candidates/q_sampled"] = q_fn(feat.repeat_interleave(n, 0), cand_now.flatten(0, 1).float()).mean()
+        values["candidates/improvement"] = values["candidates/q_optimised"] - values["candidates/q_sampled"]
+
+        # 3. distillation onto the optimised chunks through the head's own loss
+        if step < cfg.critic_warmup_steps:
+            values["loss"] = critic_loss.detach()
+            return values
+        target = choose(best_now, q_best_now, cfg.distill_action, cfg.temperature).to(cand_now.dtype)
+        distill = dict(batch)
+        distill[pcfg.action_key] = policy.normalizer.unnormalize(pcfg.action_key, target).to(
+            batch[pcfg.action_key].dtype)
+        distill[f"{pcfg.action_key}_is_pad"] = torch.zeros_like(batch[f"{pcfg.action_key}_is_pad"])
+        with learner.acc.autocast():
+            loss_out = learner.modules[POLICY](distill)
+        policy_grad = learner.step(POLICY, loss_out.loss)
+        values.update({f"distill/{k}": v for k, v in loss_out.log_values().items()})
+        values.update({"loss": loss_out.loss.detach(), "distill/loss": loss_out.loss.detach(),
+                       "distill/grad_norm": policy_grad})
+        return values
