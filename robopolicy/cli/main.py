@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "collect": "Collect demonstrations with a scripted expert in simulation.",
     "eval": "Evaluate a policy checkpoint in simulation (PushT, robosuite): success rate, videos.",
     "train": "Train a policy head on a dataset from a YAML preset with --section.field=value overrides.",
+    "finetune": "Fine-tune a trained policy with offline RL (PA-RL) on a dataset with rewards.",
     "deploy": "Deploy a policy checkpoint to a robot: fixed-rate loop, safety limits, e-stop, async inference, RTC.",
     "serve": "Serve a policy checkpoint over TCP for `robopolicy deploy --inference server`.",
     "record": "Record teleoperated demonstrations into a LeRobot v3 / Zarr dataset (--emulate: emulated hardware).",
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
         command = f"robopolicy {args.command}"
-        if extra and args.command == "train":  # dotted overrides look like options to argparse
+        if extra and args.command in ("train", "finetune"):  # dotted overrides look like options to argparse
             args.overrides = [*args.overrides, *extra]
         elif extra:
             args._parser.error(f"unrecognized arguments: {' '.join(extra)}")

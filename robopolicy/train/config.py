@@ -1,7 +1,8 @@
 """Typed, frozen training config, loaded from a YAML preset with dotted command-line overrides.
 
 A preset has four sections: `policy` (head `type` + that head's config fields), `data`, `optim`, `train`,
-and optionally `eval`. `--train.steps=2000 --policy.denoiser.unet.down_dims=[64,128,256]` override any field;
+and optionally `eval` and `rl` (the offline-RL method of `robopolicy finetune`: `method` + its fields).
+`--train.steps=2000 --policy.denoiser.unet.down_dims=[64,128,256]` override any field;
 values are parsed as YAML (with YAML 1.2 booleans: only true/false, so `amp: off` is the string "off").
 Every invalid value is a `ConfigError` naming the field, the value and what is allowed.
 """
@@ -119,9 +120,15 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # offline-RL fine-tuning (robopolicy finetune): the method `method` + its config fields; empty for training
+    rl: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         self.policy_config()
+        if self.rl:
+            from robopolicy.rl.registry import method_config
+
+            method_config(self.rl)
         if self.train.eval_every > 0 and self.eval.env is None:
             raise ConfigError(f"train.eval_every={self.train.eval_every}: needs eval.env (e.g. --eval.env=pusht), "
                               "or 0 to never evaluate")
@@ -187,8 +194,19 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """The preset at `path` (or the defaults) with `overrides` applied, validated."""
+def merge_sections(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`update` laid over `base`, mappings merged key by key (update wins), anything else replaced."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = merge_sections(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> TrainConfig:
+    """The preset at `path` (or the defaults) laid over `base` (e.g. what a checkpoint being fine-tuned fixes),
+    with `overrides` applied, validated."""
     data: Any = {}
     if path is not None:
         try:
@@ -198,7 +216,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data = parse_yaml(text, str(path)) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a training preset must be a YAML mapping of sections")
-    data = apply_overrides(data, overrides or [])
+    data = apply_overrides(merge_sections(base or {}, data), overrides or [])
     if not isinstance(data.get("policy", {}), dict):
         raise ConfigError(f"policy={data['policy']!r}: must be a mapping with the head `type` and its fields")
     data.setdefault("policy", {}).setdefault("type", "diffusion")

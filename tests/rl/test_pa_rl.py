@@ -4,6 +4,7 @@ and its target checkpointed, the result loadable like any policy, and a resumed 
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -108,3 +109,32 @@ def test_critic_warmup_leaves_the_policy_alone(point_mass, bc_run, tmp_path):
     a, b = load_policy(ckpt).state_dict(), load_policy(bc_run).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert "distill/loss" not in _rows(tmp_path / "warm")[0]
+
+
+def test_finetune_command_writes_a_policy_checkpoint(point_mass, bc_run, tmp_path, capsys):
+    from robopolicy.cli.main import main
+
+    out = tmp_path / "ft"
+    rc = main(["finetune", "--checkpoint", str(bc_run), "--method", "pa_rl", "--dataset", str(point_mass),
+               "--train.steps=2", "--train.batch_size=8", "--train.progress=false", "--train.tensorboard=false",
+               f"--train.output_dir={out}", "--rl.critic.ensemble_size=2", "--rl.critic.hidden_dims=[16]",
+               "--rl.optimization.num_samples=4", "--rl.optimization.top_k=2", "--rl.optimization.steps=1"])
+    assert rc == 0, capsys.readouterr().err
+    assert load_policy(out).predict_chunk({"state": torch.zeros(1, 2, 2)}).shape == (1, 8, 2)
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["rl"]["method"] == "pa_rl" and saved["rl"]["critic"]["ensemble_size"] == 2
+    assert saved["policy"]["type"] == "diffusion" and saved["optim"]["lr"] == 5e-5  # fine-tuning's default
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "sac"], "rl.method='sac'"),
+    (["--method", "pa_rl", "--rl.gamma=1.5"], "rl.gamma"),
+    (["--method", "pa_rl", "--rl.reward=next.success"], "no reward column 'next.success'"),
+])
+def test_finetune_errors_are_one_line_naming_the_field(point_mass, bc_run, tmp_path, capsys, args, message):
+    from robopolicy.cli.main import main
+
+    rc = main(["finetune", "--checkpoint", str(bc_run), "--dataset", str(point_mass), "--train.progress=false",
+               f"--train.output_dir={tmp_path / 'x'}", *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err, err

@@ -1,0 +1,79 @@
+"""`robopolicy finetune --checkpoint RUN --method pa_rl --dataset URI [--config PRESET] [--section.field=value ...]`.
+
+Starts from a trained policy (its weights, stats and processor; the head's fields come from the checkpoint) and
+trains it with an offline-RL method on a dataset with rewards, through the same trainer as `train`: progress
+bar, metrics.csv, TensorBoard, checkpoints that `eval`, `deploy` and `serve` load like any other, exact resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from robopolicy.policies.base import PolicyConfig
+from robopolicy.train.config import DATASET_FIELDS
+
+# what fine-tuning changes from training's defaults (a preset or the command line can set them again)
+FINETUNE_DEFAULTS = {"optim": {"lr": 5e-5, "warmup_steps": 0}, "train": {"steps": 1000, "save_every": 500,
+                                                                         "ema_power": 0.0}}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="the policy to fine-tune: a checkpoint or a training run dir")
+    p.add_argument("--method", required=True, metavar="NAME", help="offline-RL method: pa_rl")
+    p.add_argument("--dataset", required=True, metavar="URI",
+                   help="dataset with rewards (a reward column such as next.reward, or relabel with "
+                        "--rl.reward=episode_success / pusht_coverage): zarr, LeRobot dir or hf://")
+    p.add_argument("--config", help="YAML preset with rl/optim/train sections (e.g. configs/pa_rl_pusht.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue from <train.output_dir>/checkpoints/last")
+    p.add_argument("overrides", nargs="*", metavar="--section.field=value",
+                   help="e.g. --rl.gamma=0.99 --rl.critic.ensemble_size=10 --train.steps=5000 --optim.lr=5e-5")
+    p.epilog = ("Fields: rl (the method's, e.g. gamma, reward, critic.*, optimization.*, cql_alpha), optim (the "
+                "policy's learning rate; PA-RL distils with 5e-5), train (steps, batch_size, output_dir, ...), "
+                "data (episodes). The policy section comes from the checkpoint. Default output: "
+                "outputs/finetune/<method>.")
+
+
+def policy_section(config: PolicyConfig) -> dict:
+    """The checkpoint's head as a `policy` config section: its type and every field the dataset does not fix."""
+    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+              if f.init and f.name not in DATASET_FIELDS}
+    return {"type": config.name, **json.loads(json.dumps(_plain(fields)))}
+
+
+def _plain(value):
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    from robopolicy.policies.policy import load_policy, resolve_checkpoint
+    from robopolicy.rl.registry import build_rule
+    from robopolicy.train.config import load_config
+    from robopolicy.train.trainer import train
+
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    policy = load_policy(checkpoint)
+    pcfg = policy.config
+    base = {
+        "policy": policy_section(pcfg),
+        "data": {"uri": args.dataset, "input_keys": list(pcfg.input_features), "action_key": pcfg.action_key},
+        **FINETUNE_DEFAULTS,
+        "train": {**FINETUNE_DEFAULTS["train"], "output_dir": f"outputs/finetune/{args.method}"},
+        "rl": {"method": args.method},
+    }
+    overrides = [*args.overrides, f"--rl.method={args.method}", f"--data.uri={args.dataset}"]
+    cfg = load_config(args.config, overrides, base=base)
+    run_dir = Path(cfg.train.output_dir)
+    ckpt = train(cfg, rule=build_rule(cfg.rl), policy=policy, resume=args.resume)
+    (run_dir / "finetune.json").write_text(json.dumps({"checkpoint": str(checkpoint.resolve()),
+                                                       "method": args.method, "dataset": args.dataset}, indent=2))
+    print(f"checkpoint: {ckpt}")
+    return 0

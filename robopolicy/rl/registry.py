@@ -1,0 +1,48 @@
+"""Offline-RL methods by name: a frozen config dataclass and an UpdateRule built from it.
+
+A method defined elsewhere registers with `register_method("name", ConfigClass, RuleClass)` and is then
+available to `robopolicy finetune --method name` like a built-in one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from robopolicy.config_parsing import ConfigError, from_plain, suggest
+
+_METHODS: dict[str, tuple[type, Callable[[Any], Any]]] = {}
+
+
+def register_method(name: str, config_class: type, rule_class: Callable[[Any], Any]) -> None:
+    _METHODS[name] = (config_class, rule_class)
+
+
+def _builtins() -> None:
+    if "pa_rl" not in _METHODS:
+        from robopolicy.rl.pa_rl import PARL, PARLConfig
+
+        register_method("pa_rl", PARLConfig, PARL)
+
+
+def available_methods() -> list[str]:
+    _builtins()
+    return sorted(_METHODS)
+
+
+def method_config(rl: dict[str, Any]):
+    """The validated config of the `rl` section: {"method": name, **fields}."""
+    _builtins()
+    fields = dict(rl)
+    name = fields.pop("method", None)
+    if name not in _METHODS:
+        names = available_methods()
+        raise ConfigError(f"rl.method={name!r}: not an offline-RL method; available: {', '.join(names)}"
+                          f"{suggest(str(name), names)}")
+    return from_plain(_METHODS[name][0], fields, ("rl",))
+
+
+def build_rule(rl: dict[str, Any]):
+    """The UpdateRule of the `rl` section."""
+    config = method_config(rl)
+    return _METHODS[rl["method"]][1](config)
