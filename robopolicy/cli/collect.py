@@ -86,6 +86,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="discard failed episodes and try further seeds (at most 2 * episodes + 10 rollouts per task)",
     )
+    p.add_argument(
+        "--noise",
+        type=float,
+        default=0.0,
+        help="std of Gaussian noise added to every expert action (normalized units, clipped to [-1, 1]): a "
+        "perturbed expert that sometimes fails, for mixed-quality offline-RL data; robosuite only "
+        "(default: %(default)s)",
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
     mode.add_argument("--append", action="store_true", help="add episodes to an existing dataset at --out")
@@ -100,7 +108,12 @@ def resolve_format(out: str, fmt: str | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     if args.env.startswith("aloha:"):  # gym-aloha's bimanual tasks: the expert's whole script per episode
+        from robopolicy.config_parsing import ConfigError
         from robopolicy.sim.aloha_collect import run_cli
+
+        if args.noise:
+            raise ConfigError(f"--noise {args.noise}: perturbed experts are robosuite's; the ALOHA scripts replay "
+                              "a fixed joint trajectory (drop --noise)")
 
         return run_cli(args)
     from robopolicy.config_parsing import ConfigError
@@ -118,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
             image_size=args.image_size,
             only_successful=args.only_successful,
             env_state=args.env_state,
+            noise=args.noise,
         )
     except ValueError as e:  # an unknown env or an out-of-range option: `robopolicy.cli.main` prints it, exit 2
         raise ConfigError(str(e)) from e

@@ -59,6 +59,9 @@ class CollectConfig:
     max_attempts: cap on rollouts per task when `only_successful` (default 2 * episodes + 10).
     env_state: observation.environment_state layout, "auto" / "native" / "padded" (robopolicy.sim.robosuite_env);
     several tasks always use "padded" ("native" is refused).
+    noise: std of Gaussian noise added to every expert action (robosuite's normalized [-1, 1] units, clipped
+    there), drawn from the episode's seed: a perturbed expert that sometimes fails, for mixed-quality data. The
+    recorded action is the executed, perturbed one; success, reward and phase labels are recorded as usual.
     """
 
     env: str = "robosuite:Lift"
@@ -71,9 +74,12 @@ class CollectConfig:
     only_successful: bool = False
     max_attempts: int | None = None
     env_state: str = "auto"
+    noise: float = 0.0
 
     def __post_init__(self):
         tasks = parse_multi_env_spec(self.env)
+        if not (self.noise >= 0.0 and np.isfinite(self.noise)):
+            raise ValueError(f"noise must be a finite std >= 0, got {self.noise}")
         if self.env_state not in ENV_STATE_LAYOUTS:
             raise ValueError(f"env_state must be one of {ENV_STATE_LAYOUTS}, got {self.env_state!r}")
         if len(tasks) > 1 and self.env_state == "native":
@@ -185,14 +191,19 @@ def rollout(
     *,
     max_steps: int,
     success_hold_steps: int,
+    noise: float = 0.0,
 ) -> EpisodeResult:
-    """Run one expert episode, adding every frame to `writer` (the caller saves or discards it)."""
+    """Run one expert episode, adding every frame to `writer` (the caller saves or discards it); `noise`: std of
+    the Gaussian perturbation of every action (seeded by `seed`)."""
     obs = env.reset(seed)
     expert.reset()
+    rng = np.random.default_rng([seed, 7919])  # the perturbation's own stream, independent of the env's
     first_success: int | None = None
     success = False
     for t in range(max_steps):
         action = expert.act(obs)
+        if noise > 0:
+            action = np.clip(action + rng.normal(0.0, noise, np.shape(action)), -1.0, 1.0).astype(np.float32)
         frame = env.features(obs)
         frame[PHASE_KEY] = np.array([phase_index(expert.phase)], dtype=np.int64)
         obs, _, success = env.step(action)
@@ -253,6 +264,7 @@ def collect(
                         writer,
                         max_steps=config.steps_for(task),
                         success_hold_steps=config.success_hold_steps,
+                        noise=config.noise,
                     )
                     if config.only_successful and not r.success:
                         writer.discard_episode()
