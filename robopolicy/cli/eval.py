@@ -58,6 +58,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="instruction for a language-conditioned policy (default: the env task's own, e.g. 'lift the "
                    "red cube'); pass another to check that the policy follows the words")
     add_device_argument(p)
+    p.add_argument("--record", type=Path, default=None, metavar="DIR",
+                   help="also write every episode with its rewards (next.reward / next.done / next.success) into "
+                        "the dataset DIR, created or appended to (zarr if DIR ends in .zarr, else LeRobot v3): "
+                        "policy rollouts for offline RL")
     p.add_argument("--overwrite", action="store_true", help="replace an existing eval_info.json in --out")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -97,7 +101,10 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
         task=args.task,
+        record=args.record,
     )
+    if args.record is not None:
+        print(f"rollouts recorded into {args.record}")
     return 0
 
 

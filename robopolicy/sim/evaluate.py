@@ -197,6 +197,7 @@ def evaluate(
     progress: bool = True,
     verbose: bool = True,
     task: str | None = None,
+    record: str | Path | None = None,
 ) -> EvalResult:
     """Run `n_episodes` episodes of `policy` (a robopolicy.runtime.protocol.ChunkPolicy) in `env`.
 
@@ -206,7 +207,9 @@ def evaluate(
     K episodes (video_size px frames; PushT 384, robosuite 192 by default). executor / n_action_steps /
     ensemble_coeff: see robopolicy.runtime.executors.make_executor. task: the instruction a language-conditioned
     policy gets (default: the env task's own, see env_instruction; pass another to test whether the policy follows
-    the words). Prints a summary ending with the line `success rate: NN.N% (k/N)` when `verbose`.
+    the words). record: write every episode with its rewards into the dataset at this path (created, or appended
+    to; see robopolicy.sim.rollout_recorder). Prints a summary ending with the line `success rate: NN.N% (k/N)`
+    when `verbose`.
     """
     from tqdm.auto import tqdm
 
@@ -254,6 +257,12 @@ def evaluate(
     n_envs = max(1, min(n_envs, n_episodes))
     result = EvalResult(spec.name, seed, max_steps, n_envs, ex.describe(), out_dir=out,
                         task=next(iter(instructions.values()), None))
+    recorder = None
+    if record is not None:
+        from robopolicy.sim.rollout_recorder import RolloutRecorder
+
+        recorder = RolloutRecorder(record, spec.fps, {k: "image" if k in image_keys else "state" for k in keys},
+                                   config.action_key)
     venv = make_vector_env(spec, n_envs)
     start = time.perf_counter()  # eval_s counts the rollouts, not building the environments (as LeRobot)
     bar = _Progress(tqdm(total=n_episodes, desc=f"eval {spec.name}", unit="ep", disable=not progress), max_steps)
@@ -265,12 +274,14 @@ def evaluate(
                 result.episodes.extend(
                     _run_round(
                         policy, venv, spec, ex, history, episode_ids, seed, max_steps, video_episodes,
-                        keys, image_keys, device, out, bar, instructions,
+                        keys, image_keys, device, out, bar, instructions, recorder,
                     )
                 )  # fmt: skip
     finally:
         bar.close()
         venv.close()
+        if recorder is not None:
+            recorder.close()
     result.eval_s = time.perf_counter() - start
     if out is not None:
         _write_json(out / EVAL_INFO_FILE, result.to_info())
@@ -315,10 +326,11 @@ class _Progress:
 
 def _run_round(
     policy, venv, spec: EnvSpec, ex, history, episode_ids, seed, max_steps, video_episodes,
-    keys, image_keys, device, out, bar, instructions,
+    keys, image_keys, device, out, bar, instructions, recorder=None,
 ) -> list[EpisodeResult]:  # fmt: skip
     """Run episodes `episode_ids` (one per env, in lockstep) to the end; returns their results. instructions:
-    {language key: the instruction} added to every observation window."""
+    {language key: the instruction} added to every observation window; recorder: gets every transition and
+    saves the round's episodes in order."""
     b = len(episode_ids)
     slots = list(range(b))
     seeds = [seed + i for i in episode_ids]
@@ -360,6 +372,7 @@ def _run_round(
             )
         steps = venv.step(run.tolist(), [actions[i] for i in run], [videos[i] for i in run])
         for i, (obs, reward, terminated, truncated, info, frame) in zip(run, steps):
+            seen = last_obs[i]
             last_obs[i] = obs
             sum_reward[i] += reward
             max_reward[i] = max(max_reward[i], reward)
@@ -369,12 +382,17 @@ def _run_round(
             n_steps[i] += 1
             if frame is not None:
                 frames[i].append(frame)
-            if terminated or truncated or success[i] or t == max_steps - 1:
+            done = bool(terminated or truncated or success[i] or t == max_steps - 1)
+            if recorder is not None:
+                recorder.add(i, seen, actions[i], float(reward), bool(info.get("is_success", False)), done)
+            if done:
                 active[i] = False
                 bar.episode_done(bool(success[i]))
         if not active.any():
             break
         history.push(_stack_obs(last_obs, keys, image_keys))
+    if recorder is not None:
+        recorder.save_in_order(range(b), next(iter(instructions.values()), None) or env_instruction(spec), success)
     results = []
     for i, ep in enumerate(episode_ids):
         video = None

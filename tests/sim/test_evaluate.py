@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from robopolicy.data.dataset import open_dataset
 from robopolicy.policies.base import FeatureSpec, PolicyConfig
 from robopolicy.runtime.protocol import ChunkPolicy
 from robopolicy.sim.evaluate import evaluate
@@ -277,3 +278,35 @@ def test_a_language_policy_gets_the_env_task_or_the_given_instruction(tmp_path):
         evaluate(InstructedPushTPolicy(), "pusht", task="an instruction it does not know", **kwargs)
     with pytest.raises(EnvMismatchError, match="takes no instruction.*drop --task"):  # never silently ignored
         evaluate(ConstantPushTPolicy(), "pusht", task="go left", **kwargs)
+
+
+@needs_pusht
+@pytest.mark.parametrize("fmt", ["zarr", "lerobot"])
+def test_recorded_rollouts_are_a_dataset_with_their_rewards(tmp_path, fmt):
+    """eval --record: every episode with the observations the policy saw, the executed actions and the env's
+    rewards; the same whatever n_envs; a second evaluation appends."""
+    from robopolicy.rl.rewards import column_rewards
+
+    root = tmp_path / ("rollouts.zarr" if fmt == "zarr" else "rollouts")
+    kwargs = dict(n_episodes=3, seed=40, max_steps=12, progress=False, verbose=False)
+    result = evaluate(ConstantPushTPolicy(target=(300.0, 200.0)), "pusht", n_envs=2, record=root, **kwargs)
+    ds = open_dataset(root)
+    assert ds.num_episodes == 3 and [ep.length for ep in ds.episodes] == [e.n_steps for e in result.episodes]
+    assert ds.episode_success == [e.success for e in result.episodes]
+    assert ds.episodes[0].tasks == ("Push the T-shaped block onto the T-shaped target.",)
+    frames = np.arange(ds.num_frames)
+    np.testing.assert_allclose(ds.read("action", frames), np.tile([300.0, 200.0], (ds.num_frames, 1)))
+    rewards = column_rewards(ds)
+    for ep, e in zip(ds.episodes, result.episodes):
+        assert rewards.reward[ep.start:ep.stop].sum() == pytest.approx(e.sum_reward, rel=1e-5)
+        assert ds.read("next.done", np.arange(ep.start, ep.stop))[:, 0].tolist() == [False] * (ep.length - 1) + [True]
+    assert ds.read("img", [0]).shape == (1, 3, 96, 96)
+    # the first recorded frame is the reset observation, the one the policy saw first
+    first = ConstantPushTPolicy(target=(300.0, 200.0))
+    evaluate(first, "pusht", n_envs=1, record=tmp_path / ("again.zarr" if fmt == "zarr" else "again"), **kwargs)
+    np.testing.assert_allclose(ds.read("state", [0])[0], first.windows[0]["state"][0, -1].numpy(), atol=1e-5)
+    again = open_dataset(tmp_path / ("again.zarr" if fmt == "zarr" else "again"))  # n_envs=1: the same dataset
+    np.testing.assert_array_equal(column_rewards(again).reward, rewards.reward)
+    np.testing.assert_array_equal(again.read("state", frames), ds.read("state", frames))
+    evaluate(ConstantPushTPolicy(target=(300.0, 200.0)), "pusht", record=root, **{**kwargs, "n_episodes": 1})
+    assert open_dataset(root).num_episodes == 4
