@@ -21,8 +21,10 @@ def register_method(name: str, config_class: type, rule_class: Callable[[Any], A
 def _builtins() -> None:
     if "pa_rl" not in _METHODS:
         from robopolicy.rl.pa_rl import PARL, PARLConfig
+        from robopolicy.rl.ptr import PTR, PTRConfig
 
         register_method("pa_rl", PARLConfig, PARL)
+        register_method("ptr", PTRConfig, PTR)
 
 
 def available_methods() -> list[str]:
