@@ -224,3 +224,42 @@ def test_samples_without_a_future_get_weight_one_and_pools_can_differ_in_size():
     p0 = math.exp(5) / (math.exp(5) + 2)
     assert float(score[0]) == pytest.approx(math.log(p0) + math.log(3), rel=1e-5)
     assert float(w[0]) == pytest.approx(min(4.0, math.exp(float(score[0]) / 1.5)), rel=1e-5)
+
+
+# ----- the chunked critic (CO-RFT) ---------------------------------------------------------------------------------
+
+
+def test_chunked_critic_prefix_values_see_only_their_prefix():
+    from robopolicy.rl.chunked_critic import ChunkedCritic, ChunkedCriticConfig
+
+    torch.manual_seed(0)
+    critic = ChunkedCritic(3, 2, 5, ChunkedCriticConfig(ensemble_size=2, dim=16, n_heads=2, dim_feedforward=32))
+    obs, actions = torch.randn(4, 3), torch.randn(4, 5, 2)
+    q = critic(obs, actions)
+    assert q.shape == (2, 4, 5)
+    changed = actions.clone()
+    changed[:, 3] += 1.0  # the 4th action: Q_1..Q_3 must not move, Q_4 and Q_5 must
+    q2 = critic(obs, changed)
+    torch.testing.assert_close(q2[:, :, :3], q[:, :, :3])
+    assert (q2[:, :, 3:] - q[:, :, 3:]).abs().min() > 0
+    torch.testing.assert_close(critic.target_full(obs, actions), q[:, :, -1].min(0).values)  # targets start equal
+
+
+def test_chunked_critic_fits_prefix_targets():
+    """Trained on chunk_targets of a hand-made reward, every prefix value converges to its own target."""
+    from robopolicy.rl.chunked_critic import ChunkedCritic, ChunkedCriticConfig
+
+    torch.manual_seed(0)
+    critic = ChunkedCritic(2, 1, 4, ChunkedCriticConfig(ensemble_size=1, dim=32, n_heads=2, dim_feedforward=64))
+    opt = torch.optim.Adam(critic.parameters(), lr=3e-3)
+    obs, actions = torch.randn(64, 2), torch.randn(64, 4, 1)
+    reward = -actions.squeeze(-1).abs()  # (B, 4)
+    y, defined = chunk_targets(reward, torch.zeros(64, 4, dtype=torch.bool), torch.ones(64, 5, dtype=torch.bool),
+                               torch.zeros(64, 4), 0.9)
+    assert defined.all()
+    for _ in range(400):
+        opt.zero_grad()
+        (critic(obs, actions)[0] - y).pow(2).mean().backward()
+        opt.step()
+    err = (critic(obs, actions)[0] - y).abs().mean(0)
+    assert (err < 0.1).all(), err
