@@ -11,8 +11,11 @@ and an `nn.Module` with three duties:
   (B, N, H, D) for `num_samples=N`; each observation is encoded once whatever N is.
 
 Optional capabilities are declared in `capabilities`, never discovered with isinstance:
-`GUIDANCE` (the head calls a `Guide` at every denoising step, what real-time chunking needs) and `LANGUAGE` (the
-head conditions on a "language" input; a head without it refuses one instead of ignoring the instruction).
+`GUIDANCE` (the head calls a `Guide` at every denoising step, what real-time chunking needs), `LANGUAGE` (the
+head conditions on a "language" input; a head without it refuses one instead of ignoring the instruction) and
+`DIFFERENTIABLE_SAMPLING` (`sample_from_condition` run with gradients enabled is differentiable in the head's
+parameters: the reparameterised chunk, noise from the generator; what an actor-critic update such as CO-RFT's
+needs. `sample` itself always runs without gradients).
 
 Everything else (action queues, temporal ensembling, real-time chunking) lives in `robopolicy.runtime`;
 normalization and processors live in the policy wrapper, so heads see normalized tensors only.
@@ -36,7 +39,8 @@ from robopolicy.policies.common.text_encoder import LanguageConfig
 GUIDANCE = "guidance"
 LANGUAGE = "language"
 TOKENIZED_ACTIONS = "tokenized_actions"  # discrete action tokens: `head.tokenizer`, `head.token_logits` (dd_vla)
-CAPABILITIES = frozenset({GUIDANCE, LANGUAGE, TOKENIZED_ACTIONS})
+DIFFERENTIABLE_SAMPLING = "differentiable_sampling"  # sample_from_condition carries gradients when enabled
+CAPABILITIES = frozenset({GUIDANCE, LANGUAGE, TOKENIZED_ACTIONS, DIFFERENTIABLE_SAMPLING})
 
 
 @dataclass(frozen=True)

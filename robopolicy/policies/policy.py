@@ -22,7 +22,7 @@ from torch import nn
 from robopolicy.config_parsing import ConfigError, dotted
 from robopolicy.data.dataset import Dataset
 from robopolicy.data.normalize import Normalizer, StatsMismatchError
-from robopolicy.policies.base import FeatureSpec, LossOutput, PolicyConfig
+from robopolicy.policies.base import DIFFERENTIABLE_SAMPLING, FeatureSpec, LossOutput, PolicyConfig
 from robopolicy.policies.processor import Processor
 from robopolicy.policies.registry import config_from_dict, config_to_dict, feature_specs, make_head
 
@@ -127,9 +127,17 @@ class Policy(nn.Module):
     def loss(self, batch: Mapping[str, torch.Tensor]) -> LossOutput:
         return self.head.loss(self.prepare(batch))
 
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> LossOutput:
-        """The training loss (forward exists so DistributedDataParallel can wrap a Policy)."""
-        return self.loss(batch)
+    def forward(self, batch: Mapping[str, torch.Tensor], *, sample: bool = False,
+                generator: torch.Generator | None = None) -> LossOutput | torch.Tensor:
+        """The training loss (forward exists so DistributedDataParallel can wrap a Policy); with `sample`, a
+        normalized chunk (B, H, D) carrying gradients, for heads with DIFFERENTIABLE_SAMPLING (an actor update
+        through the wrapper, so that DDP reduces its gradients)."""
+        if not sample:
+            return self.loss(batch)
+        if not self.head.supports(DIFFERENTIABLE_SAMPLING):
+            raise TypeError(f"{type(self.head).__name__} has no differentiable sampling (capabilities: "
+                            f"{sorted(self.head.capabilities) or 'none'})")
+        return self.head.sample_from_condition(self.head.encode(self.prepare(batch)), generator=generator)
 
     @torch.no_grad()
     def predict_chunk(

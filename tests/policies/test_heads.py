@@ -8,10 +8,11 @@ import torch
 
 import tests.plugin_heads.configuration  # noqa: F401  (registers a head from outside robopolicy)
 from robopolicy.data.normalize import StatsMismatchError
-from robopolicy.policies.base import FeatureSpec
+from robopolicy.policies.base import DIFFERENTIABLE_SAMPLING, FeatureSpec
 from robopolicy.policies.common.flow_matching import euler_integrate, interpolate, sample_time
 from robopolicy.policies.policy import Policy, make_normalizer
 from robopolicy.policies.registry import available_policies, config_from_dict, config_to_dict, get_config_class
+from tests.policies.contract import contract_policy
 
 HEADS = available_policies()
 FEATURES = {"observation.state": FeatureSpec((5,), "state"), "observation.image": FeatureSpec((3, 32, 32), "image")}
@@ -201,3 +202,24 @@ def test_predict_chunk_follows_the_policy_dtype_and_encode_trains_a_critic(name)
     if name in IMAGE_HEADS:  # (the plugin's state-only encoding has no parameters)
         grads = [p.grad for p in policy.head.parameters() if p.grad is not None]
         assert grads and any(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_differentiable_sampling_is_declared_and_carries_gradients(name):
+    """Heads with DIFFERENTIABLE_SAMPLING give chunks with gradients through the Policy wrapper (what CO-RFT's
+    actor uses); `sample` never does; a head without the capability refuses."""
+    policy = contract_policy(name).train()
+    batch = {k: v for k, v in policy.config.fake_batch(3, torch.Generator().manual_seed(0)).items()}
+    obs = {k: v for k, v in batch.items() if k in policy.config.input_features or k.endswith("_is_pad")}
+    assert not policy.head.sample(policy.config.fake_obs(3)).requires_grad
+    if not policy.head.supports(DIFFERENTIABLE_SAMPLING):
+        with pytest.raises(TypeError, match="differentiable"):
+            policy(obs, sample=True)
+        return
+    raw = {k: policy.normalizer.unnormalize(k, v) if k in policy.config.input_features and
+           policy.config.input_features[k].kind == "state" else v for k, v in obs.items()}
+    chunk = policy(raw, sample=True, generator=torch.Generator().manual_seed(1))
+    assert chunk.shape == (3, policy.config.horizon, policy.config.action_dim) and chunk.requires_grad
+    chunk.square().sum().backward()
+    grads = [p.grad for p in policy.head.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robopolicy.policies.act.configuration import ACTConfig
-from robopolicy.policies.base import LANGUAGE, LossOutput, PolicyHead
+from robopolicy.policies.base import DIFFERENTIABLE_SAMPLING, LANGUAGE, LossOutput, PolicyHead
 from robopolicy.policies.common import kernels, prepacked, ragged
 from robopolicy.policies.common.dropout import dropout, use_fast_dropout
 from robopolicy.policies.common.encoders import crop_images, feature_map_shape, image_trunk, imagenet_normalize
@@ -56,7 +56,7 @@ def first_token_output(layer: nn.TransformerEncoderLayer, x: torch.Tensor, mask:
 
 class ACTHead(PolicyHead):
     config_class = ACTConfig
-    capabilities = frozenset({LANGUAGE})
+    capabilities = frozenset({LANGUAGE, DIFFERENTIABLE_SAMPLING})
 
     def __init__(self, config: ACTConfig):
         super().__init__(config)
@@ -285,7 +285,6 @@ class ACTHead(PolicyHead):
             return self.decoder(self.queries.expand(cond.shape[0], -1, -1), cond)
         return self._decode_inference(cond)
 
-    @torch.no_grad()
     def sample_from_condition(self, cond: torch.Tensor, *, generator: torch.Generator | None = None,
                               guide=None) -> torch.Tensor:
         """Decode the learned queries against the memory (B, T, d) -> chunks (B, H, D); deterministic (z = 0)."""

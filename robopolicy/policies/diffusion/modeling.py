@@ -7,7 +7,15 @@ import math
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from robopolicy.policies.base import GUIDANCE, LANGUAGE, DenoisingStep, Guide, LossOutput, PolicyHead
+from robopolicy.policies.base import (
+    DIFFERENTIABLE_SAMPLING,
+    GUIDANCE,
+    LANGUAGE,
+    DenoisingStep,
+    Guide,
+    LossOutput,
+    PolicyHead,
+)
 from robopolicy.policies.common.denoiser import ChunkDenoiser, chunk_mse, repeat_for_minibatch
 from robopolicy.policies.diffusion.configuration import DiffusionConfig
 
@@ -29,7 +37,7 @@ def make_schedulers(cfg: DiffusionConfig) -> tuple[DDPMScheduler, DDPMScheduler 
 
 class DiffusionHead(PolicyHead):
     config_class = DiffusionConfig
-    capabilities = frozenset({GUIDANCE, LANGUAGE})
+    capabilities = frozenset({GUIDANCE, LANGUAGE, DIFFERENTIABLE_SAMPLING})
 
     def __init__(self, config: DiffusionConfig):
         super().__init__(config)
@@ -52,7 +60,6 @@ class DiffusionHead(PolicyHead):
         """Observation windows (+ the processed instruction) -> (B, T_o * F [+ language.embed_dim]) condition."""
         return self.model.condition(obs)
 
-    @torch.no_grad()
     def sample_from_condition(
         self, cond: torch.Tensor, *, generator: torch.Generator | None = None, guide: Guide | None = None
     ) -> torch.Tensor:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from robopolicy.policies.base import GUIDANCE, LANGUAGE, DenoisingStep, Guide, LossOutput, PolicyHead
+from robopolicy.policies.base import (
+    DIFFERENTIABLE_SAMPLING,
+    GUIDANCE,
+    LANGUAGE,
+    DenoisingStep,
+    Guide,
+    LossOutput,
+    PolicyHead,
+)
 from robopolicy.policies.common.denoiser import ChunkDenoiser, chunk_mse, repeat_for_minibatch
 from robopolicy.policies.common.flow_matching import euler_integrate, interpolate, sample_time
 from robopolicy.policies.flow.configuration import FlowConfig
@@ -15,7 +23,7 @@ TIME_SCALE = 100.0
 
 class FlowHead(PolicyHead):
     config_class = FlowConfig
-    capabilities = frozenset({GUIDANCE, LANGUAGE})
+    capabilities = frozenset({GUIDANCE, LANGUAGE, DIFFERENTIABLE_SAMPLING})
 
     def __init__(self, config: FlowConfig):
         super().__init__(config)
@@ -35,7 +43,6 @@ class FlowHead(PolicyHead):
         """Observation windows (+ the processed instruction) -> (B, T_o * F [+ language.embed_dim]) condition."""
         return self.model.condition(obs)
 
-    @torch.no_grad()
     def sample_from_condition(
         self, cond: torch.Tensor, *, generator: torch.Generator | None = None, guide: Guide | None = None
     ) -> torch.Tensor:

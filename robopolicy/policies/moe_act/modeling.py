@@ -136,7 +136,6 @@ class MoEACTHead(ACTHead):
         out = self._moe(self._decode_condition(self.encode(obs)))
         return out["logits"], out["weights"]
 
-    @torch.no_grad()
     def sample_from_condition(self, cond: torch.Tensor, *, generator: torch.Generator | None = None,
                               guide=None) -> torch.Tensor:
         """Memory (B, T, d) -> normalized chunks (B, H, D), routed by the predicted phases; deterministic (z = 0)."""
