@@ -31,21 +31,30 @@ def executed_slice(config: PolicyConfig, steps: int | None = None) -> slice:
     return slice(start, start + (steps or config.n_action_steps))
 
 
-def rl_sampler(dataset: Dataset, config: PolicyConfig, k: int, episodes=None) -> WindowSampler:
-    """The head's windows plus every observation window again k frames later as `next.<key>`."""
+def next_prefix(j: int, k: int) -> str:
+    """The alias prefix of the observation j frames after the anchor: `next.` for the chunk's end (j = k)."""
+    return NEXT if j == k else f"next{j}."
+
+
+def rl_sampler(dataset: Dataset, config: PolicyConfig, k: int, episodes=None, every_step: bool = False
+               ) -> WindowSampler:
+    """The head's windows plus every observation window again k frames later as `next.<key>` (and, with
+    `every_step`, j = 1 .. k-1 frames later as `next<j>.<key>`, for targets of every chunk prefix)."""
     deltas = dict(config.delta_indices())
     aliases = {}
-    for key in config.windowed_inputs:
-        if key == config.action_key:
-            continue
-        aliases[NEXT + key] = key
-        deltas[NEXT + key] = [d + k for d in config.obs_delta_indices]
+    for j in range(1, k + 1) if every_step else (k,):
+        for key in config.windowed_inputs:
+            if key == config.action_key:
+                continue
+            aliases[next_prefix(j, k) + key] = key
+            deltas[next_prefix(j, k) + key] = [d + j for d in config.obs_delta_indices]
     return WindowSampler(dataset, deltas, episodes=episodes, aliases=aliases)
 
 
-def next_observation(batch: Mapping[str, Any], config: PolicyConfig) -> dict[str, Any]:
-    """The raw observation after the chunk, under the policy's own key names (the task string unchanged)."""
-    out = {k[len(NEXT):]: v for k, v in batch.items() if k.startswith(NEXT)}
+def next_observation(batch: Mapping[str, Any], config: PolicyConfig, prefix: str = NEXT) -> dict[str, Any]:
+    """The raw observation under the alias `prefix` (default: after the chunk), under the policy's own key names
+    (the task string unchanged)."""
+    out = {k[len(prefix):]: v for k, v in batch.items() if k.startswith(prefix)}
     if "task" in batch:
         out["task"] = batch["task"]
     for key in config.language_keys:

@@ -20,10 +20,12 @@ def register_method(name: str, config_class: type, rule_class: Callable[[Any], A
 
 def _builtins() -> None:
     if "pa_rl" not in _METHODS:
+        from robopolicy.rl.co_rft import CORFT, CORFTConfig
         from robopolicy.rl.pa_rl import PARL, PARLConfig
         from robopolicy.rl.ptr import PTR, PTRConfig
 
         register_method("pa_rl", PARLConfig, PARL)
+        register_method("co_rft", CORFTConfig, CORFT)
         register_method("ptr", PTRConfig, PTR)
 
 

@@ -7,6 +7,7 @@ last checkpoint) are dropped, so every step appears once.
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 FIRST_COLUMNS = ("step", "loss", "lr", "grad_norm", "samples_per_s", "train_s")
@@ -35,14 +36,32 @@ class RunLog:
         self._csv = csv.DictWriter(self._file, fieldnames=columns, restval="", extrasaction="ignore")
 
     def row(self, step: int, values: dict[str, float]) -> None:
-        """One metrics.csv row (the columns are fixed by the run's first row) and the same values as scalars."""
+        """One metrics.csv row and the same values as scalars. A value first logged later in the run (an actor
+        updated every other step, a phase that starts after a warm-up) adds its column: the file is rewritten
+        once with the wider header, earlier rows empty there."""
         if self._csv is None:
             self._start_csv([*[c for c in FIRST_COLUMNS if c == "step" or c in values],
                              *sorted(k for k in values if k not in FIRST_COLUMNS)])
             self._csv.writeheader()
+        elif any(k not in self.columns for k in values):
+            self._widen(sorted(k for k in values if k not in self.columns))
         self._csv.writerow({"step": step, **{k: f"{v:.8g}" for k, v in values.items()}})
         self._file.flush()
         self.scalars(step, {f"train/{k}": v for k, v in values.items()})
+
+    def _widen(self, new_columns: list[str]) -> None:
+        """Rewrite metrics.csv with more columns (a new file renamed over the old one: a crash keeps either)."""
+        self._file.close()
+        with self.path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        tmp = self.path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=[*self.columns, *new_columns], restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.path)
+        self._file = self.path.open("a", newline="")
+        self._start_csv([*self.columns, *new_columns])
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         """Tensorboard / wandb only (e.g. evaluation results)."""

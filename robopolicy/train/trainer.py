@@ -214,7 +214,7 @@ class Trainer:
         batches = EpochBatchSampler(
             len(self.windows), tc.batch_size, seed=tc.seed, start_step=self.start,
             num_steps=max(0, self.end - self.start), rank=acc.process_index, world_size=acc.num_processes,
-            weights=self.windows.window_weights(self.cfg.data.balance),
+            weights=self.rule.window_weights(self.windows, self.cfg.data.balance),
         )
         loader = torch.utils.data.DataLoader(
             self.windows, batch_sampler=batches, collate_fn=_keep_batch, num_workers=self.cfg.data.num_workers,

@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from torch import nn
@@ -64,6 +65,11 @@ class UpdateRule(ABC):
         """The windows the rule trains on (called before `build`): the head's own by default; an offline-RL rule
         adds the observation after the chunk and looks up its rewards."""
         return WindowSampler(dataset, policy.config.delta_indices(), episodes=episodes)
+
+    def window_weights(self, windows: WindowSampler, balance: str) -> np.ndarray | None:
+        """How often each window is drawn (sum 1; None: uniformly): data.balance's by default; an RL rule may
+        oversample, e.g. CO-RFT the chunks that reach a success."""
+        return windows.window_weights(balance)
 
     @abstractmethod
     def build(self, policy: Policy, cfg: TrainConfig) -> tuple[dict[str, nn.Module], dict[str, torch.optim.Optimizer]]:

@@ -153,3 +153,17 @@ def test_head_metrics_are_logged_as_columns(pusht_zarr, tmp_path):
     with open(tmp_path / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert {"l1", "kl"} <= set(rows[0]) and all(float(r["l1"]) >= 0 for r in rows)
+
+
+def test_a_metric_first_logged_later_gets_its_column(tmp_path):
+    from robopolicy.train.run_log import RunLog
+
+    log = RunLog(tmp_path, 0, tensorboard=False, wandb_project=None, config={})
+    log.row(1, {"loss": 1.0})
+    log.row(2, {"loss": 0.5, "actor/loss": 3.0})
+    log.row(3, {"loss": 0.25})
+    log.close()
+    with open(tmp_path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["step"], r["loss"], r["actor/loss"]) for r in rows] == [("1", "1", ""), ("2", "0.5", "3"),
+                                                                        ("3", "0.25", "")]

@@ -1,0 +1,199 @@
+"""CO-RFT (algorithms.md section 7, a reconstruction from the abstract and surveys): chunked offline RL with a
+prefix critic and a TD3+BC-style chunk actor; the head keeps its own inference (no critic at deploy time).
+
+One update on chunk transitions (s_t, a_{t:t+k}, r_{t:t+k}), k = the executed actions:
+  critic  the chunked critic's prefix values Q_j(s_t, a_{t:t+j}) regress
+          y_j = sum_{i<j} gamma^i r_{t+i} + gamma^j min_targets Q_k(s_{t+j}, pi(s_{t+j}) + smoothing noise),
+          nothing bootstrapped past a terminal step, prefixes running past the episode end masked out
+          (chunk_targets), plus alpha * Cal-QL's term on Q_k with `cql_samples` policy chunks at s_t and the
+          Monte-Carlo return as floor; Polyak targets;
+  actor   every `actor_every` updates: L = -lambda * Q_k(s, pi(s)) / mean|Q| + |pi(s) - a_D|_1 over the valid
+          steps, with pi(s) the head's reparameterised chunk (DIFFERENTIABLE_SAMPLING: flow, diffusion, ACT,
+          MoE-ACT). A head without it (dd_vla's discrete tokens) takes the same critic direction another way:
+          its own chunk is moved by `fallback_steps` clipped ascent steps on Q_k and distilled through its own
+          loss (re-tokenised): small steps from the policy's chunk keep it near the data as the BC term does.
+  data    chunks that reach a success are drawn `success_oversample` times as often.
+Choices the sources leave open (the reconstruction's [R]): the critic sees the policy's pooled, detached
+`encode`; targets use the policy's fresh chunk at every prefix end (k policy samples per transition); the BC term
+is the L1 distance of TD3+BC's form; lambda = 2.5 as in TD3+BC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from robopolicy.config_parsing import check
+from robopolicy.data.dataset import Dataset
+from robopolicy.data.sampler import WindowSampler
+from robopolicy.policies.base import DIFFERENTIABLE_SAMPLING
+from robopolicy.policies.policy import Policy
+from robopolicy.rl.action_optimization import local_step
+from robopolicy.rl.chunked_critic import ChunkedCritic, ChunkedCriticConfig
+from robopolicy.rl.chunks import (
+    ChunkRewards,
+    executed_slice,
+    flatten_condition,
+    next_observation,
+    next_prefix,
+    rl_sampler,
+)
+from robopolicy.rl.objectives import cal_ql_regularizer, chunk_targets
+from robopolicy.rl.pa_rl import _Eval
+from robopolicy.rl.rewards import REWARD_KEY
+from robopolicy.train.config import TrainConfig
+from robopolicy.train.update import POLICY, Learner, UpdateRule, make_optimizer
+
+CRITIC = "critic"
+
+
+@dataclass(frozen=True)
+class CORFTConfig:
+    gamma: float = 0.99  # discount per environment step
+    reward: str = REWARD_KEY  # a reward column, 'episode_success' or 'pusht_coverage' (relabelled)
+    return_tail: Literal["zero", "repeat"] = "zero"
+    reward_scale: float = 1.0
+    reward_bias: float = 0.0
+    chunk_steps: int | None = None  # executed actions per transition; null: the policy's n_action_steps
+    critic: ChunkedCriticConfig = field(default_factory=ChunkedCriticConfig)
+    critic_lr: float = 3e-4
+    cql_alpha: float = 0.005  # Cal-QL weight on the full-chunk value
+    cql_samples: int = 4  # policy chunks per state for the Cal-QL term
+    bc_lambda: float = 2.5  # TD3+BC's lambda (the Q term's weight after normalising by mean |Q|)
+    actor_every: int = 2  # delayed actor updates
+    target_noise: float = 0.2  # target policy smoothing: N(0, noise) clipped at noise_clip, normalized units
+    noise_clip: float = 0.5
+    success_oversample: float = 4.0  # draw chunks that reach a success this many times as often (1: off)
+    fallback_steps: int = 5  # heads without differentiable sampling: ascent steps on Q for the distilled chunk
+    fallback_step_size: float = 0.05
+
+    def __post_init__(self):
+        check(0.0 <= self.gamma < 1.0, "gamma", self.gamma, "in [0, 1)")
+        check(self.chunk_steps is None or self.chunk_steps >= 1, "chunk_steps", self.chunk_steps, ">= 1 or null")
+        check(self.cql_samples >= 1, "cql_samples", self.cql_samples, ">= 1")
+        check(self.actor_every >= 1, "actor_every", self.actor_every, ">= 1")
+        check(self.success_oversample >= 1.0, "success_oversample", self.success_oversample, ">= 1")
+        check(self.target_noise >= 0 and self.noise_clip >= 0, "target_noise", self.target_noise, ">= 0")
+
+
+class CORFT(UpdateRule):
+    """The CO-RFT update rule (modules: policy, critic; optimizers: policy, critic)."""
+
+    def __init__(self, config: CORFTConfig):
+        self.config = config
+        self.rewards: ChunkRewards | None = None
+        self.obs_dim: int | None = None
+        self.k = 0
+
+    def sampler(self, dataset: Dataset, policy: Policy, episodes=None) -> WindowSampler:
+        cfg = self.config
+        self.k = cfg.chunk_steps or policy.config.n_action_steps
+        if executed_slice(policy.config, self.k).stop > policy.config.horizon:
+            raise ValueError(f"rl.chunk_steps={self.k} executes past the policy's chunk (horizon "
+                             f"{policy.config.horizon})")
+        self.rewards = ChunkRewards.of(dataset, cfg.gamma, cfg.reward, cfg.return_tail, cfg.reward_scale,
+                                       cfg.reward_bias)
+        windows = rl_sampler(dataset, policy.config, self.k, episodes, every_step=True)
+        with torch.no_grad(), _Eval(policy):
+            probe = policy.prepare(windows.get_batch([0]))
+            self.obs_dim = flatten_condition(policy.head.encode(probe)).shape[-1]
+        return windows
+
+    def window_weights(self, windows: WindowSampler, balance: str) -> np.ndarray | None:
+        base = windows.window_weights(balance)
+        if self.config.success_oversample == 1.0:
+            return base
+        _, terminal, exists, _ = self.rewards.chunk(torch.from_numpy(windows.anchors), self.k)
+        reaches = (terminal & exists[:, : self.k]).any(dim=1).numpy()
+        w = (np.full(len(windows), 1.0 / len(windows)) if base is None else base) * np.where(
+            reaches, self.config.success_oversample, 1.0)
+        return w / w.sum()
+
+    def build(self, policy: Policy, cfg: TrainConfig) -> tuple[dict[str, nn.Module], dict[str, torch.optim.Optimizer]]:
+        if self.obs_dim is None:
+            raise RuntimeError("CORFT.sampler(dataset, policy) must run before build")
+        critic = ChunkedCritic(self.obs_dim, policy.config.action_dim, self.k, self.config.critic)
+        critic.to(device=policy.head.device)
+        optimizers = {POLICY: make_optimizer(policy.head.parameter_groups(), cfg.optim),
+                      CRITIC: torch.optim.Adam(critic.members.parameters(), lr=self.config.critic_lr)}
+        return {POLICY: policy, CRITIC: critic}, optimizers
+
+    def update(self, learner: Learner, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        policy: Policy = learner.unwrap(POLICY)
+        critic: ChunkedCritic = learner.unwrap(CRITIC)
+        head, pcfg, k = policy.head, policy.config, self.k
+        sl = executed_slice(pcfg, k)
+        device = head.device
+        reward, terminal, exists, v_mu = (x.to(device) for x in self.rewards.chunk(batch["index"], k))
+
+        with torch.no_grad(), _Eval(policy):
+            obs = policy.prepare(batch)
+            feat = flatten_condition(head.encode(obs))
+            # the policy's chunk at every prefix end s_{t+j}, j = 1..k, smoothed (TD3), for the bootstraps
+            boot = []
+            for j in range(1, k + 1):
+                nxt = policy.prepare(next_observation(batch, pcfg, next_prefix(j, k)))
+                a = head.sample(nxt)[:, sl].float()
+                noise = (torch.randn_like(a) * cfg.target_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
+                boot.append(critic.target_full(flatten_condition(head.encode(nxt)), (a + noise).clamp(-1, 1)))
+            boot = torch.stack(boot, dim=1)  # (B, k)
+            policy_chunks = head.sample(obs, num_samples=cfg.cql_samples)[:, :, sl].float()  # (B, N, k, D)
+        y, defined = chunk_targets(reward, terminal, exists, boot, cfg.gamma)
+
+        b, n = policy_chunks.shape[:2]
+        data_chunk = obs[pcfg.action_key][:, sl].float()
+        q_all = learner.modules[CRITIC](torch.cat([feat, feat.repeat_interleave(n, 0)]),
+                                        torch.cat([data_chunk, policy_chunks.flatten(0, 1)]))  # (E, B + B*N, k)
+        q_data = q_all[:, :b]
+        mask = defined.float().unsqueeze(0)
+        td = ((q_data - y.unsqueeze(0)).pow(2) * mask).sum() / (mask.sum() * q_data.shape[0]).clamp(min=1.0)
+        q_policy = q_all[:, b:, -1].unflatten(1, (b, n))
+        cql = cal_ql_regularizer(q_policy, q_data[..., -1], v_mu).mean()
+        critic_grad = learner.step(CRITIC, td + cfg.cql_alpha * cql)
+        critic.update_target()
+        values = {"loss": td.detach(), "critic/td_loss": td.detach(), "critic/cql": cql.detach(),
+                  "critic/q_data": q_data[..., -1].mean().detach(), "critic/target": y[defined].mean().detach(),
+                  "critic/grad_norm": critic_grad}
+        if (step + 1) % cfg.actor_every:
+            return values
+        values.update(self._actor(learner, policy, critic, batch, obs, feat, sl))
+        return values
+
+    def _actor(self, learner: Learner, policy: Policy, critic: ChunkedCritic, batch: dict, obs: dict,
+               feat: torch.Tensor, sl: slice) -> dict[str, torch.Tensor]:
+        cfg, pcfg = self.config, policy.config
+        critic.requires_grad_(False)  # the actor's loss moves the actions only
+        try:
+            if policy.head.supports(DIFFERENTIABLE_SAMPLING):
+                with learner.acc.autocast():
+                    chunk = learner.modules[POLICY](batch, sample=True).float()  # (B, H, D) with gradients
+                q = critic(feat, chunk[:, sl]).min(dim=0).values[:, -1]
+                pad = obs.get(f"{pcfg.action_key}_is_pad")
+                valid = (~pad).float().unsqueeze(-1) if pad is not None else torch.ones_like(chunk[..., :1])
+                bc = ((chunk - obs[pcfg.action_key].float()).abs() * valid).sum() / (valid.sum() * chunk.shape[-1])
+                q_term = -cfg.bc_lambda * q.mean() / q.abs().mean().detach().clamp(min=1e-6)
+                loss = q_term + bc
+                grad = learner.step(POLICY, loss)
+                return {"actor/loss": loss.detach(), "actor/q": q.mean().detach(), "actor/bc_l1": bc.detach(),
+                        "actor/grad_norm": grad}
+            # no differentiable sampling: ascend Q from the head's own chunk, distil through its loss
+            with torch.no_grad(), _Eval(policy):
+                start = policy.head.sample(obs).float()
+            target, q = local_step(lambda f, a: critic(f, a[:, sl]).min(dim=0).values[:, -1], feat,
+                                   start.unsqueeze(1), cfg.fallback_steps, cfg.fallback_step_size)
+            distill = dict(batch)
+            distill[pcfg.action_key] = policy.normalizer.unnormalize(pcfg.action_key, target[:, 0]).to(
+                batch[pcfg.action_key].dtype)
+            distill[f"{pcfg.action_key}_is_pad"] = torch.zeros_like(batch[f"{pcfg.action_key}_is_pad"])
+            with learner.acc.autocast():
+                out = learner.modules[POLICY](distill)
+            grad = learner.step(POLICY, out.loss)
+            return {"actor/loss": out.loss.detach(), "actor/q": q.mean().detach(), "actor/grad_norm": grad}
+        finally:
+            critic.requires_grad_(True)
+            critic.targets.requires_grad_(False)
