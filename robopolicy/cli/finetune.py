@@ -20,9 +20,29 @@ FINETUNE_DEFAULTS = {"optim": {"lr": 5e-5, "warmup_steps": 0}, "train": {"steps"
                                                                          "ema_power": 0.0}}
 
 
+class _HelpWithFields(argparse.Action):
+    """--help: the usage, then every rl field of --method (or of each method) with its default and help."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from robopolicy.config_parsing import ConfigError
+        from robopolicy.rl.registry import available_methods, describe_method
+
+        names = [namespace.method] if namespace.method else available_methods()
+        parser.print_help()
+        for name in names:
+            try:
+                print(f"\nrl fields of --method {name} (--rl.field=default  type: help):\n{describe_method(name)}")
+            except ConfigError as e:
+                parser.error(str(e))
+        parser.exit()
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.conflict_handler = "resolve"  # replaces argparse's -h/--help with one listing the method's fields
+    p.add_argument_group("help").add_argument("-h", "--help", action=_HelpWithFields, nargs=0,
+                   help="show this help and every rl field of --method (put --help last)")
     p.add_argument("--checkpoint", required=True, help="the policy to fine-tune: a checkpoint or a training run dir")
-    p.add_argument("--method", required=True, metavar="NAME", help="offline-RL method: pa_rl")
+    p.add_argument("--method", required=True, metavar="NAME", help="offline-RL method: pa_rl, co_rft or ptr")
     p.add_argument("--dataset", required=True, metavar="URI",
                    help="dataset with rewards (a reward column such as next.reward, or relabel with "
                         "--rl.reward=episode_success / pusht_coverage): zarr, LeRobot dir or hf://")

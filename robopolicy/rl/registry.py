@@ -50,3 +50,14 @@ def build_rule(rl: dict[str, Any]):
     """The UpdateRule of the `rl` section."""
     config = method_config(rl)
     return _METHODS[rl["method"]][1](config)
+
+
+def describe_method(name: str) -> str:
+    """Every config field of method `name` as `--rl.field=default  type: help` lines."""
+    from robopolicy.config_parsing import field_lines
+
+    _builtins()
+    if name not in _METHODS:
+        raise ConfigError(f"--method {name!r}: not an offline-RL method; available: {', '.join(available_methods())}")
+    return "\n".join(f"  {flag:<44} {kind}" + (f": {text}" if text else "")
+                     for flag, kind, text in field_lines(_METHODS[name][0], "rl"))

@@ -138,3 +138,12 @@ def test_finetune_errors_are_one_line_naming_the_field(point_mass, bc_run, tmp_p
                f"--train.output_dir={tmp_path / 'x'}", *args])
     err = capsys.readouterr().err
     assert rc == 2 and message in err and "Traceback" not in err, err
+
+
+def test_finetune_help_lists_the_method_fields(capsys):
+    from robopolicy.cli.main import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["finetune", "--method", "pa_rl", "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "--rl.cql_alpha=0.005" in out and "--rl.optimization.num_samples=32" in out

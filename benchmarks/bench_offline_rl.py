@@ -1,0 +1,128 @@
+"""Offline-RL fine-tuning on PushT's real human demonstrations: BC against PA-RL, CO-RFT and PTR (issue 12).
+
+Stages (each a `robopolicy` command; a stage whose output exists is skipped, so a killed run continues):
+  1. bc        a state policy per --heads from configs/<head>_pusht_state_cpu.yaml (--bc-steps, EMA weights)
+  2. finetune  each BC checkpoint with each --methods (--steps updates, rewards relabelled from the block pose:
+               rl.reward=pusht_coverage; PTR is reward-free)
+  3. eval      every checkpoint on --seed-sets x --episodes gym-pusht episodes (sets from 100000, 200000, ...,
+               never used for tuning): success (coverage > 0.95) and mean max coverage, mean and spread over sets
+  cost         --cost N: wall time of N updates of BC and of each method on the same data, side by side
+
+  python benchmarks/bench_offline_rl.py --bc-steps 6000 --steps 2000 --seed-sets 3 --episodes 50
+  python benchmarks/bench_offline_rl.py --bc-steps 20 --steps 4 --seed-sets 1 --episodes 2 --cost 5   # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_multitask import REPO, robopolicy, run
+
+PUSHT = REPO.parent / "shared" / "data" / "pusht_cchi_v7_replay.zarr"
+METHODS = ("pa_rl", "co_rft", "ptr")
+REWARD = {"pa_rl": ["--rl.reward=pusht_coverage"], "co_rft": ["--rl.reward=pusht_coverage"], "ptr": []}
+
+
+def eval_sets(ckpt: Path, out: Path, sets: int, episodes: int, log: Path) -> dict:
+    """Success % and mean max coverage per seed set, their mean and spread."""
+    per_set = []
+    for i in range(sets):
+        d = out / f"seeds_{i}"
+        if not (d / "eval_info.json").exists():
+            run([*robopolicy(), "eval", "--checkpoint", str(ckpt), "--env", "pusht", "--episodes", str(episodes),
+                 "--seed", str(100_000 * (i + 1)), "--n-envs", "2", "--videos", "1" if i == 0 else "0", "--out",
+                 str(d), "--no-progress"], log)
+        agg = json.loads((d / "eval_info.json").read_text())["aggregated"]
+        per_set.append((agg["pc_success"], agg.get("avg_max_coverage")))
+    succ = [s for s, _ in per_set]
+    cov = [c for _, c in per_set if c is not None]
+    spread = statistics.pstdev(succ) if len(succ) > 1 else 0.0
+    return {"per_set": per_set, "success": statistics.mean(succ), "success_std": spread,
+            "max_coverage": statistics.mean(cov) if cov else None}
+
+
+def cost(bc_run: Path, updates: int, methods: list[str]) -> dict[str, float]:
+    """Seconds per 1k updates of BC and of each method, on the same data, one after the other in this process."""
+    from robopolicy.policies.policy import load_policy
+    from robopolicy.rl.registry import build_rule
+    from robopolicy.train.config import load_config
+    from robopolicy.train.trainer import Trainer
+
+    base = json.loads((bc_run / "train_config.json").read_text())
+    out: dict[str, float] = {}
+    for method in ["bc", *methods]:
+        overrides = [f"--train.steps={updates}", "--train.progress=false", "--train.tensorboard=false",
+                     f"--train.output_dir={bc_run.parent / 'cost' / method}", "--train.overwrite=true",
+                     "--train.save_every=1000000", f"--data.uri={PUSHT}", "--train.ema_power=0"]
+        rl = {"method": method, **({"reward": "pusht_coverage"} if method != "ptr" else {})}
+        cfg = load_config(None, overrides, base={k: base[k] for k in ("policy", "data", "optim")}
+                          | ({"rl": rl} if method != "bc" else {}))
+        trainer = Trainer(cfg, rule=build_rule(cfg.rl) if method != "bc" else None,
+                          policy=load_policy(bc_run) if method != "bc" else None)
+        start = time.perf_counter()
+        trainer.run()
+        out[method] = (time.perf_counter() - start) * 1000 / updates
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--heads", default="flow,diffusion", help="state heads (configs/<head>_pusht_state_cpu.yaml)")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--bc-steps", type=int, default=6000)
+    p.add_argument("--steps", type=int, default=2000, help="fine-tuning updates per method")
+    p.add_argument("--seed-sets", type=int, default=3)
+    p.add_argument("--episodes", type=int, default=50, help="episodes per seed set")
+    p.add_argument("--cost", type=int, default=0, help="also time this many updates of each method against BC")
+    p.add_argument("--rl", nargs="*", default=[], metavar="--rl.field=value", help="extra finetune overrides")
+    p.add_argument("--out", type=Path, default=REPO / "outputs" / "offline_rl")
+    args = p.parse_args()
+    if not PUSHT.exists():
+        sys.exit(f"{PUSHT} is missing: this benchmark needs the real PushT demonstrations")
+    heads, methods = args.heads.split(","), [m for m in args.methods.split(",") if m]
+    out, log = args.out, args.out / "bench.log"
+    results: dict = {"bc_steps": args.bc_steps, "steps": args.steps, "seed_sets": args.seed_sets,
+                     "episodes": args.episodes, "runs": {}}
+    for head in heads:
+        bc = out / head / "bc"
+        if not (bc / "DONE").exists():
+            cmd = [*robopolicy(), "train", "--config", str(REPO / "configs" / f"{head}_pusht_state_cpu.yaml"),
+                   f"--data.uri={PUSHT}", f"--train.steps={args.bc_steps}", f"--train.output_dir={bc}",
+                   "--train.progress=false"]
+            run(cmd + (["--resume"] if (bc / "checkpoints" / "last").exists() else []), log)
+            (bc / "DONE").write_text("trained\n")
+        results["runs"][f"{head}/bc"] = eval_sets(bc, out / head / "eval" / "bc", args.seed_sets, args.episodes, log)
+        for method in methods:
+            ft = out / head / method
+            if not (ft / "DONE").exists():
+                cmd = [*robopolicy(), "finetune", "--checkpoint", str(bc), "--method", method, "--dataset",
+                       str(PUSHT), f"--train.steps={args.steps}", f"--train.output_dir={ft}",
+                       "--train.progress=false", *REWARD[method], *args.rl]
+                run(cmd + (["--resume"] if (ft / "checkpoints" / "last").exists() else []), log)
+                (ft / "DONE").write_text("trained\n")
+            results["runs"][f"{head}/{method}"] = eval_sets(ft, out / head / "eval" / method, args.seed_sets,
+                                                            args.episodes, log)
+        if args.cost:
+            results.setdefault("ms_per_update", {})[head] = cost(bc, args.cost, methods)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+
+    print(f"PushT, {args.seed_sets} x {args.episodes} episodes (seeds from 100000 per set); BC {args.bc_steps} "
+          f"steps, fine-tuning {args.steps} updates")
+    print("| run | success % (mean ± spread over sets) | mean max coverage |\n|---|---|---|")
+    for name, r in results["runs"].items():
+        cov = f"{r['max_coverage']:.3f}" if r["max_coverage"] is not None else "-"
+        print(f"| {name} | {r['success']:.1f} ± {r['success_std']:.1f} | {cov} |")
+    for head, row in results.get("ms_per_update", {}).items():
+        print(f"{head}: ms per update " + ", ".join(f"{m} {v:.0f} ({v / row['bc']:.1f}x BC)" for m, v in row.items()))
+    print(f"results: {out / 'results.json'}; log: {log}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
