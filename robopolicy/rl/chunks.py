@@ -15,11 +15,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from robopolicy.data.dataset import Dataset
 from robopolicy.data.sampler import WindowSampler
 from robopolicy.policies.base import PolicyConfig
+from robopolicy.policies.policy import Policy
 from robopolicy.rl.returns import dataset_returns
+from robopolicy.train.update import UpdateRule
 
 NEXT = "next."
 
@@ -102,3 +105,56 @@ def flatten_condition(cond: Any) -> torch.Tensor:
         return x if x.dim() == 2 else x.flatten(1, -2).mean(1) if x.dim() > 2 else x.view(-1, 1)
     leaves = list(cond.values()) if isinstance(cond, Mapping) else list(cond)
     return torch.cat([flatten_condition(c) for c in leaves if c is not None], dim=-1)
+
+
+class eval_mode:
+    """Eval mode (no dropout) for sampling and encoding inside a training step; restores the previous mode."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def __enter__(self):
+        self.was_training = self.module.training
+        self.module.eval()
+
+    def __exit__(self, *exc):
+        self.module.train(self.was_training)
+
+
+class ChunkRule(UpdateRule):
+    """An offline-RL rule on chunk transitions: `sampler` fixes k (the config's `chunk_steps`, default the
+    policy's n_action_steps), loads the rewards (when `rewarded`), the windows (every prefix end with
+    `every_step`) and the size of the critic's observation input (the pooled `encode`)."""
+
+    rewarded = True
+    every_step = False
+
+    def __init__(self, config):
+        self.config = config
+        self.rewards: ChunkRewards | None = None
+        self.obs_dim: int | None = None
+        self.k = 0
+
+    def steps(self, policy: Policy) -> int:
+        k = self.config.chunk_steps or policy.config.n_action_steps
+        sl = executed_slice(policy.config, k)
+        if sl.stop > policy.config.horizon:
+            raise ValueError(f"rl.chunk_steps={k} executes past the policy's chunk (horizon {policy.config.horizon}, "
+                             f"current frame at position {sl.start})")
+        return k
+
+    def sampler(self, dataset: Dataset, policy: Policy, episodes=None) -> WindowSampler:
+        cfg = self.config
+        self.k = self.steps(policy)
+        if self.rewarded:
+            self.rewards = ChunkRewards.of(dataset, cfg.gamma, cfg.reward, cfg.return_tail, cfg.reward_scale,
+                                           cfg.reward_bias)
+        windows = rl_sampler(dataset, policy.config, self.k, episodes, every_step=self.every_step)
+        with torch.no_grad(), eval_mode(policy):
+            probe = policy.prepare(windows.get_batch([0]))
+            self.obs_dim = flatten_condition(policy.head.encode(probe)).shape[-1]
+        return windows
+
+    def check_built(self) -> None:
+        if self.obs_dim is None:
+            raise RuntimeError(f"{type(self).__name__}.sampler(dataset, policy) must run before build")

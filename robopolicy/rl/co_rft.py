@@ -28,25 +28,23 @@ import torch
 from torch import nn
 
 from robopolicy.config_parsing import check
-from robopolicy.data.dataset import Dataset
 from robopolicy.data.sampler import WindowSampler
 from robopolicy.policies.base import DIFFERENTIABLE_SAMPLING
 from robopolicy.policies.policy import Policy
 from robopolicy.rl.action_optimization import local_step
 from robopolicy.rl.chunked_critic import ChunkedCritic, ChunkedCriticConfig
 from robopolicy.rl.chunks import (
-    ChunkRewards,
+    ChunkRule,
+    eval_mode,
     executed_slice,
     flatten_condition,
     next_observation,
     next_prefix,
-    rl_sampler,
 )
 from robopolicy.rl.objectives import cal_ql_regularizer, chunk_targets
-from robopolicy.rl.pa_rl import _Eval
 from robopolicy.rl.rewards import REWARD_KEY
 from robopolicy.train.config import TrainConfig
-from robopolicy.train.update import POLICY, Learner, UpdateRule, make_optimizer
+from robopolicy.train.update import POLICY, Learner, make_optimizer
 
 CRITIC = "critic"
 
@@ -80,28 +78,10 @@ class CORFTConfig:
         check(self.target_noise >= 0 and self.noise_clip >= 0, "target_noise", self.target_noise, ">= 0")
 
 
-class CORFT(UpdateRule):
+class CORFT(ChunkRule):
     """The CO-RFT update rule (modules: policy, critic; optimizers: policy, critic)."""
 
-    def __init__(self, config: CORFTConfig):
-        self.config = config
-        self.rewards: ChunkRewards | None = None
-        self.obs_dim: int | None = None
-        self.k = 0
-
-    def sampler(self, dataset: Dataset, policy: Policy, episodes=None) -> WindowSampler:
-        cfg = self.config
-        self.k = cfg.chunk_steps or policy.config.n_action_steps
-        if executed_slice(policy.config, self.k).stop > policy.config.horizon:
-            raise ValueError(f"rl.chunk_steps={self.k} executes past the policy's chunk (horizon "
-                             f"{policy.config.horizon})")
-        self.rewards = ChunkRewards.of(dataset, cfg.gamma, cfg.reward, cfg.return_tail, cfg.reward_scale,
-                                       cfg.reward_bias)
-        windows = rl_sampler(dataset, policy.config, self.k, episodes, every_step=True)
-        with torch.no_grad(), _Eval(policy):
-            probe = policy.prepare(windows.get_batch([0]))
-            self.obs_dim = flatten_condition(policy.head.encode(probe)).shape[-1]
-        return windows
+    every_step = True  # targets for every chunk prefix need the observation at each prefix end
 
     def window_weights(self, windows: WindowSampler, balance: str) -> np.ndarray | None:
         base = windows.window_weights(balance)
@@ -114,8 +94,7 @@ class CORFT(UpdateRule):
         return w / w.sum()
 
     def build(self, policy: Policy, cfg: TrainConfig) -> tuple[dict[str, nn.Module], dict[str, torch.optim.Optimizer]]:
-        if self.obs_dim is None:
-            raise RuntimeError("CORFT.sampler(dataset, policy) must run before build")
+        self.check_built()
         critic = ChunkedCritic(self.obs_dim, policy.config.action_dim, self.k, self.config.critic)
         critic.to(device=policy.head.device)
         optimizers = {POLICY: make_optimizer(policy.head.parameter_groups(), cfg.optim),
@@ -131,7 +110,7 @@ class CORFT(UpdateRule):
         device = head.device
         reward, terminal, exists, v_mu = (x.to(device) for x in self.rewards.chunk(batch["index"], k))
 
-        with torch.no_grad(), _Eval(policy):
+        with torch.no_grad(), eval_mode(policy):
             obs = policy.prepare(batch)
             feat = flatten_condition(head.encode(obs))
             # the policy's chunk at every prefix end s_{t+j}, j = 1..k, smoothed (TD3), for the bootstraps
@@ -182,7 +161,7 @@ class CORFT(UpdateRule):
                 return {"actor/loss": loss.detach(), "actor/q": q.mean().detach(), "actor/bc_l1": bc.detach(),
                         "actor/grad_norm": grad}
             # no differentiable sampling: ascend Q from the head's own chunk, distil through its loss
-            with torch.no_grad(), _Eval(policy):
+            with torch.no_grad(), eval_mode(policy):
                 start = policy.head.sample(obs).float()
             target, q = local_step(lambda f, a: critic(f, a[:, sl]).min(dim=0).values[:, -1], feat,
                                    start.unsqueeze(1), cfg.fallback_steps, cfg.fallback_step_size)

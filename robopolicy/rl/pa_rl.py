@@ -26,16 +26,14 @@ import torch
 from torch import nn
 
 from robopolicy.config_parsing import check
-from robopolicy.data.dataset import Dataset
-from robopolicy.data.sampler import WindowSampler
 from robopolicy.policies.policy import Policy
 from robopolicy.rl.action_optimization import ActionOptimizationConfig, choose, optimize_actions
-from robopolicy.rl.chunks import ChunkRewards, executed_slice, flatten_condition, next_observation, rl_sampler
+from robopolicy.rl.chunks import ChunkRule, eval_mode, executed_slice, flatten_condition, next_observation
 from robopolicy.rl.critics import CriticConfig, EnsembleQ
 from robopolicy.rl.objectives import cal_ql_regularizer, chunk_targets
 from robopolicy.rl.rewards import REWARD_KEY
 from robopolicy.train.config import TrainConfig
-from robopolicy.train.update import POLICY, Learner, UpdateRule, make_optimizer
+from robopolicy.train.update import POLICY, Learner, make_optimizer
 
 CRITIC = "critic"
 
@@ -67,49 +65,12 @@ class PARLConfig:
         check(self.critic_warmup_steps >= 0, "critic_warmup_steps", self.critic_warmup_steps, ">= 0")
 
 
-class _Eval:
-    """Eval mode (no dropout) for sampling and encoding inside a training step; restores the previous mode."""
-
-    def __init__(self, module: nn.Module):
-        self.module = module
-
-    def __enter__(self):
-        self.was_training = self.module.training
-        self.module.eval()
-
-    def __exit__(self, *exc):
-        self.module.train(self.was_training)
-
-
-class PARL(UpdateRule):
+class PARL(ChunkRule):
     """The PA-RL update rule for the trainer (modules: policy, critic; optimizers: policy, critic)."""
-
-    def __init__(self, config: PARLConfig):
-        self.config = config
-        self.rewards: ChunkRewards | None = None
-        self.obs_dim: int | None = None
-        self.k = 0
-
-    # ----- data ---------------------------------------------------------------------------------------------
-    def sampler(self, dataset: Dataset, policy: Policy, episodes=None) -> WindowSampler:
-        cfg = self.config
-        self.k = cfg.chunk_steps or policy.config.n_action_steps
-        sl = executed_slice(policy.config, self.k)
-        if sl.stop > policy.config.horizon:
-            raise ValueError(f"rl.chunk_steps={self.k} executes past the policy's chunk (horizon "
-                             f"{policy.config.horizon}, current frame at position {sl.start})")
-        self.rewards = ChunkRewards.of(dataset, cfg.gamma, cfg.reward, cfg.return_tail, cfg.reward_scale,
-                                       cfg.reward_bias)
-        windows = rl_sampler(dataset, policy.config, self.k, episodes)
-        with torch.no_grad(), _Eval(policy):
-            probe = policy.prepare(windows.get_batch([0]))
-            self.obs_dim = flatten_condition(policy.head.encode(probe)).shape[-1]
-        return windows
 
     # ----- modules ------------------------------------------------------------------------------------------
     def build(self, policy: Policy, cfg: TrainConfig) -> tuple[dict[str, nn.Module], dict[str, torch.optim.Optimizer]]:
-        if self.obs_dim is None:
-            raise RuntimeError("PARL.sampler(dataset, policy) must run before build")
+        self.check_built()
         critic = EnsembleQ(self.obs_dim, self.k * policy.config.action_dim, self.config.critic)
         critic.to(device=policy.head.device)
         optimizers = {POLICY: make_optimizer(policy.head.parameter_groups(), cfg.optim),
@@ -126,7 +87,7 @@ class PARL(UpdateRule):
         device = head.device
         reward, terminal, exists, v_mu = (x.to(device) for x in self.rewards.chunk(batch["index"], self.k))
 
-        with torch.no_grad(), _Eval(policy):
+        with torch.no_grad(), eval_mode(policy):
             obs = policy.prepare(batch)
             nxt = policy.prepare(next_observation(batch, pcfg))
             feat = flatten_condition(head.encode(obs))

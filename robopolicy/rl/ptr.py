@@ -33,14 +33,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from robopolicy.config_parsing import check
-from robopolicy.data.dataset import Dataset
-from robopolicy.data.sampler import WindowSampler
 from robopolicy.policies.policy import Policy
-from robopolicy.rl.chunks import NEXT, flatten_condition, next_observation, rl_sampler
-from robopolicy.rl.pa_rl import _Eval
+from robopolicy.rl.chunks import NEXT, ChunkRule, flatten_condition, next_observation
 from robopolicy.rl.ptr_weights import SCORE_CLAMP, posterior_weights
 from robopolicy.train.config import TrainConfig
-from robopolicy.train.update import POLICY, Learner, UpdateRule, make_optimizer, polyak_update
+from robopolicy.train.update import POLICY, Learner, make_optimizer, polyak_update
 
 SCORER, TARGET = "ptr", "ptr_target"
 
@@ -161,25 +158,16 @@ class PTRScorer(nn.Module):
         self.beta.copy_((self.beta * scale).clamp(c.beta_min, c.beta_max))
 
 
-class PTR(UpdateRule):
+class PTR(ChunkRule):
     """The PTR update rule (modules: policy, ptr scorer, ptr_target EMA head; optimizers: policy, ptr)."""
 
-    def __init__(self, config: PTRConfig):
-        self.config = config
-        self.obs_dim: int | None = None
-        self.offset = 0
+    rewarded = False  # reward-free
 
-    def sampler(self, dataset: Dataset, policy: Policy, episodes=None) -> WindowSampler:
-        self.offset = self.config.offset or policy.config.n_action_steps
-        windows = rl_sampler(dataset, policy.config, self.offset, episodes)
-        with torch.no_grad(), _Eval(policy):
-            probe = policy.prepare(windows.get_batch([0]))
-            self.obs_dim = flatten_condition(policy.head.encode(probe)).shape[-1]
-        return windows
+    def steps(self, policy: Policy) -> int:
+        return self.config.offset or policy.config.n_action_steps
 
     def build(self, policy: Policy, cfg: TrainConfig) -> tuple[dict[str, nn.Module], dict[str, torch.optim.Optimizer]]:
-        if self.obs_dim is None:
-            raise RuntimeError("PTR.sampler(dataset, policy) must run before build")
+        self.check_built()
         pcfg = policy.config
         scorer = PTRScorer(self.obs_dim, pcfg.horizon * pcfg.action_dim, self.config).to(policy.head.device)
         target = copy.deepcopy(policy.head).requires_grad_(False)
