@@ -118,7 +118,8 @@ def test_guided_sample_with_a_real_head_follows_the_prefix(name):
 
 
 def test_make_guide_rejects_heads_without_a_sampler_and_bad_prefix():
-    with pytest.raises(TypeError, match=r"ACTHead offers \['language'\]: use a receding-horizon"):
+    offers = r"ACTHead offers \['differentiable_sampling', 'language'\]: use a receding-horizon"
+    with pytest.raises(TypeError, match=offers):
         make_guide(tiny_policy("act"), torch.zeros(1, 3, 2), 1, RTCConfig())
     policy = tiny_policy("flow")
     with pytest.raises(ValueError, match=r"prev_actions must be \(B, R, 2\)"):

@@ -68,7 +68,8 @@ def test_info_of_a_head_without_guidance():
     from tests.runtime.policy_fixtures import tiny_policy
 
     service = PolicyService(tiny_policy("act"))
-    assert service.info["capabilities"] == ["language"] and service.info["language_inputs"] == []
+    assert service.info["capabilities"] == ["differentiable_sampling", "language"]
+    assert service.info["language_inputs"] == []
     with pytest.raises(ConfigError, match="takes no instruction"):  # `serve --task` for a policy without one
         PolicyService(tiny_policy("act"), default_task="pick up the can")
     service.warmup()  # plain request only: ACT offers no guidance
