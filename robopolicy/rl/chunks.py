@@ -95,6 +95,16 @@ class ChunkRewards:
         return reward, terminal, exists, self.returns[index]
 
 
+def with_actions(batch: Mapping[str, Any], policy: Policy, chunk: torch.Tensor) -> dict[str, Any]:
+    """The raw batch with its action window replaced by the normalized chunks (B, H, D), none of it padded:
+    what distillation through the head's own loss trains on."""
+    key = policy.config.action_key
+    out = dict(batch)
+    out[key] = policy.normalizer.unnormalize(key, chunk).to(batch[key].dtype)
+    out[f"{key}_is_pad"] = torch.zeros_like(batch[f"{key}_is_pad"])
+    return out
+
+
 def flatten_condition(cond: Any) -> torch.Tensor:
     """A head's `encode` output as one feature vector per sample (B, F): tensors (B, F) as they are, token
     sequences (B, T, C) mean-pooled over T, dicts / tuples concatenated; non-float leaves (masks) skipped."""

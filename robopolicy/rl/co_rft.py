@@ -40,6 +40,7 @@ from robopolicy.rl.chunks import (
     flatten_condition,
     next_observation,
     next_prefix,
+    with_actions,
 )
 from robopolicy.rl.objectives import cal_ql_regularizer, chunk_targets
 from robopolicy.rl.rewards import REWARD_KEY
@@ -165,10 +166,7 @@ class CORFT(ChunkRule):
                 start = policy.head.sample(obs).float()
             target, q = local_step(lambda f, a: critic(f, a[:, sl]).min(dim=0).values[:, -1], feat,
                                    start.unsqueeze(1), cfg.fallback_steps, cfg.fallback_step_size)
-            distill = dict(batch)
-            distill[pcfg.action_key] = policy.normalizer.unnormalize(pcfg.action_key, target[:, 0]).to(
-                batch[pcfg.action_key].dtype)
-            distill[f"{pcfg.action_key}_is_pad"] = torch.zeros_like(batch[f"{pcfg.action_key}_is_pad"])
+            distill = with_actions(batch, policy, target[:, 0])
             with learner.acc.autocast():
                 out = learner.modules[POLICY](distill)
             grad = learner.step(POLICY, out.loss)

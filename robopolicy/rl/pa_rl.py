@@ -28,7 +28,14 @@ from torch import nn
 from robopolicy.config_parsing import check
 from robopolicy.policies.policy import Policy
 from robopolicy.rl.action_optimization import ActionOptimizationConfig, choose, optimize_actions
-from robopolicy.rl.chunks import ChunkRule, eval_mode, executed_slice, flatten_condition, next_observation
+from robopolicy.rl.chunks import (
+    ChunkRule,
+    eval_mode,
+    executed_slice,
+    flatten_condition,
+    next_observation,
+    with_actions,
+)
 from robopolicy.rl.critics import CriticConfig, EnsembleQ
 from robopolicy.rl.objectives import cal_ql_regularizer, chunk_targets
 from robopolicy.rl.rewards import REWARD_KEY
@@ -135,10 +142,7 @@ class PARL(ChunkRule):
             values["loss"] = critic_loss.detach()
             return values
         target = choose(best_now, q_best_now, cfg.distill_action, cfg.temperature).to(cand_now.dtype)
-        distill = dict(batch)
-        distill[pcfg.action_key] = policy.normalizer.unnormalize(pcfg.action_key, target).to(
-            batch[pcfg.action_key].dtype)
-        distill[f"{pcfg.action_key}_is_pad"] = torch.zeros_like(batch[f"{pcfg.action_key}_is_pad"])
+        distill = with_actions(batch, policy, target)
         with learner.acc.autocast():
             loss_out = learner.modules[POLICY](distill)
         policy_grad = learner.step(POLICY, loss_out.loss)
