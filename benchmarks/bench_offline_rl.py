@@ -27,6 +27,10 @@ from bench_multitask import REPO, robopolicy, run
 PUSHT = REPO.parent / "shared" / "data" / "pusht_cchi_v7_replay.zarr"
 METHODS = ("pa_rl", "co_rft", "ptr")
 REWARD = {"pa_rl": ["--rl.reward=pusht_coverage"], "co_rft": ["--rl.reward=pusht_coverage"], "ptr": []}
+# sizes a 2-core CPU can afford (--paper-sizes drops them): sampling the 4.5M-parameter UNet dominates PA-RL
+# (N = 32 candidates at s_t and at s_t+k: ~25 s per update at batch 64) and CO-RFT (a chunk at each prefix end)
+CPU_SIZES = {"pa_rl": ["--rl.optimization.num_samples=8", "--rl.optimization.top_k=4"],
+             "co_rft": ["--rl.cql_samples=2"], "ptr": ["--rl.warmup_steps=300"]}
 
 
 def eval_sets(ckpt: Path, out: Path, sets: int, episodes: int, log: Path) -> dict:
@@ -47,7 +51,8 @@ def eval_sets(ckpt: Path, out: Path, sets: int, episodes: int, log: Path) -> dic
             "max_coverage": statistics.mean(cov) if cov else None}
 
 
-def cost(bc_run: Path, updates: int, methods: list[str]) -> dict[str, float]:
+def cost(bc_run: Path, updates: int, methods: list[str], batch: int, extra: dict[str, list[str]]
+         ) -> dict[str, float]:
     """Seconds per 1k updates of BC and of each method, on the same data, one after the other in this process."""
     from robopolicy.policies.policy import load_policy
     from robopolicy.rl.registry import build_rule
@@ -58,6 +63,7 @@ def cost(bc_run: Path, updates: int, methods: list[str]) -> dict[str, float]:
     out: dict[str, float] = {}
     for method in ["bc", *methods]:
         overrides = [f"--train.steps={updates}", "--train.progress=false", "--train.tensorboard=false",
+                     f"--train.batch_size={batch}", *extra.get(method, []),
                      f"--train.output_dir={bc_run.parent / 'cost' / method}", "--train.overwrite=true",
                      "--train.save_every=1000000", f"--data.uri={PUSHT}", "--train.ema_power=0"]
         rl = {"method": method, **({"reward": "pusht_coverage"} if method != "ptr" else {})}
@@ -77,6 +83,11 @@ def main() -> int:
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--bc-steps", type=int, default=6000)
     p.add_argument("--steps", type=int, default=2000, help="fine-tuning updates per method")
+    p.add_argument("--ptr-steps", type=int, help="PTR's updates (it costs what BC costs); default --steps")
+    p.add_argument("--batch-size", type=int, default=32, help="fine-tuning batch")
+    p.add_argument("--paper-sizes", action="store_true", help="the methods' default sizes, not CPU_SIZES")
+    p.add_argument("--no-bc-eval", action="store_true",
+                   help="skip evaluating BC (another process does it); the table lists what exists")
     p.add_argument("--seed-sets", type=int, default=3)
     p.add_argument("--episodes", type=int, default=50, help="episodes per seed set")
     p.add_argument("--cost", type=int, default=0, help="also time this many updates of each method against BC")
@@ -86,9 +97,10 @@ def main() -> int:
     if not PUSHT.exists():
         sys.exit(f"{PUSHT} is missing: this benchmark needs the real PushT demonstrations")
     heads, methods = args.heads.split(","), [m for m in args.methods.split(",") if m]
+    extra = {} if args.paper_sizes else CPU_SIZES
     out, log = args.out, args.out / "bench.log"
     results: dict = {"bc_steps": args.bc_steps, "steps": args.steps, "seed_sets": args.seed_sets,
-                     "episodes": args.episodes, "runs": {}}
+                     "episodes": args.episodes, "batch_size": args.batch_size, "sizes": extra, "runs": {}}
     for head in heads:
         bc = out / head / "bc"
         if not (bc / "DONE").exists():
@@ -97,20 +109,25 @@ def main() -> int:
                    "--train.progress=false"]
             run(cmd + (["--resume"] if (bc / "checkpoints" / "last").exists() else []), log)
             (bc / "DONE").write_text("trained\n")
-        results["runs"][f"{head}/bc"] = eval_sets(bc, out / head / "eval" / "bc", args.seed_sets, args.episodes, log)
+        if not args.no_bc_eval:
+            results["runs"][f"{head}/bc"] = eval_sets(bc, out / head / "eval" / "bc", args.seed_sets, args.episodes,
+                                                      log)
         for method in methods:
             ft = out / head / method
+            steps = args.ptr_steps if method == "ptr" and args.ptr_steps else args.steps
             if not (ft / "DONE").exists():
                 cmd = [*robopolicy(), "finetune", "--checkpoint", str(bc), "--method", method, "--dataset",
-                       str(PUSHT), f"--train.steps={args.steps}", f"--train.output_dir={ft}",
-                       "--train.progress=false", *REWARD[method], *args.rl]
+                       str(PUSHT), f"--train.steps={steps}", f"--train.output_dir={ft}",
+                       f"--train.batch_size={args.batch_size}", "--train.progress=false", *REWARD[method],
+                       *extra.get(method, []), *args.rl]
                 run(cmd + (["--resume"] if (ft / "checkpoints" / "last").exists() else []), log)
                 (ft / "DONE").write_text("trained\n")
             results["runs"][f"{head}/{method}"] = eval_sets(ft, out / head / "eval" / method, args.seed_sets,
                                                             args.episodes, log)
         if args.cost:
-            results.setdefault("ms_per_update", {})[head] = cost(bc, args.cost, methods)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            results.setdefault("ms_per_update", {})[head] = cost(bc, args.cost, methods, args.batch_size, extra)
+    result_file = out / f"results_{'_'.join(heads)}_{'_'.join(methods) or 'bc'}.json"
+    result_file.write_text(json.dumps(results, indent=2) + "\n")
 
     print(f"PushT, {args.seed_sets} x {args.episodes} episodes (seeds from 100000 per set); BC {args.bc_steps} "
           f"steps, fine-tuning {args.steps} updates")
@@ -120,7 +137,7 @@ def main() -> int:
         print(f"| {name} | {r['success']:.1f} ± {r['success_std']:.1f} | {cov} |")
     for head, row in results.get("ms_per_update", {}).items():
         print(f"{head}: ms per update " + ", ".join(f"{m} {v:.0f} ({v / row['bc']:.1f}x BC)" for m, v in row.items()))
-    print(f"results: {out / 'results.json'}; log: {log}")
+    print(f"results: {result_file}; log: {log}")
     return 0
 
 

@@ -63,6 +63,11 @@ def run(args: argparse.Namespace) -> int:
         from robopolicy.train.sim_eval import sim_eval_callback
 
         callbacks.append(sim_eval_callback(cfg.eval, cfg.train.eval_every))
-    ckpt = train(cfg, resume=args.resume, callbacks=callbacks)
+    rule = None
+    if cfg.rl:  # an offline-RL method from scratch (PTR is reward-free; fine-tuning is `robopolicy finetune`)
+        from robopolicy.rl.registry import build_rule
+
+        rule = build_rule(cfg.rl)
+    ckpt = train(cfg, resume=args.resume, callbacks=callbacks, rule=rule)
     print(f"checkpoint: {ckpt}")
     return 0

@@ -99,3 +99,17 @@ def test_finetune_command_runs_ptr(half_corrupted, bc_run, tmp_path, capsys):
                "--rl.hidden_dim=16", "--rl.warmup_steps=0"])
     assert rc == 0, capsys.readouterr().err
     assert load_policy(out).predict_chunk({"state": torch.zeros(1, 2, 2)}).shape == (1, 8, 2)
+
+
+def test_train_command_runs_the_rl_section_from_scratch(half_corrupted, tmp_path, capsys):
+    """`robopolicy train --rl.method=ptr` trains with PTR's rule (its metrics appear), not plain BC."""
+    from robopolicy.cli.main import main
+
+    out = tmp_path / "scratch"
+    rc = main(["train", *TINY, f"--data.uri={half_corrupted}", "--train.steps=2", "--train.progress=false",
+               "--train.tensorboard=false", f"--train.output_dir={out}", "--train.log_every=1",
+               "--rl.method=ptr", "--rl.hidden_dim=16", "--rl.warmup_steps=0"])
+    assert rc == 0, capsys.readouterr().err
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and 0.25 <= float(rows[-1]["ptr/w_mean"]) <= 4.0
