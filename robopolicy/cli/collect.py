@@ -23,6 +23,11 @@ rendered headless (MUJOCO_GL=egl).
 --env aloha:TransferCube / aloha:Insertion (gym-aloha's bimanual ALOHA tasks, 50 Hz) records the scripted
 expert's whole 300-step demonstration per episode with its own phases (--max-steps and --success-hold-steps
 do not apply); pass --cameras top --image-size 120 for 120x160 frames (a quarter of 480x640 per side).
+
+--env ogbench:<family>-task<n> (cube-single-task1..5, cube-double-task1..5) regenerates OGBench data with its
+own oracles the way its data scripts do (--expert play: the noisy open-loop planner; noisy: the closed-loop
+oracle with per-episode noise and 10% random actions; --max-steps 1001 per episode by default, --noise 0.1 by
+default) and relabels next.reward / next.success for that task as OGBench's single-task datasets do.
 """
 
 EXAMPLES = """\
@@ -33,6 +38,7 @@ examples:
   robopolicy collect --env robosuite:Lift,Stack,PickPlaceCan,Door,NutAssemblyRound --episodes 50 \\
       --out data/robosuite_multitask        # 250 episodes, 50 per task
   robopolicy collect --env aloha:TransferCube --episodes 50 --cameras top --image-size 120 --out data/transfer
+  robopolicy collect --env ogbench:cube-single-task2 --expert play --episodes 1000 --out data/cube_single.zarr
 """
 
 
@@ -44,8 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--env",
         default="robosuite:Lift",
         help="robosuite task(s) with an expert, comma-separated for a multi-task dataset, e.g. "
-        "robosuite:Lift,Stack,PickPlaceCan,Door,NutAssemblyRound, or aloha:TransferCube / aloha:Insertion "
-        "(default: %(default)s)",
+        "robosuite:Lift,Stack,PickPlaceCan,Door,NutAssemblyRound, aloha:TransferCube / aloha:Insertion, or "
+        "ogbench:cube-single-task2 (default: %(default)s)",
     )
     p.add_argument("--episodes", type=int, required=True, help="number of episodes to write per task")
     p.add_argument("--out", required=True, help="output dataset directory")
@@ -61,7 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="episode time limit in control steps at 20 Hz (default: per task, Lift 200, Stack 300, "
-        "PickPlaceCan 400, Door 300, NutAssemblyRound 400)",
+        "PickPlaceCan 400, Door 300, NutAssemblyRound 400; OGBench: 1001, its datasets' episode length)",
     )
     p.add_argument(
         "--env-state",
@@ -89,11 +95,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--noise",
         type=float,
-        default=0.0,
+        default=None,
         help="std of Gaussian noise added to every expert action (normalized units, clipped to [-1, 1]): a "
-        "perturbed expert that sometimes fails, for mixed-quality offline-RL data; robosuite only "
-        "(default: %(default)s)",
+        "perturbed expert that sometimes fails, for mixed-quality offline-RL data (robosuite; default 0); "
+        "OGBench: the oracle's noise scale (default 0.1, as in its datasets)",
     )
+    p.add_argument("--expert", choices=("play", "noisy"), default="play",
+                   help="OGBench only: its dataset type, i.e. which oracle (default: %(default)s)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
     mode.add_argument("--append", action="store_true", help="add episodes to an existing dataset at --out")
@@ -107,6 +115,8 @@ def resolve_format(out: str, fmt: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.env.startswith("ogbench:"):
+        return _run_ogbench(args)
     if args.env.startswith("aloha:"):  # gym-aloha's bimanual tasks: the expert's whole script per episode
         from robopolicy.config_parsing import ConfigError
         from robopolicy.sim.aloha_collect import run_cli
@@ -131,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
             image_size=args.image_size,
             only_successful=args.only_successful,
             env_state=args.env_state,
-            noise=args.noise,
+            noise=args.noise or 0.0,
         )
     except ValueError as e:  # an unknown env or an out-of-range option: `robopolicy.cli.main` prints it, exit 2
         raise ConfigError(str(e)) from e
@@ -154,4 +164,25 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    return 0
+
+
+def _run_ogbench(args: argparse.Namespace) -> int:
+    from robopolicy.config_parsing import ConfigError
+    from robopolicy.data.errors import DatasetExistsError
+    from robopolicy.sim.ogbench_collect import OGBenchCollectConfig, collect
+
+    try:
+        config = OGBenchCollectConfig(env=args.env, episodes=args.episodes, seed=args.seed, expert=args.expert,
+                                      episode_steps=args.max_steps or 1001,
+                                      noise=0.1 if args.noise is None else args.noise)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    try:
+        result = collect(config, args.out, format=resolve_format(args.out, args.format), overwrite=args.overwrite,
+                         append=args.append, progress=not args.no_progress)
+    except DatasetExistsError as e:
+        print(f"robopolicy collect: error: {e} (command line: --overwrite or --append)", file=sys.stderr)
+        return 2
+    print(result.summary())
     return 0

@@ -1,4 +1,5 @@
-"""Simulation environments for evaluation, built from a spec string: "pusht", "robosuite:<Task>" or "aloha:<Task>".
+"""Simulation environments for evaluation, built from a spec string: "pusht", "robosuite:<Task>", "aloha:<Task>"
+or "ogbench:<task>".
 
 Every environment has the same gymnasium-style interface (numpy in, numpy out):
   reset(seed=..., options=...) -> (obs, info)
@@ -23,7 +24,8 @@ from robopolicy.sim.errors import EnvMismatchError
 
 ENV_HELP = (
     "'pusht' (gym-pusht PushT-v0), 'robosuite:<Task>' (e.g. 'robosuite:Lift') or 'aloha:<Task>' "
-    "(gym-aloha: 'aloha:TransferCube', 'aloha:Insertion')"
+    "(gym-aloha: 'aloha:TransferCube', 'aloha:Insertion') or 'ogbench:<task>' (OGBench single-task, e.g. "
+    "'ogbench:cube-single-task2')"
 )
 ROBOSUITE_MAX_STEPS = 400  # robomimic / Diffusion Policy rollout length for Lift, Can and Square
 ROBOSUITE_VIDEO_CAMERA = "agentview"
@@ -53,6 +55,10 @@ def parse_env_spec(spec: str) -> tuple[str, str]:
         from robopolicy.sim.aloha_env import parse_env_spec as parse_aloha
 
         return "aloha", parse_aloha(spec)
+    if backend == "ogbench" and sep and task:
+        from robopolicy.sim.ogbench_env import parse_env_spec as parse_ogbench
+
+        return "ogbench", parse_ogbench(spec)
     raise ValueError(f"unknown env {spec!r}; expected {ENV_HELP}")
 
 
@@ -60,7 +66,8 @@ def parse_env_spec(spec: str) -> tuple[str, str]:
 class EnvSpec:
     """What to build.
 
-    name: "pusht", "robosuite:<Task>" or "aloha:<Task>" (see robopolicy.sim.aloha_env).
+    name: "pusht", "robosuite:<Task>", "aloha:<Task>" (see robopolicy.sim.aloha_env) or "ogbench:<task>"
+    (robopolicy.sim.ogbench_env).
     obs_shapes: {dataset key: shape} the policy needs (images (C, H, W)); empty = the env's default features.
     video_size: side (px) of frames from `render()` (robosuite: rendered only in episodes reset with
     options={"video": True}, since an offscreen renderer costs about 1 s per reset on CPU).
@@ -92,6 +99,10 @@ class EnvSpec:
             from robopolicy.sim.aloha_env import ALOHA_FPS
 
             return float(ALOHA_FPS)
+        if self.backend == "ogbench":
+            from robopolicy.sim.ogbench_env import OGBENCH_FPS
+
+            return float(OGBENCH_FPS)
         from robopolicy.sim.robosuite_env import RobosuiteConfig
 
         return float(RobosuiteConfig().control_freq)
@@ -106,6 +117,10 @@ class EnvSpec:
             from robopolicy.sim.aloha_env import ALOHA_MAX_STEPS
 
             return ALOHA_MAX_STEPS
+        if self.backend == "ogbench":
+            from robopolicy.sim.ogbench_env import FAMILIES, task_parts
+
+            return FAMILIES[task_parts(self.task)[0]][0]
         return ROBOSUITE_MAX_STEPS
 
     @property
@@ -118,6 +133,10 @@ class EnvSpec:
             from robopolicy.sim.aloha_env import ACTION_NAMES as ALOHA_ACTION_NAMES
 
             return len(ALOHA_ACTION_NAMES)
+        if self.backend == "ogbench":
+            from robopolicy.sim.ogbench_env import ACTION_DIM as OGBENCH_ACTION_DIM
+
+            return OGBENCH_ACTION_DIM
         from robopolicy.sim.robosuite_env import ACTION_NAMES
 
         return len(ACTION_NAMES)
@@ -131,6 +150,10 @@ class EnvSpec:
             from robopolicy.sim.aloha_env import make_aloha_env
 
             return make_aloha_env(self.name, self.obs_shapes, video_size=self.video_size)
+        if self.backend == "ogbench":
+            from robopolicy.sim.ogbench_env import OGBenchEnv
+
+            return OGBenchEnv(self.task, self.obs_shapes, video_size=self.video_size)
         return RobosuiteGymEnv(self.task, self.obs_shapes, video_size=self.video_size)
 
 

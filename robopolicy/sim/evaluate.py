@@ -37,7 +37,8 @@ from robopolicy.sim.vector import make_vector_env
 EVAL_INFO_FILE = "eval_info.json"
 VIDEO_DIR = "videos"
 VIDEO_CODECS = ("libx264", "h264", "mpeg4")  # plays everywhere; AV1 is for datasets
-DEFAULT_VIDEO_SIZE = {"pusht": 384, "robosuite": 192, "aloha": 240}  # px (aloha: height, 4:3); software rendering
+# px (aloha: height, 4:3); software rendering
+DEFAULT_VIDEO_SIZE = {"pusht": 384, "robosuite": 192, "aloha": 240, "ogbench": 200}
 DEFAULT_SEED = 100_000  # Diffusion Policy's first test seed; collection seeds start at 0
 
 
