@@ -48,6 +48,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "--rl.reward=episode_success / pusht_coverage): zarr, LeRobot dir or hf://")
     p.add_argument("--config", help="YAML preset with rl/optim/train sections (e.g. configs/pa_rl_pusht.yaml)")
     p.add_argument("--resume", action="store_true", help="continue from <train.output_dir>/checkpoints/last")
+    online = p.add_argument_group("online phase (pa_rl, after the offline updates; robopolicy.rl.online)")
+    online.add_argument("--online-env", metavar="SPEC", help="act in this simulation (e.g. pusht) with the optimised "
+                        "policy, append the episodes, fine-tune on offline and online data 50/50")
+    online.add_argument("--online-rounds", type=int, default=2, help="act/fine-tune rounds (default: %(default)s)")
+    online.add_argument("--online-episodes", type=int, default=20, help="episodes per round (default: %(default)s)")
+    online.add_argument("--online-steps", type=int, default=500, help="updates per round (default: %(default)s)")
+    online.add_argument("--online-fraction", type=float, default=0.5,
+                        help="share of online windows in a batch (default: %(default)s)")
+    online.add_argument("--online-n-envs", type=int, default=1, help="parallel simulations while acting")
     p.add_argument("overrides", nargs="*", metavar="--section.field=value",
                    help="e.g. --rl.gamma=0.99 --rl.critic.ensemble_size=10 --train.steps=5000 --optim.lr=5e-5")
     p.epilog = ("Fields: rl (the method's, e.g. gamma, reward, critic.*, optimization.*, cql_alpha), optim (the "
@@ -74,7 +83,9 @@ def _plain(value):
 
 
 def run(args: argparse.Namespace) -> int:
+    from robopolicy.config_parsing import ConfigError
     from robopolicy.policies.policy import load_policy, resolve_checkpoint
+    from robopolicy.rl.online import OnlineConfig, online_phase
     from robopolicy.rl.registry import build_rule
     from robopolicy.train.config import load_config
     from robopolicy.train.trainer import train
@@ -92,8 +103,22 @@ def run(args: argparse.Namespace) -> int:
     overrides = [*args.overrides, f"--rl.method={args.method}", f"--data.uri={args.dataset}"]
     cfg = load_config(args.config, overrides, base=base)
     run_dir = Path(cfg.train.output_dir)
+    if args.online_env and args.method != "pa_rl":
+        raise ConfigError(f"--online-env: the online phase is PA-RL's (acting with its optimised actions), not "
+                          f"{args.method}'s")
+    if args.online_env:  # checked before the offline phase spends its time
+        try:
+            online = OnlineConfig(env=args.online_env, rounds=args.online_rounds, episodes=args.online_episodes,
+                                  steps=args.online_steps, online_fraction=args.online_fraction,
+                                  n_envs=args.online_n_envs)
+        except ValueError as e:
+            raise ConfigError(f"--online-*: {e}") from e
     ckpt = train(cfg, rule=build_rule(cfg.rl), policy=policy, resume=args.resume)
     (run_dir / "finetune.json").write_text(json.dumps({"checkpoint": str(checkpoint.resolve()),
                                                        "method": args.method, "dataset": args.dataset}, indent=2))
     print(f"checkpoint: {ckpt}")
+    if args.online_env:
+        last = online_phase(run_dir, args.dataset, run_dir / "online", online,
+                            [o for o in args.overrides if not o.startswith(("--train.steps", "--train.output_dir"))])
+        print(f"online phase: {online.rounds} rounds of {online.episodes} episodes; checkpoint: {last}")
     return 0

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -62,6 +63,11 @@ class PARLConfig:
     distill_action: Literal["argmax", "softmax"] = "softmax"  # which one the policy is distilled onto
     temperature: float = 1.0  # of the softmax choices
     critic_warmup_steps: int = 0  # critic-only updates before distillation starts
+    # the online phase (robopolicy.rl.online): episodes from this index on are online data, drawn this share of
+    # the time (PA-RL: 0.5; 0: as the data's own frequency), and the critic starts from this run's critic
+    online_fraction: float = 0.0
+    online_from_episode: int | None = None
+    init_critic: str | None = None
 
     def __post_init__(self):
         check(0.0 <= self.gamma < 1.0, "gamma", self.gamma, "in [0, 1)")
@@ -70,6 +76,9 @@ class PARLConfig:
         check(self.cql_alpha >= 0, "cql_alpha", self.cql_alpha, ">= 0")
         check(self.temperature > 0, "temperature", self.temperature, "> 0")
         check(self.critic_warmup_steps >= 0, "critic_warmup_steps", self.critic_warmup_steps, ">= 0")
+        check(0.0 <= self.online_fraction < 1.0, "online_fraction", self.online_fraction, "in [0, 1)")
+        check(self.online_fraction == 0.0 or self.online_from_episode is not None, "online_from_episode",
+              self.online_from_episode, "the first online episode's index when online_fraction > 0")
 
 
 class PARL(ChunkRule):
@@ -78,11 +87,34 @@ class PARL(ChunkRule):
     # ----- modules ------------------------------------------------------------------------------------------
     def build(self, policy: Policy, cfg: TrainConfig) -> tuple[dict[str, nn.Module], dict[str, torch.optim.Optimizer]]:
         self.check_built()
-        critic = EnsembleQ(self.obs_dim, self.k * policy.config.action_dim, self.config.critic)
+        if self.config.init_critic:  # the online phase continues the last round's critic (and its target)
+            from robopolicy.rl.online import load_critic
+
+            critic = load_critic(self.config.init_critic, policy, self.k, self.config.critic).train()
+            critic.net.requires_grad_(True)
+            if critic.obs_dim != self.obs_dim:
+                raise ValueError(f"rl.init_critic={self.config.init_critic}: its critic reads {critic.obs_dim} "
+                                 f"observation features, this policy's encode gives {self.obs_dim}")
+        else:
+            critic = EnsembleQ(self.obs_dim, self.k * policy.config.action_dim, self.config.critic)
         critic.to(device=policy.head.device)
         optimizers = {POLICY: make_optimizer(policy.head.parameter_groups(), cfg.optim),
                       CRITIC: torch.optim.Adam(critic.net.parameters(), lr=self.config.critic_lr)}
         return {POLICY: policy, CRITIC: critic}, optimizers
+
+    def window_weights(self, windows, balance: str) -> np.ndarray | None:
+        """data.balance's weights, then online windows (episode >= online_from_episode) rescaled to
+        online_fraction of the draws."""
+        base = windows.window_weights(balance)
+        c = self.config
+        if c.online_fraction == 0.0:
+            return base
+        online = windows.dataset.episode_of(windows.anchors) >= c.online_from_episode
+        if not online.any() or online.all():
+            return base
+        w = np.full(len(windows), 1.0 / len(windows)) if base is None else base
+        w = np.where(online, c.online_fraction * w / w[online].sum(), (1 - c.online_fraction) * w / w[~online].sum())
+        return w / w.sum()
 
     # ----- one update ---------------------------------------------------------------------------------------
     def update(self, learner: Learner, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
