@@ -91,6 +91,7 @@ def main() -> int:
     p.add_argument("--seed-sets", type=int, default=3)
     p.add_argument("--episodes", type=int, default=50, help="episodes per seed set")
     p.add_argument("--cost", type=int, default=0, help="also time this many updates of each method against BC")
+    p.add_argument("--cost-only", action="store_true", help="only the --cost timing (needs the BC run)")
     p.add_argument("--rl", nargs="*", default=[], metavar="--rl.field=value", help="extra finetune overrides")
     p.add_argument("--out", type=Path, default=REPO / "outputs" / "offline_rl")
     args = p.parse_args()
@@ -109,10 +110,10 @@ def main() -> int:
                    "--train.progress=false"]
             run(cmd + (["--resume"] if (bc / "checkpoints" / "last").exists() else []), log)
             (bc / "DONE").write_text("trained\n")
-        if not args.no_bc_eval:
+        if not (args.no_bc_eval or args.cost_only):
             results["runs"][f"{head}/bc"] = eval_sets(bc, out / head / "eval" / "bc", args.seed_sets, args.episodes,
                                                       log)
-        for method in methods:
+        for method in [] if args.cost_only else methods:
             ft = out / head / method
             steps = args.ptr_steps if method == "ptr" and args.ptr_steps else args.steps
             if not (ft / "DONE").exists():
