@@ -95,13 +95,18 @@ class ChunkRewards:
         return reward, terminal, exists, self.returns[index]
 
 
-def with_actions(batch: Mapping[str, Any], policy: Policy, chunk: torch.Tensor) -> dict[str, Any]:
+def with_actions(batch: Mapping[str, Any], policy: Policy, chunk: torch.Tensor, keep: int = 0) -> dict[str, Any]:
     """The raw batch with its action window replaced by the normalized chunks (B, H, D), none of it padded:
-    what distillation through the head's own loss trains on."""
-    key = policy.config.action_key
+    what distillation through the head's own loss trains on. The first `keep` samples keep the dataset's own
+    chunk and padding (an anchor on the demonstrations)."""
+    key, pad = policy.config.action_key, f"{policy.config.action_key}_is_pad"
     out = dict(batch)
-    out[key] = policy.normalizer.unnormalize(key, chunk).to(batch[key].dtype)
-    out[f"{key}_is_pad"] = torch.zeros_like(batch[f"{key}_is_pad"])
+    actions = policy.normalizer.unnormalize(key, chunk).to(batch[key].dtype)
+    is_pad = torch.zeros_like(batch[pad])
+    if keep > 0:
+        actions = torch.cat([batch[key][:keep], actions[keep:]])
+        is_pad = torch.cat([batch[pad][:keep], is_pad[keep:]])
+    out[key], out[pad] = actions, is_pad
     return out
 
 

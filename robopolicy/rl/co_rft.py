@@ -7,7 +7,8 @@ One update on chunk transitions (s_t, a_{t:t+k}, r_{t:t+k}), k = the executed ac
           nothing bootstrapped past a terminal step, prefixes running past the episode end masked out
           (chunk_targets), plus alpha * Cal-QL's term on Q_k with `cql_samples` policy chunks at s_t and the
           Monte-Carlo return as floor; Polyak targets;
-  actor   every `actor_every` updates: L = -lambda * Q_k(s, pi(s)) / mean|Q| + |pi(s) - a_D|_1 over the valid
+  actor   every `actor_every` updates after `critic_warmup_steps`:
+          L = -lambda * Q_k(s, pi(s)) / mean|Q| + |pi(s) - a_D|_1 over the valid
           steps, with pi(s) the head's reparameterised chunk (DIFFERENTIABLE_SAMPLING: flow, diffusion, ACT,
           MoE-ACT). A head without it (dd_vla's discrete tokens) takes the same critic direction another way:
           its own chunk is moved by `fallback_steps` clipped ascent steps on Q_k and distilled through its own
@@ -64,6 +65,7 @@ class CORFTConfig:
     cql_samples: int = 4  # policy chunks per state for the Cal-QL term
     bc_lambda: float = 2.5  # TD3+BC's lambda (the Q term's weight after normalising by mean |Q|)
     actor_every: int = 2  # delayed actor updates
+    critic_warmup_steps: int = 0  # critic-only updates before the actor starts (an untrained Q misleads it)
     target_noise: float = 0.2  # target policy smoothing: N(0, noise) clipped at noise_clip, normalized units
     noise_clip: float = 0.5
     success_oversample: float = 4.0  # draw chunks that reach a success this many times as often (1: off)
@@ -75,6 +77,7 @@ class CORFTConfig:
         check(self.chunk_steps is None or self.chunk_steps >= 1, "chunk_steps", self.chunk_steps, ">= 1 or null")
         check(self.cql_samples >= 1, "cql_samples", self.cql_samples, ">= 1")
         check(self.actor_every >= 1, "actor_every", self.actor_every, ">= 1")
+        check(self.critic_warmup_steps >= 0, "critic_warmup_steps", self.critic_warmup_steps, ">= 0")
         check(self.success_oversample >= 1.0, "success_oversample", self.success_oversample, ">= 1")
         check(self.target_noise >= 0 and self.noise_clip >= 0, "target_noise", self.target_noise, ">= 0")
 
@@ -139,7 +142,7 @@ class CORFT(ChunkRule):
         values = {"loss": td.detach(), "critic/td_loss": td.detach(), "critic/cql": cql.detach(),
                   "critic/q_data": q_data[..., -1].mean().detach(), "critic/target": y[defined].mean().detach(),
                   "critic/grad_norm": critic_grad}
-        if (step + 1) % cfg.actor_every:
+        if step < cfg.critic_warmup_steps or (step + 1) % cfg.actor_every:
             return values
         values.update(self._actor(learner, policy, critic, batch, obs, feat, sl))
         return values

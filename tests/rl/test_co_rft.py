@@ -78,6 +78,17 @@ def test_co_rft_trains_the_actor_through_the_critic_and_resumes_exactly(sparse_r
     assert any(moved)
 
 
+def test_critic_warmup_holds_the_actor(sparse_reach, bc_run, tmp_path):
+    cfg = CORFTConfig(critic=RL.critic, cql_samples=2, actor_every=1, critic_warmup_steps=2)
+    ckpt = train(_cfg(sparse_reach, tmp_path / "warm", 3), rule=CORFT(cfg), policy=load_policy(bc_run))
+    rows = _rows(tmp_path / "warm")
+    assert [r["actor/loss"] == "" for r in rows] == [True, True, False]  # the actor starts at update 3
+    before = train(_cfg(sparse_reach, tmp_path / "held", 2), rule=CORFT(cfg), policy=load_policy(bc_run))
+    a, b = load_policy(before).state_dict(), load_policy(bc_run).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(x, y) for x, y in zip(load_policy(ckpt).state_dict().values(), b.values()))
+
+
 def test_chunks_reaching_a_success_are_oversampled(sparse_reach, bc_run, tmp_path):
     rule = CORFT(RL)
     trainer = Trainer(_cfg(sparse_reach, tmp_path / "w", 1), rule=rule, policy=load_policy(bc_run))

@@ -111,6 +111,25 @@ def test_critic_warmup_leaves_the_policy_alone(point_mass, bc_run, tmp_path):
     assert "distill/loss" not in _rows(tmp_path / "warm")[0]
 
 
+def test_distillation_batch_keeps_the_dataset_chunk_for_its_anchor_share(point_mass, bc_run):
+    from robopolicy.data.dataset import open_dataset
+    from robopolicy.rl.chunks import with_actions
+
+    policy = load_policy(bc_run)
+    windows = PARL(RL).sampler(open_dataset(point_mass), policy)
+    batch = windows.get_batch(list(range(14, 22)))  # the last windows of episode 0: padded action steps
+    assert batch["action_is_pad"].any()
+    chunk = torch.full((8, 8, 2), 0.5)
+    out = with_actions(batch, policy, chunk, keep=3)
+    assert torch.equal(out["action"][:3], batch["action"][:3])
+    assert torch.equal(out["action_is_pad"][:3], batch["action_is_pad"][:3])
+    assert torch.allclose(policy.normalizer.normalize("action", out["action"][3:]), chunk[3:], atol=1e-5)
+    assert not out["action_is_pad"][3:].any()
+    assert torch.equal(batch["action"], windows.get_batch(list(range(14, 22)))["action"])  # the batch is untouched
+    with pytest.raises(ValueError, match="distill_data_fraction"):
+        PARLConfig(distill_data_fraction=1.0)
+
+
 def test_finetune_command_writes_a_policy_checkpoint(point_mass, bc_run, tmp_path, capsys):
     from robopolicy.cli.main import main
 
