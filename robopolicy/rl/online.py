@@ -53,6 +53,15 @@ def load_critic(checkpoint: str | Path, policy: Policy, k: int, config) -> Ensem
     return critic.to(device=policy.head.device).eval().requires_grad_(False)
 
 
+def load_value(checkpoint: str | Path) -> dict[str, torch.Tensor]:
+    """The weights of IQL's V(s) saved with a PA-RL checkpoint trained with rl.critic_loss=iql."""
+    path = resolve_checkpoint(checkpoint) / CRITIC_FILE.with_name("value.safetensors")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no IQL value network in this checkpoint (trained with rl.critic_loss="
+                                f"cal_ql?); pass a run trained with the same rl.critic_loss")
+    return load_file(str(path))
+
+
 class CriticGuidedPolicy:
     """A ChunkPolicy (robopolicy.runtime.protocol) acting with PA-RL's optimised actions: per observation N head
     samples, global top-k and local ascent on the critic's ensemble-mean Q, the best chunk (unnormalized, (B, H, D))."""

@@ -1,5 +1,7 @@
 """PA-RL (algorithms.md section 6): Cal-QL critic on chunk transitions, policy-agnostic action optimisation,
 and distillation of the optimised actions through the head's own loss. Works for any head of the contract.
+With critic_loss=iql (PA-RL's parl_iql) steps 1-2 are IQL's instead: V(s) the expectile of Q at the dataset chunk,
+Q regressing the chunk's rewards plus gamma^k V(s_{t+k}); no policy sample enters the critic.
 
 One update on a batch of chunk transitions (s_t, a_{t:t+k}, r_{t:t+k}, s_{t+k}), k = executed actions:
   1. N chunks sampled from the policy at s_{t+k} are optimised (global top-k by Q, then T clipped gradient steps)
@@ -41,13 +43,14 @@ from robopolicy.rl.chunks import (
     next_observation,
     with_actions,
 )
-from robopolicy.rl.critics import CriticConfig, EnsembleQ
-from robopolicy.rl.objectives import cal_ql_regularizer, chunk_targets
+from robopolicy.rl.critics import CriticConfig, EnsembleQ, ValueNet
+from robopolicy.rl.objectives import cal_ql_regularizer, chunk_targets, expectile_loss
 from robopolicy.rl.rewards import REWARD_KEY
 from robopolicy.train.config import TrainConfig
 from robopolicy.train.update import POLICY, Learner, make_optimizer
 
 CRITIC = "critic"
+VALUE = "value"  # IQL's V(s) (critic_loss: iql)
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,10 @@ class PARLConfig:
     chunk_steps: int | None = None  # executed actions per transition; null: the policy's n_action_steps
     critic: CriticConfig = field(default_factory=CriticConfig)
     critic_lr: float = 3e-4
+    # cal_ql: TD to the optimised next chunk + Cal-QL (PA-RL's default); iql: expectile V(s) and TD to V(s_{t+k})
+    # on the dataset chunks only (PA-RL's parl_iql): no policy samples in the critic update
+    critic_loss: Literal["cal_ql", "iql"] = "cal_ql"
+    expectile: float = 0.7
     optimization: ActionOptimizationConfig = field(default_factory=ActionOptimizationConfig)
     cql_alpha: float = 0.005  # weight of Cal-QL's conservative term
     cql_reduce: Literal["mean", "logsumexp"] = "mean"  # over the optimised actions (see cal_ql_regularizer)
@@ -78,6 +85,7 @@ class PARLConfig:
         check(0.0 <= self.gamma < 1.0, "gamma", self.gamma, "in [0, 1)")
         check(self.chunk_steps is None or self.chunk_steps >= 1, "chunk_steps", self.chunk_steps, ">= 1 or null")
         check(self.critic_lr > 0, "critic_lr", self.critic_lr, "> 0")
+        check(0.0 < self.expectile < 1.0, "expectile", self.expectile, "in (0, 1)")
         check(self.cql_alpha >= 0, "cql_alpha", self.cql_alpha, ">= 0")
         check(self.temperature > 0, "temperature", self.temperature, "> 0")
         check(0.0 <= self.distill_data_fraction < 1.0, "distill_data_fraction", self.distill_data_fraction,
@@ -105,9 +113,18 @@ class PARL(ChunkRule):
         else:
             critic = EnsembleQ(self.obs_dim, self.k * policy.config.action_dim, self.config.critic)
         critic.to(device=policy.head.device)
+        modules = {POLICY: policy, CRITIC: critic}
         optimizers = {POLICY: make_optimizer(policy.head.parameter_groups(), cfg.optim),
                       CRITIC: torch.optim.Adam(critic.net.parameters(), lr=self.config.critic_lr)}
-        return {POLICY: policy, CRITIC: critic}, optimizers
+        if self.config.critic_loss == "iql":
+            value = ValueNet(self.obs_dim, self.config.critic.hidden_dims, self.config.critic.layer_norm)
+            if self.config.init_critic:  # and the last round's V
+                from robopolicy.rl.online import load_value
+
+                value.load_state_dict(load_value(self.config.init_critic))
+            modules[VALUE] = value.to(device=policy.head.device)
+            optimizers[VALUE] = torch.optim.Adam(modules[VALUE].parameters(), lr=self.config.critic_lr)
+        return modules, optimizers
 
     def window_weights(self, windows, balance: str) -> np.ndarray | None:
         """data.balance's weights, then online windows (episode >= online_from_episode) rescaled to
@@ -130,58 +147,51 @@ class PARL(ChunkRule):
         critic: EnsembleQ = learner.unwrap(CRITIC)
         head, pcfg = policy.head, policy.config
         sl = executed_slice(pcfg, self.k)
-        device = head.device
-        reward, terminal, exists, v_mu = (x.to(device) for x in self.rewards.chunk(batch["index"], self.k))
+        reward, terminal, exists, v_mu = (x.to(head.device) for x in self.rewards.chunk(batch["index"], self.k))
 
         with torch.no_grad(), eval_mode(policy):
             obs = policy.prepare(batch)
             nxt = policy.prepare(next_observation(batch, pcfg))
             feat = flatten_condition(head.encode(obs))
             next_feat = flatten_condition(head.encode(nxt))
-            cand_now = head.sample(obs, num_samples=opt_cfg.num_samples)  # (B, N, H, D) normalized
-            cand_next = head.sample(nxt, num_samples=opt_cfg.num_samples)
+        data_chunk = obs[pcfg.action_key][:, sl].float()
+        warming = step < cfg.critic_warmup_steps
 
         def q_fn(f: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
             return critic.q(f, a[:, sl].float()).mean(0)
 
-        # 1. the Bellman target from the optimised candidates at s_{t+k}
-        best_next, q_best_next = optimize_actions(q_fn, next_feat, cand_next.float(), opt_cfg)
-        a_next = choose(best_next, q_best_next, cfg.target_action, cfg.temperature)
-        boot = critic.target(next_feat, a_next[:, sl]).unsqueeze(1).expand(-1, self.k)
-        y, defined = chunk_targets(reward, terminal, exists, boot, cfg.gamma)
-        y, defined = y[:, -1], defined[:, -1]
+        def candidates(o: dict[str, Any], f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            """N head samples at o (B, N, H, D), the optimised k of them (B, k, H, D) and their Q (B, k)."""
+            with torch.no_grad(), eval_mode(policy):
+                sampled = head.sample(o, num_samples=opt_cfg.num_samples)
+            return (sampled, *optimize_actions(q_fn, f, sampled.float(), opt_cfg))
 
-        # 2. the critic: TD on the dataset chunk + Cal-QL over the optimised chunks at s_t
-        best_now, q_best_now = optimize_actions(q_fn, feat, cand_now.float(), opt_cfg)
-        b, n_opt = best_now.shape[:2]
-        data_chunk = obs[pcfg.action_key][:, sl].float()
-        feats = torch.cat([feat, feat.repeat_interleave(n_opt, 0)])
-        actions = torch.cat([data_chunk, best_now[:, :, sl].flatten(0, 1)])
-        out = learner.modules[CRITIC](feats, actions)  # (E, B + B * n_opt, K)
-        td = critic.td_loss(out[:, :b], y)
-        mask = defined.float()
-        td_loss = (td * mask).sum() / (mask.sum().clamp(min=1.0) * td.shape[0])
-        q_all = critic.values(out)
-        q_data, q_policy = q_all[:, :b], q_all[:, b:].unflatten(1, (b, n_opt))
-        cql = cal_ql_regularizer(q_policy, q_data, v_mu, cfg.cql_reduce).mean()
-        critic_loss = td_loss + cfg.cql_alpha * cql
-        critic_grad = learner.step(CRITIC, critic_loss)
-        critic.update_target()
-
-        values = {"critic/td_loss": td_loss.detach(), "critic/cql": cql.detach(),
-                  "critic/q_data": q_data.mean().detach(), "critic/target": y[defined].mean().detach(),
-                  "critic/grad_norm": critic_grad, "candidates/q_optimised": q_best_now.mean().detach()}
+        if cfg.critic_loss == "iql":
+            values = self._iql_critic(learner, critic, feat, next_feat, data_chunk, reward, terminal, exists)
+            if warming:  # IQL's critic needs no policy samples: warm-up costs what the MLPs cost
+                return values
+            cand_now, best_now, q_best_now = candidates(obs, feat)
+        else:
+            # 1. the Bellman target from the optimised candidates at s_{t+k}
+            _, best_next, q_best_next = candidates(nxt, next_feat)
+            a_next = choose(best_next, q_best_next, cfg.target_action, cfg.temperature)
+            boot = critic.target(next_feat, a_next[:, sl]).unsqueeze(1).expand(-1, self.k)
+            y, defined = chunk_targets(reward, terminal, exists, boot, cfg.gamma)
+            # 2. the critic: TD on the dataset chunk + Cal-QL over the optimised chunks at s_t
+            cand_now, best_now, q_best_now = candidates(obs, feat)
+            values = self._cal_ql_critic(learner, critic, feat, data_chunk, best_now[:, :, sl], y[:, -1],
+                                         defined[:, -1], v_mu)
+        values["candidates/q_optimised"] = q_best_now.mean().detach()
         with torch.no_grad():  # the mean over all N sampled candidates: optimisation can only raise it
             n = cand_now.shape[1]
             values["candidates/q_sampled"] = q_fn(feat.repeat_interleave(n, 0), cand_now.flatten(0, 1).float()).mean()
         values["candidates/improvement"] = values["candidates/q_optimised"] - values["candidates/q_sampled"]
 
         # 3. distillation onto the optimised chunks through the head's own loss
-        if step < cfg.critic_warmup_steps:
-            values["loss"] = critic_loss.detach()
+        if warming:
             return values
         target = choose(best_now, q_best_now, cfg.distill_action, cfg.temperature).to(cand_now.dtype)
-        distill = with_actions(batch, policy, target, keep=round(cfg.distill_data_fraction * b))
+        distill = with_actions(batch, policy, target, keep=round(cfg.distill_data_fraction * target.shape[0]))
         with learner.acc.autocast():
             loss_out = learner.modules[POLICY](distill)
         policy_grad = learner.step(POLICY, loss_out.loss)
@@ -189,3 +199,48 @@ class PARL(ChunkRule):
         values.update({"loss": loss_out.loss.detach(), "distill/loss": loss_out.loss.detach(),
                        "distill/grad_norm": policy_grad})
         return values
+
+    def _cal_ql_critic(self, learner: Learner, critic: EnsembleQ, feat: torch.Tensor, data_chunk: torch.Tensor,
+                       optimised: torch.Tensor, y: torch.Tensor, defined: torch.Tensor, v_mu: torch.Tensor
+                       ) -> dict[str, torch.Tensor]:
+        """TD on the dataset chunk against y (B,) where defined, plus alpha * Cal-QL with the optimised chunks
+        (B, k, steps, D) as the policy's actions and the Monte-Carlo return v_mu (B,) as the floor."""
+        cfg = self.config
+        b, n_opt = optimised.shape[:2]
+        feats = torch.cat([feat, feat.repeat_interleave(n_opt, 0)])
+        out = learner.modules[CRITIC](feats, torch.cat([data_chunk, optimised.flatten(0, 1)]))  # (E, B + B*k, K)
+        td = critic.td_loss(out[:, :b], y)
+        mask = defined.float()
+        td_loss = (td * mask).sum() / (mask.sum().clamp(min=1.0) * td.shape[0])
+        q_all = critic.values(out)
+        q_data, q_policy = q_all[:, :b], q_all[:, b:].unflatten(1, (b, n_opt))
+        cql = cal_ql_regularizer(q_policy, q_data, v_mu, cfg.cql_reduce).mean()
+        critic_loss = td_loss + cfg.cql_alpha * cql
+        grad = learner.step(CRITIC, critic_loss)
+        critic.update_target()
+        return {"loss": critic_loss.detach(), "critic/td_loss": td_loss.detach(), "critic/cql": cql.detach(),
+                "critic/q_data": q_data.mean().detach(), "critic/target": y[defined].mean().detach(),
+                "critic/grad_norm": grad}
+
+    def _iql_critic(self, learner: Learner, critic: EnsembleQ, feat: torch.Tensor, next_feat: torch.Tensor,
+                    data_chunk: torch.Tensor, reward: torch.Tensor, terminal: torch.Tensor, exists: torch.Tensor
+                    ) -> dict[str, torch.Tensor]:
+        """IQL on chunk transitions: V(s_t) is the `expectile` of the target Q at the dataset chunk, and
+        Q(s_t, a_{t:t+k}) regresses sum_i gamma^i r_{t+i} + gamma^k (1 - done) V(s_{t+k}); no policy sample."""
+        cfg = self.config
+        value = learner.unwrap(VALUE)
+        v_loss = expectile_loss(critic.target(feat, data_chunk) - learner.modules[VALUE](feat), cfg.expectile).mean()
+        v_grad = learner.step(VALUE, v_loss)
+        with torch.no_grad():
+            boot = value(next_feat).unsqueeze(1).expand(-1, self.k)
+        y, defined = chunk_targets(reward, terminal, exists, boot, cfg.gamma)
+        y, defined = y[:, -1], defined[:, -1]
+        out = learner.modules[CRITIC](feat, data_chunk)
+        td = critic.td_loss(out, y)
+        mask = defined.float()
+        td_loss = (td * mask).sum() / (mask.sum().clamp(min=1.0) * td.shape[0])
+        grad = learner.step(CRITIC, td_loss)
+        critic.update_target()
+        return {"loss": td_loss.detach(), "critic/td_loss": td_loss.detach(), "critic/value_loss": v_loss.detach(),
+                "critic/q_data": critic.values(out).mean().detach(), "critic/target": y[defined].mean().detach(),
+                "critic/grad_norm": grad, "critic/value_grad_norm": v_grad}

@@ -111,6 +111,41 @@ def test_critic_warmup_leaves_the_policy_alone(point_mass, bc_run, tmp_path):
     assert "distill/loss" not in _rows(tmp_path / "warm")[0]
 
 
+def test_iql_critic_learns_without_policy_samples_then_distils(point_mass, bc_run, tmp_path, monkeypatch):
+    from robopolicy.policies.diffusion.modeling import DiffusionHead
+
+    cfg = PARLConfig(critic=RL.critic, optimization=RL.optimization, critic_loss="iql", critic_lr=3e-3,
+                     critic_warmup_steps=40)
+    calls = []
+    original = DiffusionHead.sample
+    monkeypatch.setattr(DiffusionHead, "sample", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    run = tmp_path / "iql"
+    ckpt = train(_finetune_cfg(point_mass, run, 42, save_every=40), rule=PARL(cfg), policy=load_policy(bc_run))
+    rows = _rows(run)
+    assert len(calls) == 2  # warm-up sampled nothing; each distillation update samples N chunks at s_t once
+    first, warm, last = rows[0], rows[39], rows[-1]
+    assert "critic/cql" not in first and float(first["critic/value_loss"]) > 0
+    assert float(warm["critic/td_loss"]) < 0.5 * float(first["critic/td_loss"])  # Q fits its targets
+    assert float(warm["critic/target"]) < 0 and warm["distill/loss"] == "" and last["distill/loss"] != ""
+    modules = ckpt / "train_state" / "modules"
+    assert (modules / "value.safetensors").is_file() and (modules / "critic.safetensors").is_file()
+    # the online phase continues V with the critic; a Cal-QL run has no V to continue
+    cal_ql = tmp_path / "cal_ql"
+    train(_finetune_cfg(point_mass, cal_ql, 1), rule=PARL(RL), policy=load_policy(bc_run))
+    rule = PARL(PARLConfig(critic=RL.critic, critic_loss="iql", init_critic=str(cal_ql)))
+    from robopolicy.data.dataset import open_dataset
+
+    policy = load_policy(bc_run)
+    rule.sampler(open_dataset(point_mass), policy)
+    with pytest.raises(FileNotFoundError, match="value.safetensors"):
+        rule.build(policy, _finetune_cfg(point_mass, tmp_path / "x", 1))
+    rule = PARL(PARLConfig(critic=RL.critic, critic_loss="iql", init_critic=str(run)))
+    rule.sampler(open_dataset(point_mass), policy)
+    built, _ = rule.build(policy, _finetune_cfg(point_mass, tmp_path / "x", 1))
+    saved = load_file(str(modules / "value.safetensors"))
+    assert all(torch.equal(v, built["value"].state_dict()[k]) for k, v in saved.items())
+
+
 def test_distillation_batch_keeps_the_dataset_chunk_for_its_anchor_share(point_mass, bc_run):
     from robopolicy.data.dataset import open_dataset
     from robopolicy.rl.chunks import with_actions
