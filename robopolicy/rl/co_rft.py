@@ -105,6 +105,10 @@ class CORFT(ChunkRule):
                       CRITIC: torch.optim.Adam(critic.members.parameters(), lr=self.config.critic_lr)}
         return {POLICY: policy, CRITIC: critic}, optimizers
 
+    def schedule_start(self, optimizer: str) -> int:
+        """The policy's learning-rate schedule runs over the updates after the critic warm-up."""
+        return self.config.critic_warmup_steps if optimizer == POLICY else 0
+
     def update(self, learner: Learner, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
         cfg = self.config
         policy: Policy = learner.unwrap(POLICY)

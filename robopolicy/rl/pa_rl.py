@@ -140,6 +140,10 @@ class PARL(ChunkRule):
         w = np.where(online, c.online_fraction * w / w[online].sum(), (1 - c.online_fraction) * w / w[~online].sum())
         return w / w.sum()
 
+    def schedule_start(self, optimizer: str) -> int:
+        """The policy's learning-rate schedule runs over the updates after the critic warm-up."""
+        return self.config.critic_warmup_steps if optimizer == POLICY else 0
+
     # ----- one update ---------------------------------------------------------------------------------------
     def update(self, learner: Learner, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
         cfg, opt_cfg = self.config, self.config.optimization

@@ -197,8 +197,10 @@ class Trainer:
     def update(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
         """Schedule every optimizer's learning rate, run the rule's step on `batch` (step `step`, 0-based), update
         the EMA. Returns the rule's log values (detached tensors)."""
-        scale = lr_at(step, 1.0, self.cfg.optim.warmup_steps, self.cfg.train.steps)
-        for opt in self.optimizers.values():
+        total = self.cfg.train.steps
+        for name, opt in self.optimizers.items():
+            start = self.rule.schedule_start(name)  # e.g. the policy's schedule starts after a critic warm-up
+            scale = lr_at(step - start, 1.0, self.cfg.optim.warmup_steps, total - start) if step >= start else 0.0
             for group in opt.param_groups:
                 group["lr"] = group["base_lr"] * scale
         batch = {k: v.to(self.acc.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}

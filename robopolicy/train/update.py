@@ -71,6 +71,11 @@ class UpdateRule(ABC):
         oversample, e.g. CO-RFT the chunks that reach a success."""
         return windows.window_weights(balance)
 
+    def schedule_start(self, optimizer: str) -> int:
+        """The update at which `optimizer`'s learning-rate schedule (warm-up, then cosine to 0 at train.steps)
+        begins; before it the rule does not step that optimizer. 0 for all by default."""
+        return 0
+
     @abstractmethod
     def build(self, policy: Policy, cfg: TrainConfig) -> tuple[dict[str, nn.Module], dict[str, torch.optim.Optimizer]]:
         """Modules by name (POLICY -> `policy`, plus e.g. critics and target networks) and optimizers by name.

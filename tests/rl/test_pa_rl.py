@@ -109,6 +109,11 @@ def test_critic_warmup_leaves_the_policy_alone(point_mass, bc_run, tmp_path):
     a, b = load_policy(ckpt).state_dict(), load_policy(bc_run).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert "distill/loss" not in _rows(tmp_path / "warm")[0]
+    # the policy's learning-rate schedule (warm-up 1 step, then cosine to 0) starts when distillation does
+    cfg = PARLConfig(critic=RL.critic, optimization=RL.optimization, critic_warmup_steps=2)
+    train(_finetune_cfg(point_mass, tmp_path / "sched", 5), rule=PARL(cfg), policy=load_policy(bc_run))
+    lrs = [float(r["lr"]) for r in _rows(tmp_path / "sched")]
+    assert lrs[:2] == [0.0, 0.0] and lrs[2] == lrs[3] == pytest.approx(5e-5) and 0 < lrs[4] < lrs[3]
 
 
 def test_iql_critic_learns_without_policy_samples_then_distils(point_mass, bc_run, tmp_path, monkeypatch):
