@@ -29,7 +29,9 @@ METHODS = ("pa_rl", "co_rft", "ptr")
 REWARD = {"pa_rl": ["--rl.reward=pusht_coverage"], "co_rft": ["--rl.reward=pusht_coverage"], "ptr": []}
 # sizes a 2-core CPU can afford (--paper-sizes drops them): sampling the 4.5M-parameter UNet dominates PA-RL
 # (N = 32 candidates at s_t and at s_t+k: ~25 s per update at batch 64) and CO-RFT (a chunk at each prefix end)
-CPU_SIZES = {"pa_rl": ["--rl.optimization.num_samples=8", "--rl.optimization.top_k=4"],
+# PA-RL's critic is IQL's here (PA-RL's parl_iql): it needs no policy samples, so --critic-warmup updates of
+# critic pre-training cost minutes; then --steps updates of distillation (the policy's schedule starts there)
+CPU_SIZES = {"pa_rl": ["--rl.optimization.num_samples=8", "--rl.optimization.top_k=4", "--rl.critic_loss=iql"],
              "co_rft": ["--rl.cql_samples=2"], "ptr": ["--rl.warmup_steps=300"]}
 
 
@@ -85,6 +87,8 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=2000, help="fine-tuning updates per method")
     p.add_argument("--ptr-steps", type=int, help="PTR's updates (it costs what BC costs); default --steps")
     p.add_argument("--batch-size", type=int, default=32, help="fine-tuning batch")
+    p.add_argument("--critic-warmup", type=int, default=0,
+                   help="PA-RL's and CO-RFT's critic-only updates before --steps policy updates")
     p.add_argument("--paper-sizes", action="store_true", help="the methods' default sizes, not CPU_SIZES")
     p.add_argument("--no-bc-eval", action="store_true",
                    help="skip evaluating BC (another process does it); the table lists what exists")
@@ -100,7 +104,8 @@ def main() -> int:
     heads, methods = args.heads.split(","), [m for m in args.methods.split(",") if m]
     extra = {} if args.paper_sizes else CPU_SIZES
     out, log = args.out, args.out / "bench.log"
-    results: dict = {"bc_steps": args.bc_steps, "steps": args.steps, "seed_sets": args.seed_sets,
+    results: dict = {"bc_steps": args.bc_steps, "steps": args.steps, "critic_warmup": args.critic_warmup,
+                     "seed_sets": args.seed_sets,
                      "episodes": args.episodes, "batch_size": args.batch_size, "sizes": extra, "runs": {}}
     for head in heads:
         bc = out / head / "bc"
@@ -116,11 +121,13 @@ def main() -> int:
         for method in [] if args.cost_only else methods:
             ft = out / head / method
             steps = args.ptr_steps if method == "ptr" and args.ptr_steps else args.steps
+            warmup = [f"--rl.critic_warmup_steps={args.critic_warmup}"] if method != "ptr" else []
+            steps += args.critic_warmup if warmup else 0
             if not (ft / "DONE").exists():
                 cmd = [*robopolicy(), "finetune", "--checkpoint", str(bc), "--method", method, "--dataset",
                        str(PUSHT), f"--train.steps={steps}", f"--train.output_dir={ft}",
                        f"--train.batch_size={args.batch_size}", "--train.progress=false", *REWARD[method],
-                       *extra.get(method, []), *args.rl]
+                       *extra.get(method, []), *warmup, *args.rl]
                 run(cmd + (["--resume"] if (ft / "checkpoints" / "last").exists() else []), log)
                 (ft / "DONE").write_text("trained\n")
             results["runs"][f"{head}/{method}"] = eval_sets(ft, out / head / "eval" / method, args.seed_sets,

@@ -62,6 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also write every episode with its rewards (next.reward / next.done / next.success) into "
                         "the dataset DIR, created or appended to (zarr if DIR ends in .zarr, else LeRobot v3): "
                         "policy rollouts for offline RL")
+    p.add_argument("--critic-guided", action="store_true",
+                   help="act as PA-RL evaluates (a pa_rl checkpoint): per chunk, the run's N policy samples, top-k "
+                        "and gradient ascent against its critic, the best chunk executed")
     p.add_argument("--overwrite", action="store_true", help="replace an existing eval_info.json in --out")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -84,7 +87,15 @@ def run(args: argparse.Namespace) -> int:
     from robopolicy.policies.policy import load_policy
 
     # a bad checkpoint raises a CheckpointError / ConfigError naming the file: `robopolicy.cli.main` prints it
-    policy = load_policy(args.checkpoint, map_location=check_device(args.device))
+    if args.critic_guided:
+        from robopolicy.rl.online import guided_policy
+
+        try:
+            policy = guided_policy(args.checkpoint, map_location=check_device(args.device))
+        except (ValueError, FileNotFoundError) as e:
+            return _fail(f"--critic-guided: {e}")
+    else:
+        policy = load_policy(args.checkpoint, map_location=check_device(args.device))
     print(f"evaluating {args.checkpoint} on {args.env} ({args.device}): {args.episodes} episodes from seed {args.seed} "
           f"-> {out}")
     evaluate(

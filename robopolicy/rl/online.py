@@ -91,7 +91,7 @@ class CriticGuidedPolicy:
         return self.policy.normalizer.unnormalize(self.config.action_key, chunk)
 
 
-def guided_policy(run: str | Path) -> CriticGuidedPolicy:
+def guided_policy(run: str | Path, map_location: str = "cpu") -> CriticGuidedPolicy:
     """The optimised actor of a PA-RL run: its policy, its critic and its rl.optimization settings."""
     from robopolicy.rl.registry import method_config
 
@@ -100,7 +100,7 @@ def guided_policy(run: str | Path) -> CriticGuidedPolicy:
     if rl.get("method") != "pa_rl":
         raise ValueError(f"{ckpt}: rl.method={rl.get('method')!r}; acting with optimised actions needs a pa_rl run")
     cfg = method_config(rl)
-    policy = load_policy(ckpt)
+    policy = load_policy(ckpt, map_location=map_location)
     k = cfg.chunk_steps or policy.config.n_action_steps
     return CriticGuidedPolicy(policy, load_critic(ckpt, policy, k, cfg.critic), k, cfg.optimization)
 
@@ -185,8 +185,10 @@ def online_phase(offline_run: str | Path, offline_data: str | Path, out: str | P
             evaluate(actor, spec, config.episodes - have, seed=config.seed + r * config.episodes + have,
                      out_dir=out / f"round_{r}_eval", n_envs=config.n_envs, record=buffer, overwrite=True,
                      progress=progress)
+        # the critic continues from the last round: no warm-up again
         rl = {**base["rl"], "reward": REWARD_KEY, "init_critic": str(resolve_checkpoint(prev)),
-              "online_fraction": config.online_fraction, "online_from_episode": num_offline}
+              "critic_warmup_steps": 0, "online_fraction": config.online_fraction,
+              "online_from_episode": num_offline}
         sections = {k: base[k] for k in ("policy", "optim", "train") if k in base}
         cfg = load_config(None, [f"--train.steps={config.steps}", f"--train.output_dir={run_dir}",
                                  "--train.overwrite=true", *overrides],

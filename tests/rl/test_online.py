@@ -113,3 +113,18 @@ def test_finetune_command_runs_the_online_phase(pusht_like, tmp_path, capsys):
     co_rft = [a if a != "pa_rl" else "co_rft" for a in args if not a.startswith("--rl.")]
     assert main([*co_rft[:-1], f"--train.output_dir={tmp_path / 'co_rft'}"]) == 2
     assert "PA-RL" in capsys.readouterr().err
+
+
+def test_eval_acts_with_the_critic_guided_policy(pa_rl_run, tmp_path, capsys):
+    from robopolicy.cli.main import main
+
+    out = tmp_path / "guided"
+    args = ["eval", "--checkpoint", str(pa_rl_run), "--env", "pusht", "--episodes", "1", "--max-steps", "16",
+            "--videos", "0", "--no-progress"]
+    assert main([*args, "--critic-guided", "--out", str(out)]) == 0, capsys.readouterr().err
+    info = json.loads((out / "eval_info.json").read_text())
+    assert len(info["per_episode"]) == 1
+    bc = pa_rl_run.parent / "bc"  # a plain policy has no critic to act with: one line naming why
+    assert main([*args, "--critic-guided", "--checkpoint", str(bc), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--critic-guided" in err and "pa_rl" in err and "Traceback" not in err
