@@ -5,7 +5,7 @@ dataset's chunks (PA-RL's `distill_data_fraction` anchor).
 A fixed set of windows is sampled with a fixed generator before and after each run; printed per variant: the
 mean |chunk after - chunk before| over the executed steps (pixels for PushT), the same distance to the data's
 chunk, and the flow loss on the data (fixed noise). Every variant: batch 32, lr 5e-5, fresh AdamW, no
-EMA, lr decayed to 0 by the cosine schedule, like `robopolicy finetune`.
+EMA unless --ema-power, lr decayed to 0 by the cosine schedule, like `robopolicy finetune`.
 
   python benchmarks/bench_self_distillation.py --checkpoint outputs/offline_rl/flow/bc --updates 150
 """
@@ -69,6 +69,7 @@ def main() -> int:
     p.add_argument("--variants", default="bc,self,anchor")
     p.add_argument("--anchor", type=float, default=0.5, help="data share of the anchored variant")
     p.add_argument("--windows", type=int, default=256, help="probe windows")
+    p.add_argument("--ema-power", type=float, default=0.0, help="the policy's EMA during the updates (0: none)")
     p.add_argument("--out", type=Path, default=REPO / "outputs" / "self_distillation")
     args = p.parse_args()
     base_policy = load_policy(args.checkpoint)
@@ -84,7 +85,7 @@ def main() -> int:
         cfg = load_config(None, [
             f"--train.steps={args.updates}", "--train.progress=false", "--train.tensorboard=false",
             "--train.batch_size=32", f"--train.output_dir={args.out / variant}", "--train.overwrite=true",
-            f"--train.save_every={args.updates}", f"--data.uri={args.dataset}", "--train.ema_power=0",
+            f"--train.save_every={args.updates}", f"--data.uri={args.dataset}", f"--train.ema_power={args.ema_power}",
             "--optim.lr=5e-5", "--optim.warmup_steps=0",
         ], base={k: base[k] for k in ("policy", "data", "optim")})
         start = time.perf_counter()

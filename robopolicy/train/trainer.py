@@ -205,7 +205,7 @@ class Trainer:
                 group["lr"] = group["base_lr"] * scale
         batch = {k: v.to(self.acc.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         values = self.rule.update(self.learner, batch, step)
-        if self.ema is not None:
+        if self.ema is not None and step >= self.rule.schedule_start(POLICY):  # averages the policy's updates
             self.ema.update(self.policy.head)
         return values
 

@@ -66,9 +66,13 @@ def bc_run(point_mass, tmp_path_factory):
     return out
 
 
+def _finetune_args(point_mass, out, steps, save_every=100):
+    return [*TINY, f"--data.uri={point_mass}", f"--train.steps={steps}", f"--train.save_every={save_every}",
+            f"--train.output_dir={out}", "--optim.lr=5e-5"]
+
+
 def _finetune_cfg(point_mass, out, steps, save_every=100):
-    return load_config(None, [*TINY, f"--data.uri={point_mass}", f"--train.steps={steps}",
-                              f"--train.save_every={save_every}", f"--train.output_dir={out}", "--optim.lr=5e-5"])
+    return load_config(None, _finetune_args(point_mass, out, steps, save_every))
 
 
 def _rows(run_dir):
@@ -113,6 +117,12 @@ def test_critic_warmup_leaves_the_policy_alone(point_mass, bc_run, tmp_path):
     cfg = PARLConfig(critic=RL.critic, optimization=RL.optimization, critic_warmup_steps=2)
     train(_finetune_cfg(point_mass, tmp_path / "sched", 5), rule=PARL(cfg), policy=load_policy(bc_run))
     lrs = [float(r["lr"]) for r in _rows(tmp_path / "sched")]
+    from robopolicy.train.trainer import Trainer
+
+    ema = Trainer(load_config(None, [*_finetune_args(point_mass, tmp_path / "ema", 5), "--train.ema_power=0.75"]),
+                  rule=PARL(cfg), policy=load_policy(bc_run))
+    ema.run()
+    assert ema.ema.step == 3  # the EMA averages the policy's 3 updates, not the critic's warm-up
     assert lrs[:2] == [0.0, 0.0] and lrs[2] == lrs[3] == pytest.approx(5e-5) and 0 < lrs[4] < lrs[3]
 
 
