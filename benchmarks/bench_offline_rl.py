@@ -3,7 +3,8 @@
 Stages (each a `robopolicy` command; a stage whose output exists is skipped, so a killed run continues):
   1. bc        a state policy per --heads from configs/<head>_pusht_state_cpu.yaml (--bc-steps, EMA weights)
   2. finetune  each BC checkpoint with each --methods (--steps updates, rewards relabelled from the block pose:
-               rl.reward=pusht_coverage; PTR is reward-free)
+               rl.reward=pusht_coverage; PTR is reward-free; `bc` = BC continued at the same settings, the
+               control, in <head>/bc_continued)
   3. eval      every checkpoint on --seed-sets x --episodes gym-pusht episodes (sets from 100000, 200000, ...,
                never used for tuning): success (coverage > 0.95) and mean max coverage, mean and spread over sets
   cost         --cost N: wall time of N updates of BC and of each method on the same data, side by side
@@ -25,8 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_multitask import REPO, robopolicy, run
 
 PUSHT = REPO.parent / "shared" / "data" / "pusht_cchi_v7_replay.zarr"
-METHODS = ("pa_rl", "co_rft", "ptr")
-REWARD = {"pa_rl": ["--rl.reward=pusht_coverage"], "co_rft": ["--rl.reward=pusht_coverage"], "ptr": []}
+# bc: the control, BC continued for the same updates at the same fine-tuning settings (batch, lr, EMA)
+METHODS = ("bc", "pa_rl", "co_rft", "ptr")
+REWARD = {"bc": [], "pa_rl": ["--rl.reward=pusht_coverage"], "co_rft": ["--rl.reward=pusht_coverage"], "ptr": []}
 # sizes a 2-core CPU can afford (--paper-sizes drops them): sampling the 4.5M-parameter UNet dominates PA-RL
 # (N = 32 candidates at s_t and at s_t+k: ~25 s per update at batch 64) and CO-RFT (a chunk at each prefix end)
 # PA-RL's critic is IQL's here (PA-RL's parl_iql): it needs no policy samples, so --critic-warmup updates of
@@ -63,7 +65,7 @@ def cost(bc_run: Path, updates: int, methods: list[str], batch: int, extra: dict
 
     base = json.loads((bc_run / "train_config.json").read_text())
     out: dict[str, float] = {}
-    for method in ["bc", *methods]:
+    for method in ["bc", *(m for m in methods if m != "bc")]:
         overrides = [f"--train.steps={updates}", "--train.progress=false", "--train.tensorboard=false",
                      f"--train.batch_size={batch}", *extra.get(method, []),
                      f"--train.output_dir={bc_run.parent / 'cost' / method}", "--train.overwrite=true",
@@ -119,9 +121,10 @@ def main() -> int:
             results["runs"][f"{head}/bc"] = eval_sets(bc, out / head / "eval" / "bc", args.seed_sets, args.episodes,
                                                       log)
         for method in [] if args.cost_only else methods:
-            ft = out / head / method
+            name = "bc_continued" if method == "bc" else method  # not the BC run itself
+            ft = out / head / name
             steps = args.ptr_steps if method == "ptr" and args.ptr_steps else args.steps
-            warmup = [f"--rl.critic_warmup_steps={args.critic_warmup}"] if method != "ptr" else []
+            warmup = [f"--rl.critic_warmup_steps={args.critic_warmup}"] if method in ("pa_rl", "co_rft") else []
             steps += args.critic_warmup if warmup else 0
             if not (ft / "DONE").exists():
                 cmd = [*robopolicy(), "finetune", "--checkpoint", str(bc), "--method", method, "--dataset",
@@ -130,8 +133,8 @@ def main() -> int:
                        *extra.get(method, []), *warmup, *args.rl]
                 run(cmd + (["--resume"] if (ft / "checkpoints" / "last").exists() else []), log)
                 (ft / "DONE").write_text("trained\n")
-            results["runs"][f"{head}/{method}"] = eval_sets(ft, out / head / "eval" / method, args.seed_sets,
-                                                            args.episodes, log)
+            results["runs"][f"{head}/{name}"] = eval_sets(ft, out / head / "eval" / name, args.seed_sets,
+                                                          args.episodes, log)
         if args.cost:
             results.setdefault("ms_per_update", {})[head] = cost(bc, args.cost, methods, args.batch_size, extra)
     result_file = out / f"results_{'_'.join(heads)}_{'_'.join(methods) or 'bc'}.json"

@@ -43,7 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument_group("help").add_argument("-h", "--help", action=_HelpWithFields, nargs=0,
                    help="show this help and every rl field of --method (put --help last)")
     p.add_argument("--checkpoint", required=True, help="the policy to fine-tune: a checkpoint or a training run dir")
-    p.add_argument("--method", required=True, metavar="NAME", help="offline-RL method: pa_rl, co_rft or ptr")
+    p.add_argument("--method", required=True, metavar="NAME",
+                   help="offline-RL method: pa_rl, co_rft or ptr; bc continues behaviour cloning with the same "
+                        "settings (the control of an RL fine-tune, or BC on new data)")
     p.add_argument("--dataset", required=True, metavar="URI",
                    help="dataset with rewards (a reward column such as next.reward, or relabel with "
                         "--rl.reward=episode_success / pusht_coverage): zarr, LeRobot dir or hf://")

@@ -7,6 +7,7 @@ available to `robopolicy finetune --method name` like a built-in one.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from robopolicy.config_parsing import ConfigError, from_plain, suggest
@@ -18,12 +19,19 @@ def register_method(name: str, config_class: type, rule_class: Callable[[Any], A
     _METHODS[name] = (config_class, rule_class)
 
 
+@dataclass(frozen=True)
+class BCConfig:
+    """Continued behaviour cloning (the head's own loss on the dataset): the control of every RL fine-tune."""
+
+
 def _builtins() -> None:
     if "pa_rl" not in _METHODS:
         from robopolicy.rl.co_rft import CORFT, CORFTConfig
         from robopolicy.rl.pa_rl import PARL, PARLConfig
         from robopolicy.rl.ptr import PTR, PTRConfig
+        from robopolicy.train.update import BehaviourCloning
 
+        register_method("bc", BCConfig, lambda config: BehaviourCloning())
         register_method("pa_rl", PARLConfig, PARL)
         register_method("co_rft", CORFTConfig, CORFT)
         register_method("ptr", PTRConfig, PTR)

@@ -195,6 +195,21 @@ def test_finetune_command_writes_a_policy_checkpoint(point_mass, bc_run, tmp_pat
     assert saved["policy"]["type"] == "diffusion" and saved["optim"]["lr"] == 5e-5  # fine-tuning's default
 
 
+def test_finetune_bc_continues_behaviour_cloning(point_mass, bc_run, tmp_path, capsys):
+    from robopolicy.cli.main import main
+
+    out = tmp_path / "bc_more"
+    rc = main(["finetune", "--checkpoint", str(bc_run), "--method", "bc", "--dataset", str(point_mass),
+               "--train.steps=2", "--train.batch_size=8", "--train.progress=false", "--train.tensorboard=false",
+               "--train.log_every=1", f"--train.output_dir={out}"])
+    assert rc == 0, capsys.readouterr().err
+    rows = _rows(out)
+    assert len(rows) == 2 and "mse" in rows[0] and "critic/td_loss" not in rows[0]
+    moved = [not torch.equal(a, b) for a, b in zip(load_policy(out).state_dict().values(),
+                                                      load_policy(bc_run).state_dict().values())]
+    assert any(moved)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--method", "sac"], "rl.method='sac'"),
     (["--method", "pa_rl", "--rl.gamma=1.5"], "rl.gamma"),
