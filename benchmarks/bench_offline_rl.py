@@ -32,8 +32,11 @@ REWARD = {"bc": [], "pa_rl": ["--rl.reward=pusht_coverage"], "co_rft": ["--rl.re
 # sizes a 2-core CPU can afford (--paper-sizes drops them): sampling the 4.5M-parameter UNet dominates PA-RL
 # (N = 32 candidates at s_t and at s_t+k: ~25 s per update at batch 64) and CO-RFT (a chunk at each prefix end)
 # PA-RL's critic is IQL's here (PA-RL's parl_iql): it needs no policy samples, so --critic-warmup updates of
-# critic pre-training cost minutes; then --steps updates of distillation (the policy's schedule starts there)
-CPU_SIZES = {"pa_rl": ["--rl.optimization.num_samples=8", "--rl.optimization.top_k=4", "--rl.critic_loss=iql"],
+# critic pre-training cost minutes; then --steps updates of distillation (the policy's schedule starts there),
+# onto the argmax candidate: PushT's dense coverage returns (~60) separate a state's candidates by < 1, so
+# softmax(Q) at temperature 1 is nearly uniform and selects nothing
+CPU_SIZES = {"pa_rl": ["--rl.optimization.num_samples=8", "--rl.optimization.top_k=4", "--rl.critic_loss=iql",
+                       "--rl.distill_action=argmax"],
              "co_rft": ["--rl.cql_samples=2"], "ptr": ["--rl.warmup_steps=300"]}
 
 
