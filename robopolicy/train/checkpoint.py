@@ -130,6 +130,19 @@ def save_checkpoint(
     return final
 
 
+def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
+    """Remove all but the `keep` newest step_<N>/ checkpoints of a run (after `last` points at the newest);
+    only complete step directories of this layout are touched. Returns the removed ones."""
+    ckpt_root = Path(run_dir) / "checkpoints"
+    steps = sorted((p for p in ckpt_root.glob("step_*") if p.is_dir() and p.name[5:].isdigit()),
+                   key=lambda p: int(p.name[5:]))
+    last = (ckpt_root / "last").read_text().strip() if (ckpt_root / "last").is_file() else None
+    removed = [p for p in steps[:-keep] if p.name != last] if keep > 0 else []
+    for p in removed:
+        shutil.rmtree(p)
+    return removed
+
+
 def rng_state() -> dict[str, torch.Tensor]:
     """This process's generator states: "torch" (CPU) and "cuda<i>" per visible GPU."""
     state = {"torch": torch.get_rng_state()}

@@ -71,6 +71,7 @@ class TrainLoopConfig:
     amp: Literal["auto", "bf16", "off"] = "auto"  # bf16 autocast: auto (CUDA devices with bf16), always, never
     log_every: int = 50  # steps between metric logs
     save_every: int = 1000  # steps between checkpoints (the last step is always saved)
+    keep_checkpoints: int = 0  # keep only this many newest step_<N>/ checkpoints of the run; 0: keep all
     eval_every: int = 0  # steps between simulation evaluations (needs eval.env); 0: never
     output_dir: str = "outputs/train"  # run directory: checkpoints, metrics.csv, tensorboard, eval
     overwrite: bool = False  # replace an existing run in output_dir (otherwise refuse, or use --resume)
@@ -87,6 +88,7 @@ class TrainLoopConfig:
         check(0 <= self.ema_max_decay < 1, "ema_max_decay", self.ema_max_decay, "in [0, 1)")
         check(self.log_every >= 1, "log_every", self.log_every, ">= 1")
         check(self.save_every >= 1, "save_every", self.save_every, ">= 1")
+        check(self.keep_checkpoints >= 0, "keep_checkpoints", self.keep_checkpoints, ">= 0 (0 keeps all)")
         check(self.eval_every >= 0, "eval_every", self.eval_every, ">= 0 (0: never)")
         check(self.output_dir != "", "output_dir", self.output_dir, "a directory path")
         check(not self.fsdp or self.ema_power == 0, "ema_power", self.ema_power,

@@ -33,6 +33,7 @@ from robopolicy.train.checkpoint import (
     check_resume_data,
     latest_checkpoint,
     load_train_state,
+    prune_checkpoints,
     resume_checkpoint,
     rng_state,
     save_checkpoint,
@@ -280,6 +281,7 @@ class Trainer:
             return None
         ckpt = save_checkpoint(self.run_dir, step, self.policy, modules, optimizers, self.ema, self.cfg.to_dict(),
                                self.data_info, head_state=head_state, rng=rng)
+        prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
         self._call("on_save", step, ckpt)
         return ckpt
 

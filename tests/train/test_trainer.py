@@ -134,6 +134,21 @@ def test_metrics_csv_has_each_step_once_after_resume(pusht_zarr, tmp_path):
     assert all(float(r["grad_norm"]) > 0 for r in rows)
 
 
+def test_keep_checkpoints_prunes_older_steps_and_resume_still_works(pusht_zarr, tmp_path):
+    cfg = load_config(None, [*TINY, f"--data.uri={pusht_zarr}", "--data.episodes=[0,1]", "--train.steps=7",
+                             "--train.save_every=2", "--train.keep_checkpoints=2", f"--train.output_dir={tmp_path}"])
+    train(cfg, stop_after=5)
+    ckpts = tmp_path / "checkpoints"
+    foreign = ckpts / "step_old_notes"  # not a step_<N> checkpoint: never touched
+    foreign.mkdir()
+    assert sorted(p.name for p in ckpts.glob("step_0*")) == ["step_000004", "step_000005"]  # stop saves too
+    train(cfg, resume=True)
+    assert sorted(p.name for p in ckpts.glob("step_0*")) == ["step_000006", "step_000007"]
+    assert (ckpts / "last").read_text() == "step_000007" and foreign.is_dir()
+    with pytest.raises(ValueError, match="keep_checkpoints"):
+        load_config(None, [*TINY, "--train.keep_checkpoints=-1"])
+
+
 def test_resume_on_other_data_is_refused_naming_the_difference(pusht_zarr, tmp_path):
     args = [*TINY, f"--data.uri={pusht_zarr}", "--train.steps=4", f"--train.output_dir={tmp_path}"]
     train(load_config(None, [*args, "--data.episodes=[0,1]"]), stop_after=2)
