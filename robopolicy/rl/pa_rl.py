@@ -17,8 +17,8 @@ One update on a batch of chunk transitions (s_t, a_{t:t+k}, r_{t:t+k}, s_{t+k}),
      (optim.lr; PA-RL 5e-5) keeps the candidates from collapsing, and so does robopolicy's anchor: a share
      `distill_data_fraction` of each distillation batch keeps the dataset's chunk (0: PA-RL as published).
      Why the anchor (BENCHMARKS.md, offline RL): distilling a flow UNet onto its own samples alone (N = 1, T = 0)
-     moves its chunks ~6x as far as training on the data does in the same updates (Adam follows the
-     low-variance self-targets at full step size) and took PushT success from 51% to 0% in 150 updates.
+     moves its chunks 5-8x as far as training on the data does in the same updates (nothing pulls a perturbed
+     policy back to the data) and took PushT success from 51% to 0% in 150 updates.
 The critic reads the policy's observation encoding (`encode`, detached, pooled per sample) and the normalized
 executed chunk.
 """
