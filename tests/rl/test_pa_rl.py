@@ -161,6 +161,17 @@ def test_iql_critic_learns_without_policy_samples_then_distils(point_mass, bc_ru
     assert all(torch.equal(v, built["value"].state_dict()[k]) for k, v in saved.items())
 
 
+def test_iql_run_resumes_exactly(point_mass, bc_run, tmp_path):
+    cfg = PARLConfig(critic=RL.critic, optimization=RL.optimization, critic_loss="iql", critic_warmup_steps=2)
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(_finetune_cfg(point_mass, full, 4), rule=PARL(cfg), policy=load_policy(bc_run))
+    train(_finetune_cfg(point_mass, part, 4, save_every=3), rule=PARL(cfg), policy=load_policy(bc_run), stop_after=3)
+    train(_finetune_cfg(point_mass, part, 4, save_every=3), rule=PARL(cfg), policy=load_policy(bc_run), resume=True)
+    for a, b in zip(_rows(full), _rows(part), strict=True):
+        assert (a["loss"], a["critic/value_loss"], a["critic/q_data"]) == (
+            b["loss"], b["critic/value_loss"], b["critic/q_data"]), a["step"]
+
+
 def test_distillation_batch_keeps_the_dataset_chunk_for_its_anchor_share(point_mass, bc_run):
     from robopolicy.data.dataset import open_dataset
     from robopolicy.rl.chunks import with_actions
