@@ -16,9 +16,8 @@ from robopolicy.policies.base import PolicyConfig
 from robopolicy.train.config import DATASET_FIELDS
 
 # what fine-tuning changes from training's defaults (a preset or the command line can set them again)
-# the policy's EMA (as in `train`) counts the policy's own updates, from the end of a critic warm-up: without it,
-# 150 plain BC updates at batch 32 and lr 5e-5 took a PushT policy's coverage from 0.86 to 0.79 (BENCHMARKS.md)
-# (a fine-tune with a long critic warm-up would otherwise keep dozens of checkpoints with critics and optimizers)
+# the policy's EMA is on, as in `train`, and counts the policy's own updates (from the end of a critic warm-up);
+# only the 3 newest checkpoints are kept (a long critic warm-up would otherwise leave dozens, critics included)
 FINETUNE_DEFAULTS = {"optim": {"lr": 5e-5, "warmup_steps": 0},
                      "train": {"steps": 1000, "save_every": 500, "keep_checkpoints": 3}}
 

@@ -43,7 +43,7 @@ from robopolicy.rl.chunks import (
     next_prefix,
     with_actions,
 )
-from robopolicy.rl.objectives import cal_ql_regularizer, chunk_targets
+from robopolicy.rl.objectives import cal_ql_regularizer, chunk_targets, td_loss_mask_mean
 from robopolicy.rl.rewards import REWARD_KEY
 from robopolicy.train.config import TrainConfig
 from robopolicy.train.update import POLICY, Learner, make_optimizer
@@ -137,8 +137,7 @@ class CORFT(ChunkRule):
         q_all = learner.modules[CRITIC](torch.cat([feat, feat.repeat_interleave(n, 0)]),
                                         torch.cat([data_chunk, policy_chunks.flatten(0, 1)]))  # (E, B + B*N, k)
         q_data = q_all[:, :b]
-        mask = defined.float().unsqueeze(0)
-        td = ((q_data - y.unsqueeze(0)).pow(2) * mask).sum() / (mask.sum() * q_data.shape[0]).clamp(min=1.0)
+        td = td_loss_mask_mean((q_data - y.unsqueeze(0)).pow(2), defined)
         q_policy = q_all[:, b:, -1].unflatten(1, (b, n))
         cql = cal_ql_regularizer(q_policy, q_data[..., -1], v_mu).mean()
         critic_grad = learner.step(CRITIC, td + cfg.cql_alpha * cql)

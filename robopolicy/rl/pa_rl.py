@@ -44,7 +44,7 @@ from robopolicy.rl.chunks import (
     with_actions,
 )
 from robopolicy.rl.critics import CriticConfig, EnsembleQ, ValueNet
-from robopolicy.rl.objectives import cal_ql_regularizer, chunk_targets, expectile_loss
+from robopolicy.rl.objectives import cal_ql_regularizer, chunk_targets, expectile_loss, td_loss_mask_mean
 from robopolicy.rl.rewards import REWARD_KEY
 from robopolicy.train.config import TrainConfig
 from robopolicy.train.update import POLICY, Learner, make_optimizer
@@ -213,9 +213,7 @@ class PARL(ChunkRule):
         b, n_opt = optimised.shape[:2]
         feats = torch.cat([feat, feat.repeat_interleave(n_opt, 0)])
         out = learner.modules[CRITIC](feats, torch.cat([data_chunk, optimised.flatten(0, 1)]))  # (E, B + B*k, K)
-        td = critic.td_loss(out[:, :b], y)
-        mask = defined.float()
-        td_loss = (td * mask).sum() / (mask.sum().clamp(min=1.0) * td.shape[0])
+        td_loss = td_loss_mask_mean(critic.td_loss(out[:, :b], y), defined)
         q_all = critic.values(out)
         q_data, q_policy = q_all[:, :b], q_all[:, b:].unflatten(1, (b, n_opt))
         cql = cal_ql_regularizer(q_policy, q_data, v_mu, cfg.cql_reduce).mean()
@@ -240,9 +238,7 @@ class PARL(ChunkRule):
         y, defined = chunk_targets(reward, terminal, exists, boot, cfg.gamma)
         y, defined = y[:, -1], defined[:, -1]
         out = learner.modules[CRITIC](feat, data_chunk)
-        td = critic.td_loss(out, y)
-        mask = defined.float()
-        td_loss = (td * mask).sum() / (mask.sum().clamp(min=1.0) * td.shape[0])
+        td_loss = td_loss_mask_mean(critic.td_loss(out, y), defined)
         grad = learner.step(CRITIC, td_loss)
         critic.update_target()
         return {"loss": td_loss.detach(), "critic/td_loss": td_loss.detach(), "critic/value_loss": v_loss.detach(),
