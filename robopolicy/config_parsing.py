@@ -63,7 +63,8 @@ def from_plain(cls: type, data: Any, path: Sequence[str] = ()) -> Any:
     unknown = [str(key) for key in data if key not in names]
     if unknown:
         listed = ", ".join(dotted((*path, key)) + suggest(key, names) for key in unknown)
-        raise ConfigError(f"unknown config fields {listed}; {where} has: {', '.join(names)}")
+        has = f"has: {', '.join(names)}" if names else "has no fields to set"
+        raise ConfigError(f"unknown config fields {listed}; {where} {has}")
     kwargs = {name: _coerce(hints[name], value, (*path, name)) for name, value in data.items()}
     try:
         return cls(**kwargs)

@@ -219,6 +219,10 @@ def test_finetune_bc_continues_behaviour_cloning(point_mass, bc_run, tmp_path, c
     moved = [not torch.equal(a, b) for a, b in zip(load_policy(out).state_dict().values(),
                                                       load_policy(bc_run).state_dict().values())]
     assert any(moved)
+    rc = main(["finetune", "--checkpoint", str(bc_run), "--method", "bc", "--dataset", str(point_mass),
+               "--rl.gamma=0.9", f"--train.output_dir={tmp_path / 'bad'}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "rl.gamma" in err and "rl has no fields to set" in err and "Traceback" not in err, err
 
 
 @pytest.mark.parametrize("args, message", [
