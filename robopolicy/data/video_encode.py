@@ -108,14 +108,32 @@ def _encode_once(frames: np.ndarray, path: Path, fps: float, codec: str, options
         stream = container.add_stream(codec, rate=rate, options=options.encoder_options(codec))
         stream.width, stream.height, stream.pix_fmt = w, h, options.pix_fmt
         stream.codec_context.time_base = 1 / rate
+        muxed: list[tuple[int | None, int | None]] = []  # (pts, dts) of the packets written so far
         for i in range(n):
             frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
             frame.pts = i
             frame.time_base = 1 / rate
             for packet in stream.encode(frame):
-                container.mux(packet)
+                _mux(container, packet, path, muxed)
         for packet in stream.encode():
-            container.mux(packet)
+            _mux(container, packet, path, muxed)
+
+
+class MuxError(RuntimeError):
+    """The muxer refused a packet the encoder produced (seen once in CI: libsvtav1, EINVAL on a long episode)."""
+
+
+def _mux(container, packet, path: Path, muxed: list) -> None:
+    stamp = (packet.pts, packet.dts)  # in the encoder's time base (1 / fps); mux rescales the packet in place
+    try:
+        container.mux(packet)
+    except av.FFmpegError as e:
+        last = muxed[-1] if muxed else None
+        raise MuxError(
+            f"{path}: the mp4 muxer refused packet {len(muxed)} (pts {stamp[0]}, dts {stamp[1]} in 1/fps; the "
+            f"previous packet had {last}): {e}"
+        ) from e
+    muxed.append(stamp)
 
 
 def encode_video(
@@ -136,17 +154,20 @@ def encode_video(
 
     The encoder runs under a watchdog: libsvtav1 3.x occasionally deadlocks inside send_picture (seen here once
     in ~150 episodes; upstream SVT-AV1 issues 2300/2311). A stuck attempt is abandoned (its thread idles) and the
-    episode is encoded again into a fresh file; after `attempts` stuck attempts the error names the file.
+    episode is encoded again into a fresh file; so is an attempt whose packets the muxer refused (MuxError, seen
+    once in CI and not reproduced in 32 encodes of the same frames). After `attempts` failed attempts the error
+    names the file and what went wrong each time.
     """
     n, h, w = frames.shape[:3]
     if timeout_s is None:
         timeout_s = 60.0 + n * max(1.0, h * w / (640 * 480)) * 0.5
-    errors: list[BaseException] = []
     abandoned: list[Path] = []
+    failures: list[str] = []
     for attempt in range(attempts):
         # every attempt writes its own file, so a stuck encoder that wakes up later cannot clobber the result
         target = path.with_name(f"{path.stem}.attempt{attempt}{path.suffix}")
         target = scratch(target) if scratch is not None else target
+        errors: list[BaseException] = []  # this attempt's own: an abandoned thread may still fail later
         worker = threading.Thread(
             target=_run_capturing, args=(errors, _encode_once, frames, target, fps, codec, options), daemon=True
         )
@@ -156,15 +177,22 @@ def encode_video(
             warnings.warn(f"{path}: {codec} encoder stuck for {timeout_s:.0f} s (attempt {attempt + 1}); retrying",
                           stacklevel=2)
             abandoned.append(target)
+            failures.append(f"stuck for {timeout_s:.0f} s")
             continue
         if errors:
-            raise errors[0]
+            error = errors[0]
+            if not isinstance(error, MuxError):
+                raise error
+            warnings.warn(f"{error} (attempt {attempt + 1}); encoding the episode again", stacklevel=2)
+            failures.append(str(error))
+            target.unlink(missing_ok=True)
+            continue
         os.replace(target, path)
         for stuck in abandoned:  # the stuck thread keeps writing into an unlinked file
             stuck.unlink(missing_ok=True)
         return
     raise RuntimeError(
-        f"{path}: the {codec} encoder hung {attempts} times; encode with another codec "
+        f"{path}: the {codec} encoder failed {attempts} times ({'; '.join(failures)}); encode with another codec "
         "(VideoOptions(codec='libx264')) or store images losslessly (video=False)"
     )
 

@@ -337,6 +337,48 @@ def test_stuck_encoder_is_retried_into_a_fresh_file(tmp_path, monkeypatch):
     never.set()
 
 
+
+def _refuse_packet_3(video_encode, monkeypatch, attempts_refused: int) -> list[str]:
+    """Make the muxer see a non-increasing dts at packet 3 of the first `attempts_refused` attempts."""
+    real = video_encode._mux
+    files: list[str] = []
+
+    def mux(container, packet, path, muxed):
+        if path.name not in files:
+            files.append(path.name)
+        if len(files) <= attempts_refused and len(muxed) == 3:
+            packet.pts = packet.dts = muxed[-1][1]  # what the failing CI encode must have produced
+        real(container, packet, path, muxed)
+
+    monkeypatch.setattr(video_encode, "_mux", mux)
+    return files
+
+
+def test_a_refused_packet_is_encoded_again_into_a_fresh_file(tmp_path, monkeypatch):
+    import av
+
+    from robopolicy.data import video_encode
+
+    files = _refuse_packet_3(video_encode, monkeypatch, attempts_refused=1)
+    frames = np.random.default_rng(0).integers(0, 255, (8, 16, 16, 3), dtype=np.uint8)
+    out = tmp_path / "ep.mp4"
+    with pytest.warns(UserWarning, match=r"ep.attempt0.mp4: the mp4 muxer refused packet 3 \(pts 2, dts 2"):
+        video_encode.encode_video(frames, out, 10, "mpeg4", video_encode.VideoOptions())
+    assert files == ["ep.attempt0.mp4", "ep.attempt1.mp4"] and sorted(p.name for p in tmp_path.iterdir()) == ["ep.mp4"]
+    with av.open(str(out)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 8
+
+
+def test_a_muxer_that_always_refuses_names_the_file_and_each_attempt(tmp_path, monkeypatch):
+    from robopolicy.data import video_encode
+
+    _refuse_packet_3(video_encode, monkeypatch, attempts_refused=3)
+    frames = np.zeros((8, 16, 16, 3), np.uint8)
+    with pytest.warns(UserWarning), pytest.raises(RuntimeError, match=r"ep.mp4: the mpeg4 encoder failed 3 times") as e:
+        video_encode.encode_video(frames, tmp_path / "ep.mp4", 10, "mpeg4", video_encode.VideoOptions())
+    assert str(e.value).count("refused packet 3") == 3 and "video=False" in str(e.value)
+    assert list(tmp_path.iterdir()) == []  # no attempt file is left behind
+
 # ----- long episodes: float32 timestamps past 2048 s ---------------------------------------------------------
 # timestamp is float32 on disk (as LeRobot writes it): its spacing is 2.4e-4 s past 2048 s and 4.9e-4 s past
 # 4096 s, more than the default tolerance_s=1e-4. At 2 fps every i/2 is exact in float32, so the short test
