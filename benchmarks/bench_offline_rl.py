@@ -101,12 +101,18 @@ def main() -> int:
     p.add_argument("--episodes", type=int, default=50, help="episodes per seed set")
     p.add_argument("--cost", type=int, default=0, help="also time this many updates of each method against BC")
     p.add_argument("--cost-only", action="store_true", help="only the --cost timing (needs the BC run)")
-    p.add_argument("--rl", nargs="*", default=[], metavar="--rl.field=value", help="extra finetune overrides")
+    p.add_argument("--name", default=None, help="the fine-tuned run's directory (default: the method's name); "
+                   "for a variant of one method beside another")
     p.add_argument("--out", type=Path, default=REPO / "outputs" / "offline_rl")
-    args = p.parse_args()
+    p.epilog = "Any --rl.*, --train.* or --optim.* argument is passed on to finetune (e.g. --rl.cql_alpha=1)."
+    args, overrides = p.parse_known_args()
+    if unknown := [o for o in overrides if not o.startswith(("--rl.", "--train.", "--optim."))]:
+        p.error(f"unrecognized arguments: {' '.join(unknown)}")
     if not PUSHT.exists():
         sys.exit(f"{PUSHT} is missing: this benchmark needs the real PushT demonstrations")
     heads, methods = args.heads.split(","), [m for m in args.methods.split(",") if m]
+    if args.name and len(methods) != 1:
+        sys.exit(f"--name {args.name} names one run: give exactly one method (--methods), not {methods}")
     extra = {} if args.paper_sizes else CPU_SIZES
     out, log = args.out, args.out / "bench.log"
     results: dict = {"bc_steps": args.bc_steps, "steps": args.steps, "critic_warmup": args.critic_warmup,
@@ -124,7 +130,7 @@ def main() -> int:
             results["runs"][f"{head}/bc"] = eval_sets(bc, out / head / "eval" / "bc", args.seed_sets, args.episodes,
                                                       log)
         for method in [] if args.cost_only else methods:
-            name = "bc_continued" if method == "bc" else method  # not the BC run itself
+            name = args.name or ("bc_continued" if method == "bc" else method)  # not the BC run itself
             ft = out / head / name
             steps = args.ptr_steps if method == "ptr" and args.ptr_steps else args.steps
             warmup = [f"--rl.critic_warmup_steps={args.critic_warmup}"] if method in ("pa_rl", "co_rft") else []
@@ -133,7 +139,7 @@ def main() -> int:
                 cmd = [*robopolicy(), "finetune", "--checkpoint", str(bc), "--method", method, "--dataset",
                        str(PUSHT), f"--train.steps={steps}", f"--train.output_dir={ft}",
                        f"--train.batch_size={args.batch_size}", "--train.progress=false", *REWARD[method],
-                       *extra.get(method, []), *warmup, *args.rl]
+                       *extra.get(method, []), *warmup, *overrides]
                 run(cmd + (["--resume"] if (ft / "checkpoints" / "last").exists() else []), log)
                 (ft / "DONE").write_text("trained\n")
             results["runs"][f"{head}/{name}"] = eval_sets(ft, out / head / "eval" / name, args.seed_sets,

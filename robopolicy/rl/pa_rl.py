@@ -20,7 +20,9 @@ One update on a batch of chunk transitions (s_t, a_{t:t+k}, r_{t:t+k}, s_{t+k}),
      moves its chunks 5-8x as far as training on the data does in the same updates (nothing pulls a perturbed
      policy back to the data) and took PushT success from 51% to 0% in 150 updates.
 The critic reads the policy's observation encoding (`encode`, detached, pooled per sample) and the normalized
-executed chunk.
+executed chunk. A Cal-QL critic warm-up (`critic_warmup_steps`) draws the frozen policy's N samples at each
+frame once and reuses them (`warmup_sample_cache`, robopolicy.rl.sample_cache): the optimisation still runs on
+them every update, but after one pass over the data nothing is sampled, so a long warm-up costs minutes.
 """
 
 from __future__ import annotations
@@ -46,11 +48,13 @@ from robopolicy.rl.chunks import (
 from robopolicy.rl.critics import CriticConfig, EnsembleQ, ValueNet
 from robopolicy.rl.objectives import cal_ql_regularizer, chunk_targets, expectile_loss, td_loss_mask_mean
 from robopolicy.rl.rewards import REWARD_KEY
+from robopolicy.rl.sample_cache import SampleCache, take_rows
 from robopolicy.train.config import TrainConfig
 from robopolicy.train.update import POLICY, Learner, make_optimizer
 
 CRITIC = "critic"
 VALUE = "value"  # IQL's V(s) (critic_loss: iql)
+SAMPLES = "samples"  # the frozen policy's samples per frame during a Cal-QL warm-up (warmup_sample_cache)
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,9 @@ class PARLConfig:
     distill_data_fraction: float = 0.5  # share of each distillation batch that keeps the dataset's chunk
     temperature: float = 1.0  # of the softmax choices
     critic_warmup_steps: int = 0  # critic-only updates before distillation starts
+    # Cal-QL warm-up: the frozen policy's N samples at each frame are drawn once and reused (robopolicy.rl.
+    # sample_cache), so after one pass over the data a warm-up update costs the critic's MLPs only
+    warmup_sample_cache: bool = True
     # the online phase (robopolicy.rl.online): episodes from this index on are online data, drawn this share of
     # the time (PA-RL: 0.5; 0: as the data's own frequency), and the critic starts from this run's critic
     online_fraction: float = 0.0
@@ -124,6 +131,9 @@ class PARL(ChunkRule):
                 value.load_state_dict(load_value(self.config.init_critic))
             modules[VALUE] = value.to(device=policy.head.device)
             optimizers[VALUE] = torch.optim.Adam(modules[VALUE].parameters(), lr=self.config.critic_lr)
+        elif self.config.critic_warmup_steps > 0 and self.config.warmup_sample_cache:
+            modules[SAMPLES] = SampleCache(len(self.rewards.stop), self.config.optimization.num_samples, self.k,
+                                           policy.config.action_dim).to(device=policy.head.device)
         return modules, optimizers
 
     def window_weights(self, windows, balance: str) -> np.ndarray | None:
@@ -151,7 +161,8 @@ class PARL(ChunkRule):
         critic: EnsembleQ = learner.unwrap(CRITIC)
         head, pcfg = policy.head, policy.config
         sl = executed_slice(pcfg, self.k)
-        reward, terminal, exists, v_mu = (x.to(head.device) for x in self.rewards.chunk(batch["index"], self.k))
+        index = batch["index"]
+        reward, terminal, exists, v_mu = (x.to(head.device) for x in self.rewards.chunk(index, self.k))
 
         with torch.no_grad(), eval_mode(policy):
             obs = policy.prepare(batch)
@@ -160,31 +171,51 @@ class PARL(ChunkRule):
             next_feat = flatten_condition(head.encode(nxt))
         data_chunk = obs[pcfg.action_key][:, sl].float()
         warming = step < cfg.critic_warmup_steps
+        # during a Cal-QL warm-up the candidates hold the executed steps only, drawn from the cache
+        cached = warming and SAMPLES in learner.modules
+
+        def cut(a: torch.Tensor) -> torch.Tensor:
+            """The executed steps of chunks (..., H, D) (cached candidates have nothing else)."""
+            return a if cached else a[..., sl, :]
 
         def q_fn(f: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-            return critic.q(f, a[:, sl].float()).mean(0)
+            return critic.q(f, cut(a).float()).mean(0)
 
-        def candidates(o: dict[str, Any], f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            """N head samples at o (B, N, H, D), the optimised k of them (B, k, H, D) and their Q (B, k)."""
+        def draw(o: dict[str, Any]) -> torch.Tensor:
             with torch.no_grad(), eval_mode(policy):
-                sampled = head.sample(o, num_samples=opt_cfg.num_samples)
+                return head.sample(o, num_samples=opt_cfg.num_samples)
+
+        def candidates(o: dict[str, Any], f: torch.Tensor, frames: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            """N head samples at o (B, N, H, D), the optimised k of them (B, k, H, D) and their Q (B, k); frames
+            (B,) are o's dataset frames (the cache's keys)."""
+            if cached:
+                cache: SampleCache = learner.unwrap(SAMPLES)
+                sampled = cache.get(frames, lambda rows: draw(take_rows(o, rows, len(frames)))[..., sl, :])
+            else:
+                sampled = draw(o)
             return (sampled, *optimize_actions(q_fn, f, sampled.float(), opt_cfg))
 
         if cfg.critic_loss == "iql":
             values = self._iql_critic(learner, critic, feat, next_feat, data_chunk, reward, terminal, exists)
             if warming:  # IQL's critic needs no policy samples: warm-up costs what the MLPs cost
                 return values
-            cand_now, best_now, q_best_now = candidates(obs, feat)
+            cand_now, best_now, q_best_now = candidates(obs, feat, index)
         else:
-            # 1. the Bellman target from the optimised candidates at s_{t+k}
-            _, best_next, q_best_next = candidates(nxt, next_feat)
+            # 1. the Bellman target from the optimised candidates at s_{t+k} (frame t + k; none when the chunk runs
+            #    past its episode: that target is masked or not bootstrapped)
+            next_frames = index.cpu().long() + self.k
+            next_frames = torch.where(next_frames < self.rewards.stop[index.cpu().long()], next_frames, -1)
+            _, best_next, q_best_next = candidates(nxt, next_feat, next_frames)
             a_next = choose(best_next, q_best_next, cfg.target_action, cfg.temperature)
-            boot = critic.target(next_feat, a_next[:, sl]).unsqueeze(1).expand(-1, self.k)
+            boot = critic.target(next_feat, cut(a_next)).unsqueeze(1).expand(-1, self.k)
             y, defined = chunk_targets(reward, terminal, exists, boot, cfg.gamma)
             # 2. the critic: TD on the dataset chunk + Cal-QL over the optimised chunks at s_t
-            cand_now, best_now, q_best_now = candidates(obs, feat)
-            values = self._cal_ql_critic(learner, critic, feat, data_chunk, best_now[:, :, sl], y[:, -1],
+            cand_now, best_now, q_best_now = candidates(obs, feat, index)
+            values = self._cal_ql_critic(learner, critic, feat, data_chunk, cut(best_now), y[:, -1],
                                          defined[:, -1], v_mu)
+            if cached:
+                values["candidates/cached_frames"] = learner.unwrap(SAMPLES).filled.float().mean()
         values["candidates/q_optimised"] = q_best_now.mean().detach()
         with torch.no_grad():  # the mean over all N sampled candidates: optimisation can only raise it
             n = cand_now.shape[1]

@@ -172,6 +172,72 @@ def test_iql_run_resumes_exactly(point_mass, bc_run, tmp_path):
             b["loss"], b["critic/value_loss"], b["critic/q_data"]), a["step"]
 
 
+
+def test_cal_ql_warmup_draws_each_frame_once_from_the_frozen_policy(point_mass, bc_run, tmp_path, monkeypatch):
+    from robopolicy.policies.diffusion.modeling import DiffusionHead
+    from robopolicy.rl.pa_rl import SAMPLES
+
+    rows_drawn = []
+    original = DiffusionHead.sample
+
+    def counting(self, obs, *a, **k):
+        rows_drawn.append(len(obs["state"]))
+        return original(self, obs, *a, **k)
+
+    monkeypatch.setattr(DiffusionHead, "sample", counting)
+    cfg = PARLConfig(critic=RL.critic, optimization=RL.optimization, critic_lr=3e-3, critic_warmup_steps=40)
+    run = tmp_path / "cached"
+    ckpt = train(_finetune_cfg(point_mass, run, 42, save_every=40), rule=PARL(cfg), policy=load_policy(bc_run))
+    cache = load_file(str(ckpt / "train_state" / "modules" / f"{SAMPLES}.safetensors"))
+    filled, store = cache["filled"], cache["store"]
+    warm = rows_drawn[:-4]  # the 2 distillation updates sample at s_{t+k} and at s_t, uncached
+    assert rows_drawn[-4:] == [8, 8, 8, 8]
+    # 40 updates x (8 states + 8 next states) = 640 lookups, but every frame was sampled once
+    assert sum(warm) == int(filled.sum()) and 60 < sum(warm) <= 120 and len(warm) < 80
+    assert store.shape == (120, 4, 4, 2) and store[filled].abs().sum(dim=(1, 2, 3)).gt(0).all()
+    assert store[~filled].abs().sum() == 0 and store.abs().max() <= 1.0 + 1e-6  # clipped normalized chunks
+    rows = _rows(run)
+    assert [float(r["candidates/cached_frames"]) for r in rows[:40]] == sorted(
+        float(r["candidates/cached_frames"]) for r in rows[:40])
+    assert float(rows[39]["candidates/cached_frames"]) == pytest.approx(float(filled.float().mean()))
+    td = [float(r["critic/td_loss"]) for r in rows[:40]]
+    assert np.mean(td[20:]) < 0.6 * td[0] and np.isfinite(float(rows[39]["critic/cql"]))  # Q fits its targets
+    assert rows[-1]["distill/loss"] != "" and rows[-1]["candidates/cached_frames"] == ""
+
+
+def test_cached_cal_ql_warmup_resumes_exactly(point_mass, bc_run, tmp_path):
+    cfg = PARLConfig(critic=RL.critic, optimization=RL.optimization, critic_warmup_steps=3)
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(_finetune_cfg(point_mass, full, 5), rule=PARL(cfg), policy=load_policy(bc_run))
+    train(_finetune_cfg(point_mass, part, 5, save_every=2), rule=PARL(cfg), policy=load_policy(bc_run), stop_after=2)
+    train(_finetune_cfg(point_mass, part, 5, save_every=2), rule=PARL(cfg), policy=load_policy(bc_run), resume=True)
+    for a, b in zip(_rows(full), _rows(part), strict=True):
+        assert (a["loss"], a["critic/cql"], a["critic/q_data"]) == (b["loss"], b["critic/cql"], b["critic/q_data"]), \
+            a["step"]
+
+
+def test_sample_cache_draws_missing_frames_once_and_gives_zeros_past_an_episode():
+    from robopolicy.rl.sample_cache import SampleCache, take_rows
+
+    cache = SampleCache(num_frames=10, num_samples=2, steps=3, action_dim=1)
+    asked = []
+
+    def draw(rows):
+        asked.append(rows.tolist())
+        return (rows.float() + 1).view(-1, 1, 1, 1).expand(-1, 2, 3, 1)  # row r -> value r + 1
+
+    out = cache.get(torch.tensor([4, 7, 4, -1]), draw)
+    assert asked == [[0, 1]]  # frame 4 once (its first row), frame 7, nothing for -1
+    assert out[:, 0, 0, 0].tolist() == [1.0, 2.0, 1.0, 0.0]
+    out = cache.get(torch.tensor([7, 2, 4]), draw)
+    assert asked == [[0, 1], [1]] and out[:, 0, 0, 0].tolist() == [2.0, 2.0, 1.0]  # only frame 2 was new
+    assert cache.coverage == pytest.approx(0.3)
+    with pytest.raises(ValueError, match=r"drew chunks \(2, 2, 1\), the cache holds \(2, 3, 1\)"):
+        cache.get(torch.tensor([0]), lambda rows: torch.zeros(1, 2, 2, 1))
+    obs = {"state": torch.arange(8).view(4, 2), "task": ["a", "b", "c", "d"], "flag": torch.tensor(1.0)}
+    got = take_rows(obs, torch.tensor([3, 1]), 4)
+    assert got["state"].tolist() == [[6, 7], [2, 3]] and got["task"] == ["d", "b"] and got["flag"] == 1.0
+
 def test_distillation_batch_keeps_the_dataset_chunk_for_its_anchor_share(point_mass, bc_run):
     from robopolicy.data.dataset import open_dataset
     from robopolicy.rl.chunks import with_actions
