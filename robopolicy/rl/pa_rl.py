@@ -204,8 +204,8 @@ class PARL(ChunkRule):
         else:
             # 1. the Bellman target from the optimised candidates at s_{t+k} (frame t + k; none when the chunk runs
             #    past its episode: that target is masked or not bootstrapped)
-            next_frames = index.cpu().long() + self.k
-            next_frames = torch.where(next_frames < self.rewards.stop[index.cpu().long()], next_frames, -1)
+            frames = index.cpu().long()
+            next_frames = torch.where(frames + self.k < self.rewards.stop[frames], frames + self.k, -1)
             _, best_next, q_best_next = candidates(nxt, next_feat, next_frames)
             a_next = choose(best_next, q_best_next, cfg.target_action, cfg.temperature)
             boot = critic.target(next_feat, cut(a_next)).unsqueeze(1).expand(-1, self.k)

@@ -60,11 +60,6 @@ class SampleCache(nn.Module):
             self.filled[frames] = True
         return self.store[safe] * known.view(-1, 1, 1, 1).to(self.store.dtype)
 
-    @property
-    def coverage(self) -> float:
-        """Share of the frames with samples."""
-        return float(self.filled.float().mean())
-
 
 def _first_occurrences(index: torch.Tensor, missing: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The distinct missing frames and, for each, the first batch row that holds it."""
