@@ -94,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
     from robopolicy.train.config import load_config
     from robopolicy.train.trainer import train
 
+    if fixed := [o for o in args.overrides if o.startswith("--policy.")]:
+        raise ConfigError(f"{fixed[0].split('=')[0]}: the policy's architecture and sampler come from the "
+                          f"checkpoint {args.checkpoint}; fine-tuning cannot change them (set them when training; eval "
+                          f"takes --n-action-steps)")
     checkpoint = resolve_checkpoint(args.checkpoint)
     policy = load_policy(checkpoint)
     pcfg = policy.config

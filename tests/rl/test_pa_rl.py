@@ -295,6 +295,7 @@ def test_finetune_bc_continues_behaviour_cloning(point_mass, bc_run, tmp_path, c
     (["--method", "sac"], "rl.method='sac'"),
     (["--method", "pa_rl", "--rl.gamma=1.5"], "rl.gamma"),
     (["--method", "pa_rl", "--rl.reward=next.success"], "no reward column 'next.success'"),
+    (["--method", "pa_rl", "--policy.num_inference_steps=3"], "--policy.num_inference_steps: the policy's"),
 ])
 def test_finetune_errors_are_one_line_naming_the_field(point_mass, bc_run, tmp_path, capsys, args, message):
     from robopolicy.cli.main import main
