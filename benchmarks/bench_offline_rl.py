@@ -161,7 +161,7 @@ def main() -> int:
                    "for a variant of one method beside another")
     p.add_argument("--collect-episodes", type=int, default=250,
                    help="episodes stage 0 collects: ogbench, of 1001 steps (OGBench's datasets: 1000); lift_mixed")
-    p.add_argument("--out", type=Path, help="default outputs/offline_rl (pusht), outputs/offline_rl_ogbench")
+    p.add_argument("--out", type=Path, help="default outputs/offline_rl (pusht), else outputs/offline_rl_<bench>")
     p.epilog = "Any --rl.*, --train.* or --optim.* argument is passed on to finetune (e.g. --rl.cql_alpha=1)."
     args, overrides = p.parse_known_args()
     if unknown := [o for o in overrides if not o.startswith(("--rl.", "--train.", "--optim."))]:
