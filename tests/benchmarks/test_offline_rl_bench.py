@@ -1,0 +1,48 @@
+"""bench_offline_rl's benchmarks: each names presets that exist and load, and collects the data it says."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from robopolicy.train.config import load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _load(name: str):
+    sys.path.insert(0, str(REPO / "benchmarks"))  # the script imports its sibling bench_multitask
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load("bench_offline_rl")
+
+
+@pytest.mark.parametrize("name", sorted(bench.BENCHES))
+def test_every_bench_has_a_flow_preset_for_its_env(name):
+    b = bench.BENCHES[name]
+    cfg = load_config(REPO / "configs" / f"flow_{b.config}.yaml")
+    assert cfg.policy["type"] == "flow" and cfg.eval.env == b.env
+    assert b.reward in ("pusht_coverage", "next.reward")
+
+
+def test_lift_mixed_is_a_quarter_clean_then_perturbed_episodes_appended():
+    first, second = bench.lift_mixed(200)
+    assert first[first.index("--episodes") + 1] == "50" and "--noise" not in first and "--append" not in first
+    assert second[second.index("--episodes") + 1] == "150" and "--append" in second
+    assert float(second[second.index("--noise") + 1]) == bench.LIFT_NOISE
+    assert first[first.index("--seed") + 1] != second[second.index("--seed") + 1]  # no seed is collected twice
+
+
+def test_ogbench_regenerates_play_data_for_the_task_it_evaluates():
+    (cmd,) = bench.ogbench_play(7)
+    b = bench.BENCHES["ogbench"]
+    assert cmd[cmd.index("--env") + 1] == b.env and cmd[cmd.index("--expert") + 1] == "play"
+    assert cmd[cmd.index("--episodes") + 1] == "7" and b.data_path(Path("/o")) == Path("/o") / b.data
