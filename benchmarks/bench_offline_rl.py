@@ -1,4 +1,4 @@
-"""Offline-RL fine-tuning, BC against PA-RL, CO-RFT and PTR (issue 12), on one of two benchmarks (--bench):
+"""Offline-RL fine-tuning, BC against PA-RL, CO-RFT and PTR (issue 12), on one of three benchmarks (--bench):
 
   pusht    PushT's real human demonstrations; rewards relabelled from the block pose (rl.reward=pusht_coverage);
            success = coverage > 0.95, also the mean max coverage
@@ -58,6 +58,11 @@ class Bench:
     def data_path(self, out: Path) -> Path:
         return Path(self.data) if self.collect is None else out / self.data
 
+    @property
+    def rewarded_args(self) -> list[str]:
+        """What pa_rl and co_rft are given beyond their sizes: the reward and the bench's other rl fields."""
+        return [f"--rl.reward={self.reward}", *self.rl]
+
 
 def ogbench_play(episodes: int) -> list[list[str]]:
     """OGBench's play data for cube-single (1001-step episodes, noise 0.1), relabelled for task2."""
@@ -114,7 +119,7 @@ def eval_sets(ckpt: Path, out: Path, sets: int, episodes: int, log: Path, env: s
 
 
 def cost(bc_run: Path, updates: int, methods: list[str], batch: int, extra: dict[str, list[str]],
-         data: Path = PUSHT, reward: str = "pusht_coverage") -> dict[str, float]:
+         data: Path = PUSHT, bench: Bench = BENCHES["pusht"]) -> dict[str, float]:
     """Seconds per 1k updates of BC and of each method, on the same data, one after the other in this process."""
     from robopolicy.policies.policy import load_policy
     from robopolicy.rl.registry import build_rule
@@ -126,11 +131,11 @@ def cost(bc_run: Path, updates: int, methods: list[str], batch: int, extra: dict
     for method in ["bc", *(m for m in methods if m != "bc")]:
         overrides = [f"--train.steps={updates}", "--train.progress=false", "--train.tensorboard=false",
                      f"--train.batch_size={batch}", *extra.get(method, []),
+                     *(bench.rewarded_args if method in REWARDED else []),
                      f"--train.output_dir={bc_run.parent / 'cost' / method}", "--train.overwrite=true",
                      "--train.save_every=1000000", f"--data.uri={data}", "--train.ema_power=0"]
-        rl = {"method": method, **({"reward": reward} if method in REWARDED else {})}
         cfg = load_config(None, overrides, base={k: base[k] for k in ("policy", "data", "optim")}
-                          | ({"rl": rl} if method != "bc" else {}))
+                          | ({"rl": {"method": method}} if method != "bc" else {}))
         trainer = Trainer(cfg, rule=build_rule(cfg.rl) if method != "bc" else None,
                           policy=load_policy(bc_run) if method != "bc" else None)
         start = time.perf_counter()
@@ -142,7 +147,7 @@ def cost(bc_run: Path, updates: int, methods: list[str], batch: int, extra: dict
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bench", choices=sorted(BENCHES), default="pusht")
-    p.add_argument("--heads", default="flow,diffusion", help="state heads (configs/<head>_<bench>_..._cpu.yaml)")
+    p.add_argument("--heads", default="flow,diffusion", help="state heads (configs/<head>_<Bench.config>.yaml)")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--bc-steps", type=int, default=6000)
     p.add_argument("--steps", type=int, default=2000, help="fine-tuning updates per method")
@@ -203,7 +208,7 @@ def main() -> int:
                 cmd = [*robopolicy(), "finetune", "--checkpoint", str(bc), "--method", method, "--dataset",
                        str(data), f"--train.steps={steps}", f"--train.output_dir={ft}",
                        f"--train.batch_size={args.batch_size}", "--train.progress=false",
-                       *([f"--rl.reward={bench.reward}", *bench.rl] if method in REWARDED else []),
+                       *(bench.rewarded_args if method in REWARDED else []),
                        *extra.get(method, []), *warmup, *overrides]
                 run(cmd + (["--resume"] if (ft / "checkpoints" / "last").exists() else []), log)
                 (ft / "DONE").write_text("trained\n")
@@ -211,7 +216,7 @@ def main() -> int:
                                                           args.episodes, log, bench.env)
         if args.cost:
             results.setdefault("ms_per_update", {})[head] = cost(bc, args.cost, methods, args.batch_size, extra,
-                                                              data, bench.reward)
+                                                              data, bench)
     result_file = out / f"results_{'_'.join(heads)}_{'_'.join(methods) or 'bc'}.json"
     result_file.write_text(json.dumps(results, indent=2) + "\n")
 

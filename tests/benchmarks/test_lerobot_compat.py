@@ -6,26 +6,16 @@ The real run needs a LeRobot venv: set LEROBOT_PYTHON (see benchmarks/setup_lero
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+from tests.benchmarks.bench_modules import BENCH, load_bench
 
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-compat = _load("lerobot_compat")
+compat = load_bench("lerobot_compat")
 
 
 def _args(**kw) -> argparse.Namespace:

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
 from robopolicy.train.config import load_config
+from tests.benchmarks.bench_modules import load_bench
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _load(name: str):
-    sys.path.insert(0, str(REPO / "benchmarks"))  # the script imports its sibling bench_multitask
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
-bench = _load("bench_offline_rl")
+bench = load_bench("bench_offline_rl")
 
 
 @pytest.mark.parametrize("name", sorted(bench.BENCHES))
