@@ -83,6 +83,7 @@ class PolicyConfig:
     """
 
     name: ClassVar[str] = ""
+    std_floor: ClassVar[float] = 1e-2  # the Normalizer's floor on std (mean_std mode)
     # the head class: "Class" in the sibling `modeling` module of the config's package, or "package.module:Class"
     head_class: ClassVar[str] = ""
     input_features: dict[str, FeatureSpec] = field(default_factory=dict)
@@ -123,6 +124,12 @@ class PolicyConfig:
         """The processor steps (robopolicy.policies.processor) a fresh policy of this head needs, given the
         dataset's task strings: a TaskVocabulary or a TaskTokenizer for a language input (`language`)."""
         return [step for key in self.language_keys for step in self.language.processor_steps(key)]
+
+    def norm_modes(self) -> dict[str, str]:
+        """{feature key: Normalizer mode} for the numeric inputs and the action (images are the head's business)."""
+        modes = dict.fromkeys(self.state_keys, self.state_norm)
+        modes[self.action_key] = self.action_norm
+        return modes
 
     @property
     def action_key(self) -> str:

@@ -45,7 +45,7 @@ def _qualname(cls: type) -> str:
 
 
 # Heads that ship with robopolicy; imported on first lookup so `import robopolicy` stays light.
-BUILTIN_HEADS = ("diffusion", "flow", "act", "moe_act", "dd_vla")
+BUILTIN_HEADS = ("diffusion", "flow", "act", "moe_act", "dd_vla", "lerobot_act", "lerobot_diffusion")
 
 
 def _plugin_entry_points() -> dict[str, Any]:

@@ -18,13 +18,14 @@ from robopolicy.policies.common import kernels, prepacked
 
 class SinusoidalEmbedding(nn.Module):
     """t (B,) -> (B, dim) sin/cos features with geometric frequencies (period up to 10k), computed in float32 and
-    returned in the module's dtype (its frequency buffer follows `.to()`)."""
+    returned in the module's dtype (its frequency buffer follows `.to()`). Frequency i is
+    max_period^(-i / (dim / 2 - shift)); LeRobot's Diffusion Policy uses shift 1."""
 
-    def __init__(self, dim: int, max_period: float = 10_000.0):
+    def __init__(self, dim: int, max_period: float = 10_000.0, shift: int = 0):
         super().__init__()
         self.dim = dim
         half = dim // 2
-        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / (half - shift))
         self.register_buffer("freqs", freqs, persistent=False)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
@@ -115,10 +116,11 @@ class ConditionalUnet1D(nn.Module):
         n_groups: int = 8,
         step_embed_dim: int = 128,
         predict_scale: bool = True,
+        step_embed_shift: int = 0,
     ):
         super().__init__()
         self.step_embed = nn.Sequential(
-            SinusoidalEmbedding(step_embed_dim),
+            SinusoidalEmbedding(step_embed_dim, shift=step_embed_shift),
             nn.Linear(step_embed_dim, step_embed_dim * 4),
             nn.Mish(),
             nn.Linear(step_embed_dim * 4, step_embed_dim),
