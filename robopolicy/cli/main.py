@@ -14,7 +14,7 @@ import os
 import sys
 import traceback
 
-# name -> module under robopolicy.cli (imported lazily so `--help` stays fast)
+# name -> module under robopolicy.cli, "-" spelled "_" (imported lazily so `--help` stays fast)
 SUBCOMMANDS = {
     "info": "Summarize a dataset: format, fps, episodes, frames, features, tasks.",
     "convert": "Convert a dataset between Zarr (diffusion-policy layout) and LeRobot v3.0.",
@@ -28,6 +28,7 @@ SUBCOMMANDS = {
     "train": "Train a policy head on a dataset from a YAML preset with --section.field=value overrides.",
     "finetune": "Fine-tune a trained policy with offline RL (PA-RL) on a dataset with rewards.",
     "deploy": "Deploy a policy checkpoint to a robot: fixed-rate loop, safety limits, e-stop, async inference, RTC.",
+    "import-lerobot": "Turn a LeRobot ACT or Diffusion Policy checkpoint into a robopolicy checkpoint.",
     "push": "Upload a dataset or a checkpoint to the Hugging Face hub, with a dataset or model card.",
     "serve": "Serve a policy checkpoint over TCP for `robopolicy deploy --inference server`.",
     "record": "Record teleoperated demonstrations into a LeRobot v3 / Zarr dataset (--emulate: emulated hardware).",
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"on an error, print the full traceback (anywhere on the line; or {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help_text in SUBCOMMANDS.items():
-        module = importlib.import_module(f"robopolicy.cli.{name}")
+        module = importlib.import_module(f"robopolicy.cli.{name.replace('-', '_')}")
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(p)
         p.set_defaults(_run=module.run, _parser=p)

@@ -173,6 +173,10 @@ class Policy(nn.Module):
         Every failure is a CheckpointError (or ConfigError / StatsMismatchError / ProcessorError) naming the file
         and, where it applies, the field, key or parameter."""
         directory = resolve_checkpoint(directory)
+        from robopolicy.policies.lerobot_import import is_lerobot_checkpoint, load_lerobot_policy
+
+        if is_lerobot_checkpoint(directory):
+            return load_lerobot_policy(directory).to(map_location)
         for name in (CONFIG_FILE, WEIGHTS_FILE, STATS_FILE):
             if not (directory / name).is_file():
                 raise CheckpointNotFoundError(f"{directory}: checkpoint file {name} is missing; pass a checkpoint "
@@ -375,15 +379,15 @@ def read_weights(path: Path, what: str = "weights") -> dict[str, torch.Tensor]:
 
 
 def make_normalizer(config: PolicyConfig, stats: Mapping[str, Mapping]) -> Normalizer:
-    modes = dict.fromkeys(config.state_keys, config.state_norm)
-    modes[config.action_key] = config.action_norm
-    return Normalizer({k: stats[k] for k in modes if k in stats}, modes)
+    modes = config.norm_modes()
+    return Normalizer({k: stats[k] for k in modes if k in stats}, modes, eps_std=config.std_floor)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint dir as given, or for a run dir the one named in <run>/checkpoints/last; a
     CheckpointNotFoundError saying what is missing otherwise. `hf://owner/name[@revision]` is a checkpoint on the
-    hub, downloaded into the HF cache once (also as Path("hf://...") makes it, with one slash)."""
+    hub, downloaded into the HF cache once (also as Path("hf://...") makes it, with one slash). A LeRobot run or
+    checkpoint step resolves to its pretrained_model directory."""
     text = str(path)
     if text.startswith("hf:/"):
         from robopolicy.hub import HF_PREFIX, HubError, download_checkpoint
@@ -400,9 +404,14 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not path.is_dir():
         raise CheckpointNotFoundError(f"{path}: is a file, not a checkpoint directory; pass the directory that "
                                       "holds config.json, model.safetensors and stats.json, or a training run")
-    if (path / CONFIG_FILE).exists() or not (path / "checkpoints").is_dir():
+    from robopolicy.policies.lerobot_import import find_lerobot_checkpoint
+
+    if (path / CONFIG_FILE).exists():
         return path
-    return checkpoint_from_last(path)
+    lerobot = find_lerobot_checkpoint(path)
+    if lerobot is not None:
+        return lerobot
+    return checkpoint_from_last(path) if (path / "checkpoints").is_dir() else path
 
 
 def checkpoint_from_last(run_dir: Path) -> Path:
