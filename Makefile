@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 
 test: $(STAMP) browser
 	$(VENV)/bin/ruff check robopolicy tests benchmarks
-	MUJOCO_GL=egl $(PY) -m pytest -q
+	MUJOCO_GL=egl $(PY) -m pytest -q --durations=25
 
 # Debian's chromium for the page tests (tests/test_viz.py; they skip without it): installed when root can
 browser:

@@ -105,7 +105,8 @@ class FiLMResBlock(nn.Module):
 
 
 class ConditionalUnet1D(nn.Module):
-    """UNet over the chunk's time axis. `down_dims` sets channels per level; H must divide by 2**(levels-1)."""
+    """UNet over the chunk's time axis. `down_dims` sets channels per level; H must divide by 2**(levels-1).
+    final_groups: GroupNorm groups of the last conv block (default n_groups; LeRobot's is always 8)."""
 
     def __init__(
         self,
@@ -117,6 +118,7 @@ class ConditionalUnet1D(nn.Module):
         step_embed_dim: int = 128,
         predict_scale: bool = True,
         step_embed_shift: int = 0,
+        final_groups: int | None = None,
     ):
         super().__init__()
         self.step_embed = nn.Sequential(
@@ -142,7 +144,8 @@ class ConditionalUnet1D(nn.Module):
             up = GemmConvTranspose1d(d_out, d_out, 4, stride=2, padding=1)
             self.up.append(nn.ModuleList([block(d_in * 2, d_out), block(d_out, d_out), up]))
         self.final = nn.Sequential(
-            ConvNormMish(down_dims[0], down_dims[0], kernel_size, n_groups), GemmConv1d(down_dims[0], action_dim, 1)
+            ConvNormMish(down_dims[0], down_dims[0], kernel_size, final_groups or n_groups),
+            GemmConv1d(down_dims[0], action_dim, 1),
         )
         self.levels = len(down_dims)
         prepacked.prepack_layers(self)  # FiLM and step-embedding linears

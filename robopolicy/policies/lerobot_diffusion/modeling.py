@@ -2,8 +2,9 @@
 
 Camera encoder under LeRobot's names (`diffusion.rgb_encoder.*`): [resize], crop, ResNet trunk (GroupNorm),
 spatial softmax over K keypoints with its coordinate grid, linear + ReLU -> (2K,). The UNet is robopolicy's own
-`ConditionalUnet1D`, which has LeRobot's structure (its step embedding with LeRobot's frequencies); the importer
-renames LeRobot's UNet weights to it (`lerobot_unet_key`).
+`ConditionalUnet1D`, which has LeRobot's structure (with LeRobot's step-embedding frequencies, and 8 GroupNorm
+groups in the last block whatever n_groups says, as LeRobot builds it); the importer renames LeRobot's UNet
+weights to it (`lerobot_unet_key`).
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ class DiffusionModel(nn.Module):
             cond_dim += cfg.input_features[ENV_STATE].shape[0]
         self.unet = ConditionalUnet1D(cfg.action_dim, cond_dim * cfg.n_obs_steps, tuple(cfg.down_dims),
                                       cfg.kernel_size, cfg.n_groups, cfg.diffusion_step_embed_dim,
-                                      cfg.use_film_scale_modulation, step_embed_shift=1)
+                                      cfg.use_film_scale_modulation, step_embed_shift=1, final_groups=8)
 
     def camera_features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, T, N_cam, C, H, W) normalized -> (B, T, N_cam * 2K)."""
