@@ -5,12 +5,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 
 from robopolicy.data.errors import DatasetError
 from robopolicy.data.features import Feature
+from robopolicy.data.storage import DEFAULT_BLOCK_SIZE, DEFAULT_CACHE_GB, LOCAL, Storage
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,8 @@ class Dataset(ABC):
 
     format: str = ""
 
-    def __init__(self, root: Path, *, cache_mb: float = 0.0):
-        self.root = Path(root)
+    def __init__(self, root: str | PurePath, *, cache_mb: float = 0.0):
+        self.root = root if isinstance(root, PurePath) else Path(root)  # a RemotePath when streaming
         self._cache = FrameCache(int(cache_mb * 2**20))
         self._ends_cache: np.ndarray | None = None
 
@@ -177,14 +178,19 @@ class Dataset(ABC):
         )
 
 
+def _hf_repo(uri: str) -> tuple[str, str]:
+    """`hf://<owner>/<name>[@revision]` -> (repo id, revision or "")."""
+    repo_id, _, revision = uri[len("hf://") :].partition("@")
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise DatasetError(f"{uri}: expected hf://<owner>/<name>[@revision]")
+    return repo_id, revision
+
+
 def _resolve_hf(uri: str) -> Path:
     """Download (or find in the local HF cache) `hf://<repo_id>[@revision]` and return its directory."""
     from huggingface_hub import snapshot_download
 
-    spec = uri[len("hf://") :]
-    repo_id, _, revision = spec.partition("@")
-    if repo_id.count("/") != 1:
-        raise DatasetError(f"{uri}: expected hf://<owner>/<name>[@revision]")
+    repo_id, revision = _hf_repo(uri)
     try:
         return Path(snapshot_download(repo_id=repo_id, repo_type="dataset", revision=revision or None))
     except Exception as e:  # offline, unknown repo or revision, auth: huggingface_hub raises many types
@@ -194,21 +200,21 @@ def _resolve_hf(uri: str) -> Path:
         ) from e
 
 
-def detect_format(path: Path) -> str:
-    """Return "zarr", "lerobot_v3", "lerobot_v2.1" or "libero_hdf5" for a local dataset (directory or file)."""
+def detect_format(path: PurePath, storage: Storage = LOCAL) -> str:
+    """Return "zarr", "lerobot_v3", "lerobot_v2.1" or "libero_hdf5" for a dataset (directory or file) on `storage`."""
     from robopolicy.data.libero_hdf5 import is_libero_hdf5
 
-    if not path.exists():
+    if not storage.exists(path):
         raise DatasetError(f"{path}: no such dataset (expected a zarr store, a LeRobot directory or LIBERO .hdf5)")
-    if (path / ".zgroup").exists() or (path / "zarr.json").exists():
+    if storage.exists(path / ".zgroup") or storage.exists(path / "zarr.json"):
         return "zarr"
-    if is_libero_hdf5(path):
+    if storage.local and is_libero_hdf5(Path(path)):
         return "libero_hdf5"
     info = path / "meta" / "info.json"
-    if info.exists():
+    if storage.exists(info):
         from robopolicy.data.metadata_checks import load_json, raise_problems
 
-        doc, problems = load_json(info, "info")
+        doc, problems = load_json(info, "info", storage)
         raise_problems(problems)
         if not isinstance(doc, dict):
             raise DatasetError(f"{info}: must be a JSON object, found {type(doc).__name__}; restore it from the source")
@@ -222,7 +228,7 @@ def detect_format(path: Path) -> str:
         if version.startswith("v2"):
             return "lerobot_v2.1"
         raise DatasetError(f"{info}: unsupported codebase_version {version!r} (supported: v2.1 read, v3.0)")
-    if (path / "meta").is_dir() or (path / "data").is_dir():
+    if storage.is_dir(path / "meta") or storage.is_dir(path / "data"):
         raise DatasetError(
             f"{path}: looks like a LeRobot dataset but meta/info.json is missing; "
             "restore it from the source or re-run `finalize()` on the writer"
@@ -230,14 +236,31 @@ def detect_format(path: Path) -> str:
     raise DatasetError(f"{path}: not a dataset (no zarr group metadata and no meta/info.json)")
 
 
-def open_dataset(uri: str | Path, **kwargs) -> Dataset:
+def open_dataset(
+    uri: str | Path,
+    *,
+    streaming: bool = False,
+    filesystem=None,
+    cache_dir: str | Path | None = None,
+    cache_gb: float | None = DEFAULT_CACHE_GB,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    **kwargs,
+) -> Dataset:
     """Open a local zarr store, a local LeRobot v3.0 / v2.1 directory, LIBERO's HDF5 demonstrations (a file or a
-    directory of them, robopolicy.data.libero_hdf5), or `hf://<repo_id>[@rev]`.
+    directory of them, robopolicy.data.libero_hdf5), or `hf://<repo_id>[@rev]` (downloaded whole).
+
+    streaming=True reads a LeRobot v3.0 dataset in place instead, fetching only the bytes that are read
+    (robopolicy.data.storage): `hf://<repo_id>[@rev]` through huggingface_hub's HfFileSystem, any fsspec URL
+    (`s3://...`, `memory://...`), a local path, or `uri` as a path on the fsspec `filesystem` given. Fetched
+    blocks of `block_size` bytes are kept under `cache_dir` (default robopolicy.data.storage.default_cache_dir()),
+    at most `cache_gb` GB of them (None: unbounded).
 
     kwargs go to the format's reader (e.g. `cache_mb` for a RAM cache of decoded frames,
     `tolerance_s` for video timestamps).
     """
     uri = str(uri)
+    if streaming or filesystem is not None:
+        return _open_streaming(uri, filesystem, cache_dir, cache_gb, block_size, **kwargs)
     path = _resolve_hf(uri) if uri.startswith("hf://") else Path(uri).expanduser()
     fmt = detect_format(path)
     if fmt == "zarr":
@@ -255,3 +278,51 @@ def open_dataset(uri: str | Path, **kwargs) -> Dataset:
     from robopolicy.data.lerobot_v21 import LeRobotV21Dataset
 
     return LeRobotV21Dataset(path, **kwargs)
+
+
+def _open_streaming(uri: str, filesystem, cache_dir, cache_gb: float | None, block_size: int, **kwargs) -> Dataset:
+    """open_dataset(streaming=True): a LeRobot v3.0 reader over an FsspecStorage."""
+    from urllib.parse import quote
+
+    from robopolicy.data.storage import BlockCache, FsspecStorage, default_cache_dir
+
+    if cache_gb is not None and cache_gb <= 0:
+        raise DatasetError(f"{uri}: the streaming cache bound must be > 0 GB (or None for unbounded), got {cache_gb}")
+    if filesystem is not None:
+        fs, root = filesystem, uri
+        protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
+        scheme = f"{protocol}://"
+    elif uri.startswith("hf://"):
+        from huggingface_hub import HfFileSystem
+
+        repo_id, revision = _hf_repo(uri)
+        fs, root, scheme = HfFileSystem(), f"datasets/{repo_id}", "hf://"
+        if revision:
+            root += "@" + quote(revision, safe="")
+    elif "://" in uri:
+        import fsspec
+
+        try:
+            fs, root = fsspec.core.url_to_fs(uri)
+        except (ImportError, ValueError) as e:
+            raise DatasetError(f"{uri}: no fsspec filesystem for this URL ({e}); install its fsspec package") from e
+        scheme = uri.split("://", 1)[0] + "://"
+    else:
+        from fsspec.implementations.local import LocalFileSystem
+
+        fs, root, scheme = LocalFileSystem(), str(Path(uri).expanduser().resolve()), ""
+    cache = BlockCache(
+        Path(cache_dir) if cache_dir is not None else default_cache_dir(),
+        block_size=block_size,
+        max_bytes=None if cache_gb is None else int(cache_gb * 1e9),
+    )
+    storage = FsspecStorage(fs, root, cache, scheme=scheme)
+    fmt = detect_format(storage.root, storage)
+    if fmt != "lerobot_v3":
+        raise DatasetError(
+            f"{storage.root}: streaming reads LeRobot v3.0 datasets; this one is {fmt} — open it without streaming "
+            "(it is downloaded whole), or convert it with `robopolicy convert`"
+        )
+    from robopolicy.data.lerobot_format import LeRobotDataset
+
+    return LeRobotDataset(storage.root, storage=storage, **kwargs)

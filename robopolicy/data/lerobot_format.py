@@ -31,6 +31,13 @@ checks that compare stored timestamps themselves.
 Missing video files are recorded, not fatal: tabular features still load, `missing_videos()` lists the
 affected episodes, and asking for their frames raises MissingVideoError. Deeper checks (NaN/inf, timestamp
 spacing, video readability and coverage) are in `robopolicy.data.validate`.
+
+Streaming (`storage` a robopolicy.data.storage.FsspecStorage, e.g. a hub dataset read through HfFileSystem):
+the same reader over files read on demand. Opening reads the metadata files (info.json, stats.json,
+tasks.parquet, the episodes parquet) and the file list; a data file is mapped (its schema and bookkeeping
+columns read and checked as above) when a frame of it is first read, and numeric features are read one
+parquet row group at a time (a bounded RAM LRU of decoded row groups) instead of whole columns; videos read
+their headers and then the byte ranges of the frames asked for (robopolicy.data.video).
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -60,6 +67,7 @@ from robopolicy.data.metadata_checks import (
     load_json,
     raise_problems,
 )
+from robopolicy.data.storage import LOCAL, Storage
 from robopolicy.data.video import DecoderConfig, VideoFile, decode_png
 
 DEFAULT_TOLERANCE_S = 1e-4
@@ -72,7 +80,7 @@ _INHERITED_FROM_PARENT: list = []
 class VideoSegment:
     """Where one episode of one camera lives: `path`, starting `from_timestamp` seconds into the file."""
 
-    path: Path
+    path: PurePath
     from_timestamp: float = 0.0
     to_timestamp: float | None = None
 
@@ -88,10 +96,10 @@ class EpisodeSource:
     index: int
     length: int
     tasks: tuple[str, ...]
-    data_file: Path
+    data_file: PurePath
     index_range: tuple[int, int] | None
     videos: Mapping[str, VideoSegment] = field(default_factory=dict)
-    meta_file: Path | None = None  # the metadata file that lists the episode
+    meta_file: PurePath | None = None  # the metadata file that lists the episode
 
 
 def float32_time_slack(t: np.ndarray | float) -> np.ndarray:
@@ -112,25 +120,25 @@ def exact_timestamps(stored: np.ndarray, frame_index: np.ndarray, fps: float) ->
 # ----- small readers shared by v3.0 and v2.1 --------------------------------------------------------
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: PurePath, storage: Storage = LOCAL) -> Any:
     """A JSON metadata file, or a DatasetError naming it (missing, unreadable, not UTF-8, not JSON)."""
-    doc, problems = load_json(path, "json")
+    doc, problems = load_json(path, "json", storage)
     raise_problems(problems)
     return doc
 
 
-def _read_table(path: Path, **kwargs) -> pa.Table:
+def _read_table(path: PurePath, storage: Storage = LOCAL, **kwargs) -> pa.Table:
     """pq.read_table, with a truncated or corrupt file reported as a DatasetError naming it."""
-    return _parquet(pq.read_table, path, **kwargs)
+    return _parquet(lambda: pq.read_table(storage.parquet_source(path), **kwargs), path)
 
 
-def _read_schema(path: Path) -> pa.Schema:
-    return _parquet(pq.read_schema, path)
+def _read_schema(path: PurePath, storage: Storage = LOCAL) -> pa.Schema:
+    return _parquet(lambda: pq.read_schema(storage.parquet_source(path)), path)
 
 
-def _parquet(read, path: Path, **kwargs):
+def _parquet(read, path: PurePath):
     try:
-        return read(path, **kwargs)
+        return read()
     except (pa.ArrowException, OSError, ValueError) as e:
         raise DatasetError(
             f"{path}: not a readable parquet file ({type(e).__name__}: {e}); it is truncated or corrupt — "
@@ -157,11 +165,11 @@ def parse_features(raw: Mapping[str, Any], where: Path) -> dict[str, Feature]:
     return out
 
 
-def load_stats(path: Path) -> dict[str, dict[str, np.ndarray]] | None:
+def load_stats(path: PurePath, storage: Storage = LOCAL) -> dict[str, dict[str, np.ndarray]] | None:
     """meta/stats.json -> {feature: {stat: array}}; None when the file is absent."""
-    if not path.is_file():
+    if not storage.is_file(path):
         return None
-    raw = read_json(path)
+    raw = read_json(path, storage)
     raise_problems(check_stats_json(raw, path))
     return {key: {stat: np.asarray(v) for stat, v in stats.items()} for key, stats in raw.items()}
 
@@ -222,24 +230,37 @@ class LeRobotReader(Dataset):
 
     tolerance_s: max distance between a frame's requested timestamp and the decoded frame's (seconds).
     decoder: PyAV settings; max_open_videos: open video files kept (LRU) per process.
+    storage: where the files are read from (the local disk by default; an FsspecStorage streams them, and
+      then `root` is its `root` path); row_group_cache_mb: RAM for decoded parquet row groups when streaming.
     """
 
     format = "lerobot"
 
     def __init__(
         self,
-        root: str | Path,
+        root: str | PurePath,
         *,
         cache_mb: float = 0.0,
         tolerance_s: float = DEFAULT_TOLERANCE_S,
         decoder: DecoderConfig | None = None,
         max_open_videos: int = 16,
+        storage: Storage = LOCAL,
+        row_group_cache_mb: float = 256.0,
     ):
-        super().__init__(Path(root), cache_mb=cache_mb)
+        super().__init__(root, cache_mb=cache_mb)
+        self.storage = storage
+        self._lazy = not storage.local  # streaming: map data files and read row groups on demand
+        self._group_cache = _ByteLRU(int(row_group_cache_mb * 2**20))
+        self._parquet_files: dict[int, pq.ParquetFile] = {}
+        self._group_end_cache: dict[int, np.ndarray] = {}
+        self._index_bounds_cache: dict[int, tuple[np.ndarray, np.ndarray] | None] = {}
+        self._videos: OrderedDict[PurePath, VideoFile] = OrderedDict()
+        self._images: OrderedDict[tuple[str, int], pa.Array] = OrderedDict()
+        self._pid = os.getpid()
         self.tolerance_s = float(tolerance_s)
         self.decoder = decoder or DecoderConfig()
         self.max_open_videos = int(max_open_videos)
-        self.info = read_json(self.root / "meta" / "info.json")
+        self.info = read_json(self.root / "meta" / "info.json", storage)
         where = self.root / "meta" / "info.json"
         raise_problems(check_info(self.info, where))
         self.fps = self.info["fps"]
@@ -254,9 +275,6 @@ class LeRobotReader(Dataset):
         self._columns: dict[str, np.ndarray] = {}
         self._map_rows(sources)
         self._map_videos(sources)
-        self._videos: OrderedDict[Path, VideoFile] = OrderedDict()
-        self._images: OrderedDict[tuple[str, int], pa.Array] = OrderedDict()
-        self._pid = os.getpid()
 
     # ----- what subclasses provide -------------------------------------------------------------
     def _episode_sources(self) -> list[EpisodeSource]:
@@ -266,7 +284,7 @@ class LeRobotReader(Dataset):
         raise NotImplementedError
 
     def _load_stats(self) -> dict[str, dict[str, np.ndarray]] | None:
-        return load_stats(self.root / "meta" / "stats.json")
+        return load_stats(self.root / "meta" / "stats.json", self.storage)
 
     def _committed_tasks(self, tasks: list[str]) -> list[str]:
         """Tasks up to info.json's total_tasks (a task added by an interrupted save is ignored)."""
@@ -331,59 +349,142 @@ class LeRobotReader(Dataset):
                 )
 
     def _map_rows(self, sources: list[EpisodeSource]) -> None:
-        """Locate every episode's rows in its data file; check them against the episodes metadata."""
+        """Locate every episode's rows in its data file; check them against the episodes metadata. Streaming, a
+        file is only checked to exist here, and an episode is mapped when a frame of it is first read
+        (`_ensure_rows`), from the row groups whose `index` statistics overlap its index range."""
         n = self.num_frames
         self._row_file = np.empty(n, dtype=np.int32)  # data file id of each global frame
         self._row_in_file = np.empty(n, dtype=np.int64)  # its row inside that file
+        self._timestamps = np.empty(n, dtype=np.float64)
         self._data_files = sorted({s.data_file for s in sources})
         file_id = {p: i for i, p in enumerate(self._data_files)}
-        by_file: dict[Path, list[int]] = {}
-        for pos, s in enumerate(sources):
-            by_file.setdefault(s.data_file, []).append(pos)
-        timestamps = np.empty(n, dtype=np.float64)
-        has_ts = "timestamp" in self.features
-        for path, positions in by_file.items():
-            if not path.is_file():
-                eps = [sources[p].index for p in positions]
-                raise DatasetError(f"{path}: data file of episodes {_short(eps)} is missing; restore it")
-            try:
-                schema = _read_schema(path)
-            except (pa.ArrowException, OSError) as e:
-                raise DatasetError(f"{path}: not a readable parquet file ({e}); restore it") from e
-            absent = [k for k, f in self.features.items() if f.dtype != "video" and k not in schema.names]
-            if absent:
-                raise DatasetError(
-                    f"{path}: features {absent} are declared in meta/info.json but absent from this data file; "
-                    "remove them from info.json or re-export the dataset"
-                )
-            raise_problems(check_column_types(schema, self.features, path))
-            wanted = ("episode_index", "index", "timestamp", "frame_index", "task_index")
-            cols = [c for c in wanted if c in schema.names]
-            if "episode_index" not in cols:
-                raise DatasetError(f"{path}: no `episode_index` column; this is not a LeRobot data file")
-            try:
-                table = _read_table(path, columns=cols)
-            except (pa.ArrowException, OSError) as e:
-                raise DatasetError(f"{path}: not a readable parquet file ({e}); restore it") from e
-            ep_col = _int_column(table, "episode_index", path)
-            idx_col = _int_column(table, "index", path) if "index" in cols else None
-            order = np.argsort(idx_col, kind="stable") if idx_col is not None else None
-            ts_col = table.column("timestamp").to_numpy().astype(np.float64) if has_ts else None
-            fi_col = _int_column(table, "frame_index", path) if "frame_index" in cols else None
-            ti_col = _int_column(table, "task_index", path) if "task_index" in cols and self.tasks else None
-            for pos in positions:
-                src, ep = sources[pos], self.episodes[pos]
-                rows = self._episode_rows(path, src, ep_col, idx_col, order)
-                self._row_file[ep.start : ep.stop] = file_id[path]
-                self._row_in_file[ep.start : ep.stop] = rows
-                frame_index = fi_col[rows] if fi_col is not None else np.arange(ep.length)
-                if ts_col is not None:
-                    timestamps[ep.start : ep.stop] = exact_timestamps(ts_col[rows], frame_index, self.fps)
-                else:
-                    timestamps[ep.start : ep.stop] = frame_index / float(self.fps)
-                if ti_col is not None:
-                    raise_problems(check_task_index(ti_col[rows], len(self.tasks), f"{path} (episode {src.index})"))
-        self._timestamps = timestamps
+        self._file_positions: list[list[int]] = [[] for _ in self._data_files]
+        self._episode_file = np.array([file_id[s.data_file] for s in sources], dtype=np.int64)
+        for pos, ep in enumerate(self.episodes):
+            self._file_positions[self._episode_file[pos]].append(pos)
+            self._row_file[ep.start : ep.stop] = self._episode_file[pos]
+        self._mapped = np.zeros(len(sources), dtype=bool)  # episodes whose rows are located
+        self._file_columns: dict[int, list[str]] = {}  # bookkeeping columns of each data file, once checked
+        for path in dict.fromkeys(s.data_file for s in sources):  # in episode order
+            if self._lazy:
+                self._check_data_file_exists(file_id[path])
+            else:
+                self._map_file(file_id[path])
+        self._all_mapped = bool(self._mapped.all())
+
+    def _check_data_file_exists(self, fid: int) -> None:
+        path = self._data_files[fid]
+        if not self.storage.is_file(path):
+            eps = [self.sources[p].index for p in self._file_positions[fid]]
+            raise DatasetError(f"{path}: data file of episodes {_short(eps)} is missing; restore it")
+
+    def _bookkeeping_columns(self, fid: int, schema: pa.Schema) -> list[str]:
+        """Check data file `fid`'s schema against info.json; the bookkeeping columns it has."""
+        if fid in self._file_columns:
+            return self._file_columns[fid]
+        path = self._data_files[fid]
+        absent = [k for k, f in self.features.items() if f.dtype != "video" and k not in schema.names]
+        if absent:
+            raise DatasetError(
+                f"{path}: features {absent} are declared in meta/info.json but absent from this data file; "
+                "remove them from info.json or re-export the dataset"
+            )
+        raise_problems(check_column_types(schema, self.features, path))
+        wanted = ("episode_index", "index", "timestamp", "frame_index", "task_index")
+        cols = [c for c in wanted if c in schema.names]
+        if "episode_index" not in cols:
+            raise DatasetError(f"{path}: no `episode_index` column; this is not a LeRobot data file")
+        self._file_columns[fid] = cols
+        return cols
+
+    def _map_file(self, fid: int) -> None:
+        """Read the schema and bookkeeping columns of data file `fid`; fill its episodes' rows and timestamps."""
+        path = self._data_files[fid]
+        self._check_data_file_exists(fid)
+        cols = self._bookkeeping_columns(fid, _read_schema(path, self.storage))
+        table = _read_table(path, self.storage, columns=cols)
+        self._fill_rows(fid, self._file_positions[fid], table, None)
+
+    def _ensure_rows(self, indices: np.ndarray) -> None:
+        """Map the episodes holding global frames `indices` (streaming; a no-op once every episode is mapped)."""
+        if self._all_mapped:
+            return
+        todo = [int(p) for p in np.unique(self.episode_of(indices)) if not self._mapped[p]]
+        for fid in sorted({int(self._episode_file[p]) for p in todo}):
+            self._map_episodes(fid, [p for p in todo if self._episode_file[p] == fid])
+        self._all_mapped = bool(self._mapped.all())
+
+    def _map_episodes(self, fid: int, positions: list[int]) -> None:
+        """Streaming: read the bookkeeping columns of the row groups of data file `fid` that may hold episodes
+        `positions` (one read) and map them."""
+        path, pf = self._data_files[fid], self._parquet_file(fid)
+        cols = self._bookkeeping_columns(fid, pf.schema_arrow)
+        groups = sorted({g for p in positions for g in self._candidate_groups(fid, self.sources[p].index_range)})
+        ends = self._group_ends(fid)
+        starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+        table = _parquet(lambda: pf.read_row_groups(groups, columns=cols), path)
+        file_rows = np.concatenate([np.arange(starts[g], ends[g]) for g in groups] or [np.zeros(0, np.int64)])
+        self._fill_rows(fid, positions, table, file_rows)
+
+    def _candidate_groups(self, fid: int, index_range: tuple[int, int] | None) -> list[int]:
+        """Row groups of data file `fid` whose `index` min/max statistics overlap `index_range` (all of them
+        when the file has no such statistics)."""
+        bounds = self._index_bounds(fid)
+        if index_range is None or bounds is None:
+            return list(range(len(self._group_ends(fid))))
+        lo, hi = index_range
+        return np.nonzero((bounds[0] < hi) & (bounds[1] >= lo))[0].tolist()
+
+    def _index_bounds(self, fid: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(min, max) of the `index` column per row group of data file `fid` from its footer, or None."""
+        if fid not in self._index_bounds_cache:
+            meta = self._parquet_file(fid).metadata
+            leaf = next((c for c in range(meta.num_columns) if meta.schema.column(c).path == "index"), None)
+            lows, highs = [], []
+            for g in range(meta.num_row_groups):
+                stats = meta.row_group(g).column(leaf).statistics if leaf is not None else None
+                if stats is None or not stats.has_min_max:
+                    lows = None
+                    break
+                lows.append(stats.min)
+                highs.append(stats.max)
+            bounds = None if lows is None else (np.asarray(lows, np.int64), np.asarray(highs, np.int64))
+            self._index_bounds_cache[fid] = bounds
+        return self._index_bounds_cache[fid]
+
+    def _fill_rows(self, fid: int, positions: list[int], table: pa.Table, file_rows: np.ndarray | None) -> None:
+        """Locate episodes `positions` in `table` (bookkeeping columns of data file `fid`, whole or the row groups
+        whose file rows are `file_rows`), check them and fill their rows, timestamps and task checks."""
+        path, sources = self._data_files[fid], self.sources
+        cols = table.column_names
+        ep_col = _int_column(table, "episode_index", path)
+        idx_col = _int_column(table, "index", path) if "index" in cols else None
+        order = np.argsort(idx_col, kind="stable") if idx_col is not None else None
+        ts_col = table.column("timestamp").to_numpy().astype(np.float64) if "timestamp" in self.features else None
+        fi_col = _int_column(table, "frame_index", path) if "frame_index" in cols else None
+        ti_col = _int_column(table, "task_index", path) if "task_index" in cols and self.tasks else None
+        for pos in positions:
+            src, ep = sources[pos], self.episodes[pos]
+            rows = self._episode_rows(path, src, ep_col, idx_col, order)
+            self._row_in_file[ep.start : ep.stop] = rows if file_rows is None else file_rows[rows]
+            frame_index = fi_col[rows] if fi_col is not None else np.arange(ep.length)
+            if ts_col is not None:
+                self._timestamps[ep.start : ep.stop] = exact_timestamps(ts_col[rows], frame_index, self.fps)
+            else:
+                self._timestamps[ep.start : ep.stop] = frame_index / float(self.fps)
+            if ti_col is not None:
+                raise_problems(check_task_index(ti_col[rows], len(self.tasks), f"{path} (episode {src.index})"))
+            self._mapped[pos] = True
+
+    def _parquet_file(self, fid: int) -> pq.ParquetFile:
+        """The open ParquetFile of data file `fid` (streaming: its footer is read once)."""
+        self._after_fork()
+        pf = self._parquet_files.get(fid)
+        if pf is None:
+            path = self._data_files[fid]
+            pf = _parquet(lambda: pq.ParquetFile(self.storage.parquet_source(path)), path)
+            self._parquet_files[fid] = pf
+        return pf
 
     def _episode_rows(
         self, path: Path, src: EpisodeSource, ep_col: np.ndarray, idx_col: np.ndarray | None, order
@@ -441,7 +542,7 @@ class LeRobotReader(Dataset):
             self._video_files[key] = paths
             self._video_file_of[key] = file_of
             self._video_from[key] = start
-            self._video_missing[key] = np.array([not p.is_file() for p in paths], dtype=bool)
+            self._video_missing[key] = np.array([not self.storage.is_file(p) for p in paths], dtype=bool)
 
     def _metadata_where(self, sources: list[EpisodeSource]) -> str:
         files = sorted({str(s.meta_file) for s in sources if s.meta_file is not None})
@@ -457,7 +558,7 @@ class LeRobotReader(Dataset):
                 out[key] = eps
         return out
 
-    def video_path(self, key: str, episode: int) -> Path:
+    def video_path(self, key: str, episode: int) -> PurePath:
         """The video file holding `episode` (position in `self.episodes`) of camera `key`."""
         return self._video_files[key][int(self._video_file_of[key][episode])]
 
@@ -466,7 +567,9 @@ class LeRobotReader(Dataset):
 
     def timestamps(self, indices: np.ndarray) -> np.ndarray:
         """Per-frame timestamps in seconds relative to the episode start, float64."""
-        return self._timestamps[np.asarray(indices, dtype=np.int64)]
+        indices = np.asarray(indices, dtype=np.int64)
+        self._ensure_rows(indices)
+        return self._timestamps[indices]
 
     def open_video(self, key: str, episode: int) -> VideoFile:
         """The (cached) open decoder of the file holding `episode`; MissingVideoError names key and episodes."""
@@ -496,7 +599,7 @@ class LeRobotReader(Dataset):
                 dest = np.nonzero(self._row_file == fid)[0]
                 if dest.size == 0:
                     continue
-                values = arrow_to_numpy(_read_table(path, columns=[key]).column(0), feat, f"{path}")
+                values = arrow_to_numpy(_read_table(path, self.storage, columns=[key]).column(0), feat, f"{path}")
                 if col is None:
                     col = np.empty((self.num_frames, *values.shape[1:]), dtype=values.dtype)
                 col[dest] = values[self._row_in_file[dest]]
@@ -506,9 +609,61 @@ class LeRobotReader(Dataset):
         return col
 
     def _read_numeric(self, key: str, indices: np.ndarray) -> np.ndarray:
+        self._ensure_rows(indices)
+        if self._lazy:
+            return self._read_row_groups(key, indices)
         return self._column(key)[indices]
 
+    def _read_row_groups(self, key: str, indices: np.ndarray) -> np.ndarray:
+        """Streaming: `key` at global frames `indices`, from the parquet row groups holding them (decoded groups
+        kept in an LRU; the missing ones of a file read in one call)."""
+        feat = self.feature(key)
+        files, rows = self._row_file[indices], self._row_in_file[indices]
+        out = None
+        for fid in np.unique(files):
+            fid = int(fid)
+            sel = np.nonzero(files == fid)[0]
+            ends = self._group_ends(fid)
+            groups = np.searchsorted(ends, rows[sel], side="right")
+            wanted, inverse = np.unique(groups, return_inverse=True)
+            order = np.argsort(inverse, kind="stable")
+            bounds = np.searchsorted(inverse[order], np.arange(len(wanted) + 1))
+            for j, (g, values) in enumerate(zip(wanted.tolist(), self._row_groups(key, fid, wanted.tolist()))):
+                part = sel[order[bounds[j] : bounds[j + 1]]]
+                values = values[rows[part] - (int(ends[g - 1]) if g else 0)]
+                if out is None:
+                    out = np.empty((len(indices), *values.shape[1:]), dtype=values.dtype)
+                out[part] = values
+        if out is None:
+            out = np.empty((0, *feat.shape), dtype=feat.dtype if feat.is_numeric else object)
+        return out
+
+    def _group_ends(self, fid: int) -> np.ndarray:
+        """Exclusive end row of each row group of data file `fid`, int64 (G,)."""
+        ends = self._group_end_cache.get(fid)
+        if ends is None:
+            meta = self._parquet_file(fid).metadata
+            ends = np.cumsum([meta.row_group(g).num_rows for g in range(meta.num_row_groups)], dtype=np.int64)
+            self._group_end_cache[fid] = ends
+        return ends
+
+    def _row_groups(self, key: str, fid: int, groups: list[int]) -> list[np.ndarray]:
+        """`key` in row groups `groups` of data file `fid`, each (rows, *shape)."""
+        hits = {g: self._group_cache.get((key, fid, g)) for g in groups}
+        missing = [g for g, hit in hits.items() if hit is None]
+        if missing:
+            path, pf = self._data_files[fid], self._parquet_file(fid)
+            table = _parquet(lambda: pf.read_row_groups(missing, columns=[key]), path)
+            values = arrow_to_numpy(table.column(0), self.feature(key), f"{path} (row groups {_short(missing)})")
+            counts = [pf.metadata.row_group(g).num_rows for g in missing]
+            for g, part in zip(missing, np.split(values, np.cumsum(counts)[:-1])):
+                part = part.copy() if len(missing) > 1 else part  # no view keeps the others' rows alive
+                hits[g] = part
+                self._group_cache.put((key, fid, g), part, part.nbytes)
+        return [hits[g] for g in groups]
+
     def _read_visual(self, key: str, indices: np.ndarray) -> np.ndarray:
+        self._ensure_rows(indices)
         feat = self.feature(key)
         if feat.dtype == "image":
             return self._read_images(key, indices)
@@ -548,20 +703,24 @@ class LeRobotReader(Dataset):
             return msg + f"The video ends at {video.times[-1]:.6f} s: it is shorter than the episode (truncated?)."
         return msg + "The parquet timestamps and the video disagree: re-encode the episode or raise tolerance_s."
 
-    def _video(self, key: str, fid: int, episodes: list[int]) -> VideoFile:
+    def _after_fork(self) -> None:
         if os.getpid() != self._pid:  # forked into a DataLoader worker: never share decoders across processes
             # Freeing the parent's decoders here would wait forever on FFmpeg thread-pool locks whose threads
             # did not survive the fork; keep them referenced (a few KB) instead.
             _INHERITED_FROM_PARENT.append(self._videos)
             self._videos = OrderedDict()
             self._images = OrderedDict()
+            self._parquet_files = {}
             self._pid = os.getpid()
+
+    def _video(self, key: str, fid: int, episodes: list[int]) -> VideoFile:
+        self._after_fork()
         path = self._video_files[key][fid]
         video = self._videos.get(path)
         if video is not None:
             self._videos.move_to_end(path)
             return video
-        if self._video_missing[key][fid] and not path.is_file():
+        if self._video_missing[key][fid] and not self.storage.is_file(path):
             affected = [self.episodes[p].index for p in np.nonzero(self._video_file_of[key] == fid)[0]]
             raise MissingVideoError(
                 f"{path}: video file of key {key!r} is missing (requested episodes {_short(episodes)}; the file holds "
@@ -569,7 +728,7 @@ class LeRobotReader(Dataset):
                 f"({', '.join(self.tabular_keys)}), or skip these episodes; ds.missing_videos() lists them all."
             )
         try:
-            video = VideoFile(path, self.decoder)
+            video = VideoFile(path, self.decoder, self.storage)
         except MissingVideoError as e:
             raise MissingVideoError(f"{e} [key {key!r}, episodes {_short(episodes)}]") from e
         self._videos[path] = video
@@ -603,7 +762,7 @@ class LeRobotReader(Dataset):
     def _image_column(self, key: str, fid: int) -> pa.Array:
         hit = self._images.get((key, fid))
         if hit is None:
-            col = _read_table(self._data_files[fid], columns=[key]).column(0).combine_chunks()
+            col = _read_table(self._data_files[fid], self.storage, columns=[key]).column(0).combine_chunks()
             hit = col.field("bytes") if pa.types.is_struct(col.type) else col
             self._images[(key, fid)] = hit
             if len(self._images) > 4:
@@ -615,12 +774,43 @@ class LeRobotReader(Dataset):
             video.close()
         self._videos.clear()
         self._images.clear()
+        self._parquet_files.clear()
+        self._group_cache.clear()
 
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_videos"] = OrderedDict()
         state["_images"] = OrderedDict()
+        state["_parquet_files"] = {}
+        state["_group_cache"] = _ByteLRU(self._group_cache.max_bytes)
         return state
+
+
+class _ByteLRU:
+    """A dict that drops its least recently used values once their sizes sum past `max_bytes`."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self._items: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
+        self._used = 0
+
+    def get(self, key):
+        hit = self._items.get(key)
+        if hit is None:
+            return None
+        self._items.move_to_end(key)
+        return hit[0]
+
+    def put(self, key, value, nbytes: int) -> None:
+        self._items[key] = (value, int(nbytes))
+        self._used += int(nbytes)
+        while self._used > self.max_bytes and len(self._items) > 1:
+            _, (_, size) = self._items.popitem(last=False)
+            self._used -= size
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._used = 0
 
 
 def _short(items: list[int], limit: int = 12) -> str:
@@ -640,11 +830,11 @@ class LeRobotDataset(LeRobotReader):
 
     def _load_tasks(self) -> list[str]:
         path = self.root / "meta" / "tasks.parquet"
-        if not path.is_file():
+        if not self.storage.is_file(path):
             if self.info.get("total_tasks", 0):
                 raise DatasetError(f"{path}: missing although info.json declares {self.info['total_tasks']} tasks")
             return []
-        table = _read_table(path)
+        table = _read_table(path, self.storage)
         names = table.column_names
         meta = table.schema.pandas_metadata or {}
         index_cols = [c for c in meta.get("index_columns", []) if isinstance(c, str)]
@@ -663,7 +853,7 @@ class LeRobotDataset(LeRobotReader):
 
     def _episode_sources(self) -> list[EpisodeSource]:
         meta_dir = self.root / "meta" / "episodes"
-        files = sorted(meta_dir.glob("chunk-*/file-*.parquet"))
+        files = self.storage.glob(meta_dir, "chunk-*/file-*.parquet")
         if not files and self.info.get("total_episodes") == 0:
             self._success = {}
             return []  # created and finalized without a single save_episode
@@ -679,7 +869,7 @@ class LeRobotDataset(LeRobotReader):
         sources = []
         self._success: dict[int, bool | None] = {}
         for path in files:
-            schema = _read_schema(path)
+            schema = _read_schema(path, self.storage)
             cols = [c for c in schema.names if not c.startswith("stats/")]
             need = ["episode_index", "length", "data/chunk_index", "data/file_index"]
             need += ["dataset_from_index", "dataset_to_index"]
@@ -689,7 +879,7 @@ class LeRobotDataset(LeRobotReader):
             if absent:
                 raise DatasetError(f"{path}: episodes metadata lacks columns {absent}; re-export the dataset")
             try:
-                rows = _read_table(path, columns=cols).to_pylist()
+                rows = _read_table(path, self.storage, columns=cols).to_pylist()
             except (pa.ArrowException, OSError) as e:
                 raise DatasetError(f"{path}: not a readable parquet file ({e}); restore it") from e
             for r in rows:

@@ -22,7 +22,7 @@ import math
 import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from robopolicy.data.errors import DatasetError
 from robopolicy.data.features import Feature
+from robopolicy.data.storage import LOCAL, Storage
 
 TEXT_DTYPES = ("string", "language")
 VISUAL_DTYPES = ("video", "image")
@@ -110,12 +111,12 @@ def _short(items: Iterable[Any]) -> str:
     return ", ".join(map(str, items[:_LIST_LIMIT])) + more
 
 
-def load_json(path: Path, check: str) -> tuple[Any, list[Problem]]:
+def load_json(path: PurePath, check: str, storage: Storage = LOCAL) -> tuple[Any, list[Problem]]:
     """(document, []) or (None, [problem]) for a missing, unreadable, non-UTF-8 or invalid JSON file."""
-    if not path.is_file():
+    if not storage.is_file(path):
         return None, [Problem(check, f"{path}: missing; restore it from the dataset's source", file=str(path))]
     try:
-        return json.loads(path.read_bytes().decode("utf-8")), []
+        return json.loads(storage.read_bytes(path).decode("utf-8")), []
     except OSError as e:
         why = f"cannot be read ({e})"
     except UnicodeDecodeError as e:

@@ -10,22 +10,32 @@ Reading frames feeds packets straight from the file (`os.pread`) into the decode
 - a target close ahead of the decoder's position is reached by decoding forward, otherwise the decoder is
   flushed and restarted at the last keyframe that precedes the target in decode order;
 - the decoder state survives between calls, so consecutive reads of nearby frames never re-seek.
+
+Through a non-local `Storage` (streaming, robopolicy.data.storage) the file is a file object whose bytes come
+in blocks on demand: the packet index is then taken from the container's own index (the mp4 sample tables,
+`Stream.index_entries`) instead of demuxing every packet, so opening reads the headers only and a frame reads
+its GOP's bytes. That index has decode timestamps only; it is used when the first packets' demuxed
+presentation timestamps equal them (no frame reordering: AV1, and H.264 / MPEG-4 without B-frames, which is
+what LeRobot and robopolicy write), else the whole file is demuxed as for a local file.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from robopolicy.data.errors import DatasetError, MissingVideoError
+from robopolicy.data.storage import LOCAL, Storage
 
 # Output pixel format per channel count of the feature (H, W, C).
 _PIXEL_FORMATS = {1: "gray", 3: "rgb24", 4: "rgba"}
+# Packets demuxed at open to check that the container index's timestamps are the presentation timestamps.
+_INDEX_PROBE_PACKETS = 32
 
 
 @dataclass(frozen=True)
@@ -50,16 +60,22 @@ class VideoFile:
 
     times: float64 (F,) presentation timestamps in seconds, increasing.
     height, width: frame size of the stream; codec: the stream's decoder name (from the file, not metadata).
+    storage: where the file is read from (the local disk by default; see the module docstring).
     """
 
-    def __init__(self, path: str | Path, config: DecoderConfig = DecoderConfig()):
-        self.path = Path(path)
+    def __init__(self, path: str | PurePath, config: DecoderConfig = DecoderConfig(), storage: Storage = LOCAL):
+        self.path = path if isinstance(path, PurePath) else Path(path)
         self.config = config
-        if not self.path.is_file():
+        self._storage = storage
+        self._fd = -1
+        self._reader = None  # file object packets are read from (non-local storage)
+        if not storage.is_file(self.path):
             raise MissingVideoError(f"{self.path}: video file not found")
-        self._file_size = self.path.stat().st_size
+        self._file_size = storage.size(self.path)
         try:
-            self._container = av.open(str(self.path), mode="r")
+            self._container = av.open(str(self.path) if storage.local else storage.open(self.path), mode="r")
+        except DatasetError:
+            raise
         except (av.error.FFmpegError, OSError) as e:
             raise MissingVideoError(
                 f"{self.path}: cannot open video ({e}); the file is truncated or corrupt — "
@@ -77,7 +93,10 @@ class VideoFile:
         except BaseException:
             self._container.close()
             raise
-        self._fd = os.open(self.path, os.O_RDONLY)
+        if storage.local:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        else:
+            self._reader = storage.open(self.path)
         # A reformatter kept per file reuses its swscale context; frame.to_ndarray(format=...) builds a new
         # one per frame (~1.2 ms at 96x96, vs ~0.07 ms to decode the AV1 frame and ~0.01 ms to convert it with
         # a kept single-threaded context).
@@ -86,6 +105,49 @@ class VideoFile:
 
     # ----- packet index -------------------------------------------------------------------------
     def _build_index(self) -> None:
+        index = None if self._storage.local else self._index_from_container()
+        if index is None:
+            index = self._demux_index()
+        pts, dts, keys, pos, size, edges = index
+        self._check_and_store_index(pts, dts, keys, pos, size, edges)
+
+    def _index_from_container(self) -> tuple | None:
+        """The packet index from the container's own index (no packet read beyond the first few), or None when
+        it cannot be trusted to give presentation timestamps (then the file is reopened and demuxed)."""
+        entries = list(self._stream.index_entries)
+        declared = self._stream.frames
+        if not entries or (declared and len(entries) != declared) or any(e.is_discard for e in entries):
+            return self._reopen()
+        n = min(len(entries), _INDEX_PROBE_PACKETS)
+        first = None
+        try:
+            for i, packet in enumerate(self._container.demux(self._stream)):
+                if i >= n or packet.size == 0:
+                    break
+                e = entries[i]
+                if (packet.pts, packet.dts, packet.pos, packet.size, packet.is_keyframe) != (
+                    e.timestamp, e.timestamp, e.pos, e.size, e.is_keyframe
+                ):
+                    return self._reopen()  # frames are reordered (B-frames) or the index is unusual
+                first = packet if first is None else first
+        except av.error.FFmpegError:
+            return self._reopen()  # the demuxer will report it with its own message
+        if first is None:
+            return self._reopen()
+        pts = [e.timestamp for e in entries]
+        return (pts, pts, [e.is_keyframe for e in entries], [e.pos for e in entries], [e.size for e in entries],
+                ((0, first),))  # fmt: skip
+
+    def _reopen(self) -> None:
+        """Close the container and open it again at the file's start (for a full demux); returns None."""
+        self._container.close()
+        self._container = av.open(self._storage.open(self.path), mode="r")
+        self._stream = self._container.streams.video[0]
+        self._codec = self._stream.codec_context
+        self._codec.thread_count = self.config.threads
+        return None
+
+    def _demux_index(self) -> tuple:
         pts, dts, keys, pos, size = [], [], [], [], []
         first = last = None
         try:
@@ -110,6 +172,11 @@ class VideoFile:
             ) from e
         if not pts:
             raise MissingVideoError(f"{self.path}: the video stream has no frames (truncated or empty file)")
+        return pts, dts, keys, pos, size, ((0, first), (len(pts) - 1, last))
+
+    def _check_and_store_index(self, pts, dts, keys, pos, size, edges) -> None:
+        """Store the packet index (decode order) after checking it against the file; `edges`: (packet number,
+        demuxed packet) pairs whose bytes are compared with the file's to tell whether positions are usable."""
         self._pts = np.asarray(pts, dtype=np.int64)  # decode order
         self._dts = np.asarray(dts, dtype=np.int64)
         self._key = np.asarray(keys, dtype=bool)
@@ -127,8 +194,8 @@ class VideoFile:
         # Packets are read back from the file by byte range; keep them in memory only when the container
         # gives no usable positions (checked on the first and last packet).
         self._memory: list[bytes] | None = None
-        with open(self.path, "rb") as f:
-            for i, packet in ((0, first), (len(pts) - 1, last)):
+        with self._storage.open(self.path) as f:
+            for i, packet in edges:
                 f.seek(max(int(self._pos[i]), 0))
                 if self._pos[i] < 0 or f.read(int(self._size[i])) != bytes(packet):
                     self._container.seek(0, stream=self._stream)
@@ -185,6 +252,10 @@ class VideoFile:
         packet = av.Packet(size)
         if self._memory is not None:
             packet.update(self._memory[i])
+        elif self._reader is not None:
+            self._reader.seek(int(self._pos[i]))
+            if self._reader.readinto(memoryview(packet)) != size:
+                raise MissingVideoError(f"{self.path}: short read at byte {int(self._pos[i])}; the file was truncated")
         elif os.preadv(self._fd, [memoryview(packet)], int(self._pos[i])) != size:
             raise MissingVideoError(f"{self.path}: short read at byte {int(self._pos[i])}; the file was truncated")
         packet.pts, packet.dts = int(self._pts[i]), int(self._dts[i])
@@ -260,6 +331,9 @@ class VideoFile:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         self._container.close()
 
     def __enter__(self):
