@@ -34,6 +34,9 @@ class DataConfig:
     cache_mb: float = 0.0  # RAM cache of decoded video frames, in MB (0: none)
     num_workers: int = 0  # DataLoader worker processes (0: load in the training process)
     balance: Literal["frames", "episodes", "tasks"] = "frames"  # draw windows uniformly, or each episode / task equally
+    streaming: bool = False  # read a LeRobot v3 dataset (hf://, fsspec URL) in place, fetching only what is read
+    stream_cache_dir: str | None = None  # block cache of streaming; null: ~/.cache/robopolicy/stream
+    stream_cache_gb: float = 20.0  # bound of that cache on disk, in GB
 
     def __post_init__(self):
         check(self.input_keys is None or len(self.input_keys) > 0, "input_keys", self.input_keys,
@@ -43,6 +46,14 @@ class DataConfig:
         check(self.episodes is None or min(self.episodes) >= 0, "episodes", self.episodes, "indices >= 0")
         check(self.cache_mb >= 0, "cache_mb", self.cache_mb, ">= 0")
         check(self.num_workers >= 0, "num_workers", self.num_workers, ">= 0")
+        check(self.stream_cache_gb > 0, "stream_cache_gb", self.stream_cache_gb, "> 0")
+
+    def open_options(self) -> dict[str, Any]:
+        """Keyword arguments of robopolicy.data.dataset.open_dataset for this section."""
+        if not self.streaming:
+            return {"cache_mb": self.cache_mb}
+        return {"cache_mb": self.cache_mb, "streaming": True, "cache_dir": self.stream_cache_dir,
+                "cache_gb": self.stream_cache_gb}
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,7 @@ class Trainer:
         torch.manual_seed(tc.seed + acc.process_index)
 
         # data, policy, the rule's modules and optimizers (moved and wrapped by accelerate)
-        self.dataset = open_dataset(cfg.data.uri, cache_mb=cfg.data.cache_mb)
+        self.dataset = open_dataset(cfg.data.uri, **cfg.data.open_options())
         if policy is None:
             policy = build_policy(cfg, self.dataset)
         else:  # fine-tuning a trained policy: its features must be the dataset's
