@@ -34,10 +34,11 @@ spacing, video readability and coverage) are in `robopolicy.data.validate`.
 
 Streaming (`storage` a robopolicy.data.storage.FsspecStorage, e.g. a hub dataset read through HfFileSystem):
 the same reader over files read on demand. Opening reads the metadata files (info.json, stats.json,
-tasks.parquet, the episodes parquet) and the file list; a data file is mapped (its schema and bookkeeping
-columns read and checked as above) when a frame of it is first read, and numeric features are read one
-parquet row group at a time (a bounded RAM LRU of decoded row groups) instead of whole columns; videos read
-their headers and then the byte ranges of the frames asked for (robopolicy.data.video).
+tasks.parquet, the episodes parquet) and the file list; an episode's rows are located (the bookkeeping
+columns of the row groups whose `index` statistics overlap its range, read and checked as above) when a
+frame of it is first read, and numeric features are read by
+parquet row group (those holding the frames asked for) instead of whole columns, into a RAM LRU of file
+columns; videos read their headers and then the byte ranges of the frames asked for (robopolicy.data.video).
 """
 
 from __future__ import annotations
@@ -231,7 +232,8 @@ class LeRobotReader(Dataset):
     tolerance_s: max distance between a frame's requested timestamp and the decoded frame's (seconds).
     decoder: PyAV settings; max_open_videos: open video files kept (LRU) per process.
     storage: where the files are read from (the local disk by default; an FsspecStorage streams them, and
-      then `root` is its `root` path); row_group_cache_mb: RAM for decoded parquet row groups when streaming.
+      then `root` is its `root` path); row_group_cache_mb: RAM for the columns read when streaming (a whole
+      file's column is allocated when its first row group is read; least recently used files are dropped).
     """
 
     format = "lerobot"
@@ -615,25 +617,17 @@ class LeRobotReader(Dataset):
         return self._column(key)[indices]
 
     def _read_row_groups(self, key: str, indices: np.ndarray) -> np.ndarray:
-        """Streaming: `key` at global frames `indices`, from the parquet row groups holding them (decoded groups
-        kept in an LRU; the missing ones of a file read in one call)."""
+        """Streaming: `key` at global frames `indices`, reading only the parquet row groups that hold them (each
+        file's column is filled in group by group, and kept in a RAM LRU bounded by row_group_cache_mb)."""
         feat = self.feature(key)
         files, rows = self._row_file[indices], self._row_in_file[indices]
         out = None
-        for fid in np.unique(files):
-            fid = int(fid)
+        for fid in np.unique(files).tolist():
             sel = np.nonzero(files == fid)[0]
-            ends = self._group_ends(fid)
-            groups = np.searchsorted(ends, rows[sel], side="right")
-            wanted, inverse = np.unique(groups, return_inverse=True)
-            order = np.argsort(inverse, kind="stable")
-            bounds = np.searchsorted(inverse[order], np.arange(len(wanted) + 1))
-            for j, (g, values) in enumerate(zip(wanted.tolist(), self._row_groups(key, fid, wanted.tolist()))):
-                part = sel[order[bounds[j] : bounds[j + 1]]]
-                values = values[rows[part] - (int(ends[g - 1]) if g else 0)]
-                if out is None:
-                    out = np.empty((len(indices), *values.shape[1:]), dtype=values.dtype)
-                out[part] = values
+            values = self._file_column(key, fid, rows[sel])[rows[sel]]
+            if out is None:
+                out = np.empty((len(indices), *values.shape[1:]), dtype=values.dtype)
+            out[sel] = values
         if out is None:
             out = np.empty((0, *feat.shape), dtype=feat.dtype if feat.is_numeric else object)
         return out
@@ -647,20 +641,31 @@ class LeRobotReader(Dataset):
             self._group_end_cache[fid] = ends
         return ends
 
-    def _row_groups(self, key: str, fid: int, groups: list[int]) -> list[np.ndarray]:
-        """`key` in row groups `groups` of data file `fid`, each (rows, *shape)."""
-        hits = {g: self._group_cache.get((key, fid, g)) for g in groups}
-        missing = [g for g, hit in hits.items() if hit is None]
+    def _file_column(self, key: str, fid: int, rows: np.ndarray) -> np.ndarray:
+        """Column `key` of data file `fid` as (rows in file, *shape), with at least the row groups holding
+        `rows` read (the others are left unfilled)."""
+        ends = self._group_ends(fid)
+        hit = self._group_cache.get((key, fid))
+        if hit is None:
+            hit = (None, np.zeros(len(ends), dtype=bool))
+        column, loaded = hit
+        groups = np.unique(np.searchsorted(ends, rows, side="right"))
+        missing = groups[~loaded[groups]].tolist()
         if missing:
             path, pf = self._data_files[fid], self._parquet_file(fid)
             table = _parquet(lambda: pf.read_row_groups(missing, columns=[key]), path)
             values = arrow_to_numpy(table.column(0), self.feature(key), f"{path} (row groups {_short(missing)})")
-            counts = [pf.metadata.row_group(g).num_rows for g in missing]
-            for g, part in zip(missing, np.split(values, np.cumsum(counts)[:-1])):
-                part = part.copy() if len(missing) > 1 else part  # no view keeps the others' rows alive
-                hits[g] = part
-                self._group_cache.put((key, fid, g), part, part.nbytes)
-        return [hits[g] for g in groups]
+            if column is None:
+                column = np.empty((int(ends[-1]), *values.shape[1:]), dtype=values.dtype)
+            starts = np.concatenate([[0], ends[:-1]])
+            at = 0
+            for g in missing:
+                n = int(ends[g] - starts[g])
+                column[starts[g] : ends[g]] = values[at : at + n]
+                at += n
+            loaded[missing] = True
+            self._group_cache.put((key, fid), (column, loaded), column.nbytes)
+        return column
 
     def _read_visual(self, key: str, indices: np.ndarray) -> np.ndarray:
         self._ensure_rows(indices)
@@ -802,8 +807,9 @@ class _ByteLRU:
         return hit[0]
 
     def put(self, key, value, nbytes: int) -> None:
+        old = self._items.pop(key, None)
+        self._used += int(nbytes) - (0 if old is None else old[1])
         self._items[key] = (value, int(nbytes))
-        self._used += int(nbytes)
         while self._used > self.max_bytes and len(self._items) > 1:
             _, (_, size) = self._items.popitem(last=False)
             self._used -= size

@@ -116,7 +116,7 @@ class BlockCache:
     Blocks are written to a temp file and renamed, so processes (DataLoader workers, ranks) can share a directory.
     With `max_bytes`, the oldest-used blocks are deleted once the directory grows past it (each process rescans
     the directory when its own count of what it wrote passes the bound, so the bound holds within what the
-    processes wrote between two scans). The `memory_blocks` last blocks read stay in RAM as well.
+    processes wrote between two scans). The last blocks read, up to `memory_bytes`, stay in RAM as well.
     """
 
     def __init__(
@@ -125,7 +125,7 @@ class BlockCache:
         *,
         block_size: int = DEFAULT_BLOCK_SIZE,
         max_bytes: int | None = None,
-        memory_blocks: int = 16,
+        memory_bytes: int = 64 << 20,
     ):
         if block_size <= 0:
             raise ValueError(f"block_size must be > 0 bytes, got {block_size}")
@@ -134,8 +134,9 @@ class BlockCache:
         self.directory = Path(directory).expanduser()
         self.block_size = int(block_size)
         self.max_bytes = max_bytes
-        self.memory_blocks = int(memory_blocks)
+        self.memory_bytes = int(memory_bytes)
         self._memory: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._memory_used = 0
         self._lock, self._pid = threading.Lock(), os.getpid()
         self._used: int | None = None  # bytes on disk at the last scan plus what this process wrote since
         self.fetched_bytes = 0  # bytes this process fetched from the remote (for benchmarks and tests)
@@ -143,7 +144,7 @@ class BlockCache:
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_memory"], state["_lock"] = OrderedDict(), None
+        state["_memory"], state["_memory_used"], state["_lock"] = OrderedDict(), 0, None
         return state
 
     def __setstate__(self, state):
@@ -194,10 +195,11 @@ class BlockCache:
 
     def _remember(self, key: str, b: int, data: bytes) -> None:
         with self._guard():
+            old = self._memory.pop((key, b), None)
+            self._memory_used += len(data) - (0 if old is None else len(old))
             self._memory[(key, b)] = data
-            self._memory.move_to_end((key, b))
-            while len(self._memory) > self.memory_blocks:
-                self._memory.popitem(last=False)
+            while self._memory_used > self.memory_bytes and len(self._memory) > 1:
+                self._memory_used -= len(self._memory.popitem(last=False)[1])
 
     def _load(self, key: str, b: int, size: int) -> bytes | None:
         with self._guard():

@@ -272,7 +272,7 @@ def test_block_cache_reads_ranges_across_blocks(tmp_path):
         calls.append((a, b))
         return blob[a:b]
 
-    cache = BlockCache(tmp_path, block_size=1000, memory_blocks=2)
+    cache = BlockCache(tmp_path, block_size=1000, memory_bytes=2000)
     assert cache.read("k", len(blob), 990, 2010, fetch) == blob[990:2010]
     assert calls == [(0, 3000)]  # one request for the run of three missing blocks
     assert cache.read("k", len(blob), 2500, 5500, fetch) == blob[2500:5500]
