@@ -79,13 +79,55 @@ def choose_codec(options: VideoOptions, width: int, height: int) -> str:
     )
 
 
+def _realtime_threads() -> dict[int, tuple[int, int]]:
+    """{native thread id: (policy, priority)} of this process's threads in a real-time class (Linux; else {})."""
+    if not hasattr(os, "sched_getscheduler") or not os.path.isdir("/proc/self/task"):
+        return {}
+    out = {}
+    for name in os.listdir("/proc/self/task"):
+        try:
+            policy = os.sched_getscheduler(int(name))
+            if policy in (os.SCHED_FIFO, os.SCHED_RR):
+                out[int(name)] = (policy, os.sched_getparam(int(name)).sched_priority)
+        except OSError:  # the thread exited meanwhile
+            pass
+    return out
+
+
+def demote_encoder_threads(before: dict[int, tuple[int, int]]) -> int:
+    """Undo what an encoder did to this process's scheduling: real-time threads not in `before` go back to
+    normal scheduling at the calling thread's nice value, those in it to their class and priority there; returns
+    how many threads changed. libsvtav1 (LeRobot's AV1 encoder) moves the thread that opens it and every thread
+    it starts to SCHED_FIFO priority 99 when the process runs as root, which on a robot computer starves the
+    control loop, the cameras and the servo bus."""
+    moved = 0
+    nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) if hasattr(os, "getpriority") else 0
+    for tid, now in _realtime_threads().items():
+        try:
+            if tid not in before:
+                os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
+            elif before[tid] != now:
+                os.sched_setscheduler(tid, before[tid][0], os.sched_param(before[tid][1]))
+            else:
+                continue
+            moved += 1
+        except OSError:
+            pass
+    return moved
+
+
 def _open_encoder(codec: str, options: VideoOptions, width: int, height: int, rate: Fraction):
+    before = _realtime_threads()
     ctx = av.codec.CodecContext.create(codec, "w")
     ctx.width, ctx.height, ctx.pix_fmt = width, height, options.pix_fmt
     ctx.time_base = 1 / rate
     ctx.framerate = rate
     ctx.options = options.encoder_options(codec)
-    ctx.open()
+    try:
+        ctx.open()
+    finally:
+        demote_encoder_threads(before)
     return ctx
 
 
@@ -104,19 +146,25 @@ def _encode_once(frames: np.ndarray, path: Path, fps: float, codec: str, options
             "use pix_fmt='yuv444p' or store images losslessly (video=False)"
         )
     rate = fps_fraction(fps)
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream(codec, rate=rate, options=options.encoder_options(codec))
-        stream.width, stream.height, stream.pix_fmt = w, h, options.pix_fmt
-        stream.codec_context.time_base = 1 / rate
-        muxed: list[tuple[int | None, int | None]] = []  # (pts, dts) of the packets written so far
-        for i in range(n):
-            frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
-            frame.pts = i
-            frame.time_base = 1 / rate
-            for packet in stream.encode(frame):
+    before = _realtime_threads()
+    try:
+        with av.open(str(path), "w", format="mp4") as container:
+            stream = container.add_stream(codec, rate=rate, options=options.encoder_options(codec))
+            stream.width, stream.height, stream.pix_fmt = w, h, options.pix_fmt
+            stream.codec_context.time_base = 1 / rate
+            muxed: list[tuple[int | None, int | None]] = []  # (pts, dts) of the packets written so far
+            for i in range(n):
+                frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
+                frame.pts = i
+                frame.time_base = 1 / rate
+                for packet in stream.encode(frame):
+                    _mux(container, packet, path, muxed)
+                if i == 0:  # the encoder opened with the first frame and started its threads
+                    demote_encoder_threads(before)
+            for packet in stream.encode():
                 _mux(container, packet, path, muxed)
-        for packet in stream.encode():
-            _mux(container, packet, path, muxed)
+    finally:
+        demote_encoder_threads(before)
 
 
 class MuxError(RuntimeError):
@@ -224,18 +272,19 @@ def append_video(existing: Path | None, keep_s: float, episode: Path, out: Path,
         if existing is not None:
             with av.open(str(existing)) as old_in:
                 old_stream = old_in.streams.video[0]
-                tb = old_stream.time_base
+                seconds = float(old_stream.time_base)  # a float: Fraction arithmetic per packet is slow
                 for packet in old_in.demux(old_stream):
-                    if packet.pts is None or float(packet.pts * tb) >= keep_s - 1e-9:
+                    if packet.pts is None or packet.pts * seconds >= keep_s - 1e-9:
                         continue
                     packet.stream = out_stream
                     dst.mux(packet)
         tb = ep_stream.time_base
         offset = round(Fraction(keep_s).limit_denominator(10**6) / tb)
+        seconds = float(tb)
         for packet in ep_in.demux(ep_stream):
             if packet.pts is None:
                 continue
-            if float(packet.pts * tb) >= episode_duration_s - 1e-9:
+            if packet.pts * seconds >= episode_duration_s - 1e-9:
                 continue
             packet.pts += offset
             packet.dts = packet.pts if packet.dts is None else packet.dts + offset
@@ -267,3 +316,121 @@ def probe_video(path: Path) -> dict:
             "video.channels": channels_of(ctx.pix_fmt or ""),
             "has_audio": len(container.streams.audio) > 0,
         }
+
+
+# ----- packet copies: an episode's video taken from another file without decoding it ----------------------
+
+
+@dataclass(frozen=True)
+class PacketSource:
+    """An episode's video inside an existing mp4: its `frames` frames lie in [from_s, to_s) seconds of `path`
+    (the source's meta/episodes from/to timestamps), frame i at from_s + i / fps. Packets of it are copied,
+    not re-encoded, when `packet_problem` finds nothing wrong."""
+
+    path: Path
+    from_s: float
+    to_s: float
+    frames: int
+    tolerance_s: float = 1e-4
+
+
+@dataclass(frozen=True)
+class StreamSignature:
+    """What a decoder needs to read packets of a video stream: packets of two streams with equal signatures
+    can share one file. codec: canonical name (av1, h264, ...); extradata: the codec's out-of-band header."""
+
+    codec: str
+    width: int
+    height: int
+    pix_fmt: str
+    extradata: bytes
+
+    @classmethod
+    def of(cls, stream) -> StreamSignature:
+        ctx = stream.codec_context
+        return cls(_canonical(ctx.codec), int(ctx.width), int(ctx.height), str(ctx.pix_fmt),
+                   bytes(ctx.extradata or b""))
+
+
+def _canonical(codec) -> str:
+    return getattr(codec, "canonical_name", None) or codec.name
+
+
+def encoder_codec(encoder: str) -> str:
+    """The codec an encoder writes: "libsvtav1" -> "av1", "libx264" -> "h264"."""
+    return _canonical(av.codec.Codec(encoder, "w"))
+
+
+def stream_signature(path: Path) -> StreamSignature:
+    with av.open(str(path)) as container:
+        return StreamSignature.of(container.streams.video[0])
+
+
+def _packets_in(container, stream, src: PacketSource) -> list:
+    """The packets of `stream` whose time lies in [from_s, to_s) (within tolerance_s), in file order."""
+    tb = stream.time_base
+    seconds = float(tb)
+    lo, hi = src.from_s - src.tolerance_s, src.to_s - src.tolerance_s
+    if src.from_s > 0:
+        container.seek(max(0, int(lo / tb)), stream=stream, backward=True, any_frame=False)
+    out = []
+    for packet in container.demux(stream):
+        if packet.pts is None or packet.size == 0:
+            continue
+        t = packet.pts * seconds
+        if t >= hi:
+            break  # packets in decode order; reordered ones (B-frames) are refused by _packet_problem
+        if t >= lo:
+            out.append(packet)
+    return out
+
+
+def _packet_problem(packets: list, stream, src: PacketSource, fps: float) -> str | None:
+    span = f"[{src.from_s:.4f}, {src.to_s:.4f}) s of {src.path}"
+    if len(packets) != src.frames:
+        return f"{len(packets)} video packets in {span}, the episode has {src.frames} frames"
+    if not packets[0].is_keyframe:
+        return f"the episode does not start at a keyframe (the packet at {src.from_s:.4f} s of {src.path} is not one)"
+    seconds = float(stream.time_base)
+    for i, packet in enumerate(packets):
+        if packet.dts is not None and packet.dts != packet.pts:
+            return f"packets in {span} are reordered (B-frames: pts {packet.pts} != dts {packet.dts})"
+        err = abs(packet.pts * seconds - (src.from_s + i / fps))
+        if err > src.tolerance_s:
+            return f"frame {i} of the episode is at {packet.pts * seconds:.6f} s, {err:.6f} s off frame_index / fps"
+    return None
+
+
+def packet_problem(src: PacketSource, fps: float, want: StreamSignature | None = None) -> str | None:
+    """Why the packets of `src` cannot become an episode's video at `fps` frames/s (None: they can): they must
+    be exactly `frames` packets in range, the first a keyframe, in presentation order (no B-frames), frame i at
+    from_s + i / fps; and, when `want` is given, of its codec, size and pix_fmt."""
+    try:
+        with av.open(str(src.path)) as container:
+            stream = container.streams.video[0]
+            have = StreamSignature.of(stream)
+            if want is not None:
+                for field in ("codec", "width", "height", "pix_fmt"):
+                    if getattr(have, field) != getattr(want, field):
+                        return f"{src.path} has {field} {getattr(have, field)}, the output {getattr(want, field)}"
+            return _packet_problem(_packets_in(container, stream, src), stream, src, fps)
+    except (av.FFmpegError, OSError) as e:
+        return f"{src.path}: cannot read its packets ({e})"
+
+
+def copy_packets(src: PacketSource, out: Path, fps: float) -> None:
+    """Write the packets of `src` to a new mp4 `out`, shifted so that its first frame is at 0 (no decoding, no
+    encoding: the frames stay bit for bit). ValueError when `packet_problem` would name a problem."""
+    with av.open(str(src.path)) as container, av.open(str(out), "w", format="mp4") as dst:
+        stream = container.streams.video[0]
+        packets = _packets_in(container, stream, src)
+        problem = _packet_problem(packets, stream, src, fps)
+        if problem is not None:
+            raise ValueError(f"cannot copy the episode's video packets: {problem}")
+        out_stream = dst.add_stream_from_template(stream, opaque=True)
+        shift = packets[0].pts
+        for packet in packets:
+            packet.pts -= shift
+            packet.dts = packet.pts
+            packet.stream = out_stream
+            dst.mux(packet)
