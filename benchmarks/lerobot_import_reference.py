@@ -57,13 +57,13 @@ def predict(checkpoint: Path, batch_file: Path, out: Path, seed: int) -> None:
             chunk = policy.predict_action_chunk(frames[-1])[:, : policy.config.n_action_steps]
         else:
             policy.reset()
-            for obs in frames:
+            for obs in frames:  # what select_action does before it predicts
                 obs = dict(obs)
                 if policy.config.image_features:
                     obs["observation.images"] = torch.stack([obs[k] for k in policy.config.image_features], -4)
                 policy._queues = populate_queues(policy._queues, obs)
             torch.manual_seed(seed)
-            chunk = policy.predict_action_chunk(frames[-1])
+            chunk = policy.predict_action_chunk(obs)
         actions = post(chunk)
     torch.save({"actions": actions, "versions": lerobot_versions()}, out)
 
