@@ -83,9 +83,10 @@ def load_lerobot_policy(path: str | Path) -> Policy:
 
         state = {lerobot_unet_key(k): v for k, v in state.items()}
     head = policy.head
-    if config.cameras:
-        head.image_norm.set_stats({cam: stats.get(cam) or {"mean": [0.0] * 3, "std": [1.0] * 3, "min": [0.0] * 3,
-                                                           "max": [1.0] * 3} for cam in config.cameras})
+    if config.cameras:  # a camera without stats passes through, as LeRobot's normalizer leaves it
+        identity = {"mean": 0.0, "std": 1.0, "min": -1.0, "max": 1.0}
+        head.image_norm.set_stats({cam: stats.get(cam) or {k: [v] * config.input_features[cam].shape[0]
+                                                           for k, v in identity.items()} for cam in config.cameras})
     state.update({f"image_norm.{k}": v for k, v in head.image_norm.state_dict().items()})
     mismatch = weights_mismatch(head.state_dict(), state)
     if mismatch:
