@@ -12,7 +12,10 @@ EPILOG = (
     "data/a data/b --out data/ab  |  robopolicy edit features data/pusht data/small --remove observation.images.wrist "
     "--rename action=action.joints  |  robopolicy edit reencode data/pusht data/h264 --vcodec libx264 --crf 23 "
     "--resize 96x96. The output keeps the source's format; it is written beside DST and appears only when complete; "
-    "--overwrite replaces only a dataset robopolicy wrote. Video is re-encoded (numeric features are copied exactly)."
+    "--overwrite replaces only a dataset robopolicy wrote. Numeric features are copied exactly; so is LeRobot video in "
+    "delete / split / merge / features (each episode's packets are copied, not re-encoded; an episode whose packets "
+    "cannot be, e.g. not starting at a keyframe, is re-encoded and named), unless --reencode-video; reencode and "
+    "merge --vcodec/--crf/--resize re-encode."
 )
 
 
@@ -92,6 +95,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("src", help="dataset")
     _common(r)
     _video_arguments(r)
+    for q in (d, s, m, f):
+        q.add_argument("--reencode-video", action="store_true",
+                       help="decode and re-encode LeRobot video (lossy) instead of copying each episode's packets")
     for q in (d, s, m, f, r):
         q.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -104,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from robopolicy.data.dataset import open_dataset
 
     srcs = args.srcs if args.operation == "merge" else [args.src]
+    args.reencode_video = getattr(args, "reencode_video", False)  # reencode re-encodes anyway
     total = 0
     for src in srcs:
         with open_dataset(src) as ds:
@@ -115,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise edit.DatasetError(f"robopolicy edit: {e}") from None
     with tqdm(total=total, unit="frame", desc=f"edit {args.operation}", delay=1.0, disable=args.no_progress) as bar:
-        common = {"overwrite": args.overwrite, "progress": bar.update,
+        common = {"overwrite": args.overwrite, "progress": bar.update, "reencode_video": args.reencode_video,
                   "log": lambda message: tqdm.write(f"robopolicy edit: {message}", file=sys.stderr)}
         if args.operation == "delete":
             outs = [edit.delete_episodes(args.src, args.dst, args.episodes, **common)]

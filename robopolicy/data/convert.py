@@ -33,6 +33,7 @@ from pathlib import Path
 from robopolicy.data.dataset import Dataset, open_dataset
 from robopolicy.data.errors import DatasetError, DatasetExistsError
 from robopolicy.data.features import INDEX_KEYS, Feature
+from robopolicy.data.video_encode import PacketSource
 from robopolicy.data.writer import check_overwritable, create_writer
 
 ZARR_TO_LEROBOT = {"img": "observation.image", "image": "observation.image", "state": "observation.state"}
@@ -164,10 +165,12 @@ def write_staged(dst: Path, src: str, fill: Callable[[Path], None], *, overwrite
 
 
 def copy_episode(ds: Dataset, pos: int, features: Mapping[str, Feature], writer, *, task: str | None = None,
-                 success: list | None = None, visual: Callable | None = None) -> int:
+                 success: list | None = None, visual: Callable | None = None,
+                 videos: Mapping[str, PacketSource] | None = None) -> int:
     """Write episode `pos` of `ds` into `writer` as one episode, each source key as features[key].name (visual
     features (T, C, H, W) -> (T, H, W, C), through `visual` first when given), with its task (else `task`) and its
-    flag from `success`; returns its length."""
+    flag from `success`; returns its length. videos: {output key: source packets} a LeRobot writer copies instead
+    of encoding those frames (which must decode to what `ds` reads: no `visual`)."""
     ep = ds.episodes[pos]
     frames = {}
     for key, feat in features.items():
@@ -178,7 +181,10 @@ def copy_episode(ds: Dataset, pos: int, features: Mapping[str, Feature], writer,
     for i in range(ep.length):
         writer.add_frame({k: v[i] for k, v in frames.items()})
     ok = success[pos] if success is not None and pos < len(success) else None
-    writer.save_episode(task=ep.tasks[0] if ep.tasks else task, success=ok)
+    if videos:
+        writer.save_episode(task=ep.tasks[0] if ep.tasks else task, success=ok, videos=videos)
+    else:
+        writer.save_episode(task=ep.tasks[0] if ep.tasks else task, success=ok)
     return ep.length
 
 

@@ -10,9 +10,14 @@ remove or rename features, re-encode video. Every operation writes a new dataset
 
 The output keeps its source's format (robopolicy convert changes formats). Numeric features are copied exactly,
 each episode keeps its task and success flag, tasks are re-indexed from their strings, the bookkeeping columns
-(index, frame_index, episode_index, task_index, timestamp) and the stats are written anew. Visual features are
-decoded and written again: zarr stores raw uint8, so its frames stay exact; LeRobot video is re-encoded (as
-lerobot-edit-dataset does), at the source's codec unless VideoEdit says otherwise. Crash safety is convert's: each
+(index, frame_index, episode_index, task_index, timestamp) and the stats are written anew. zarr stores raw uint8,
+so its frames stay exact. LeRobot v3 video is copied losslessly: the packets of each kept episode (between its
+from/to timestamps) are remuxed into the new files, not decoded and re-encoded, when they start at a keyframe, are
+in presentation order, hold one packet per frame at frame_index / fps and match the output's codec, pix_fmt and
+size; an episode that fails one of these is re-encoded (one message per key names the first, with why), and so is
+every episode with reencode_video=True or a VideoEdit (reencode: codec, crf, size). The frames are still decoded
+once, for the stats. Re-encoding keeps the source's codec (and its pix_fmt, g, crf, preset where its info.json
+records them) unless VideoEdit says otherwise. Crash safety is convert's: each
 output is written in a staging directory beside it and appears only when complete; `overwrite` replaces only a
 dataset robopolicy wrote, after the new one is in place.
 
@@ -38,6 +43,7 @@ from robopolicy.data.dataset import Dataset, open_dataset
 from robopolicy.data.errors import DatasetError
 from robopolicy.data.features import INDEX_KEYS, Feature
 from robopolicy.data.lerobot_writer import CODEC_TO_ENCODER
+from robopolicy.data.video_encode import PacketSource
 from robopolicy.data.writer import create_writer
 
 
@@ -111,7 +117,16 @@ def _resize(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return y.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-def _writer_options(fmt: str, sources: list[Dataset], features: dict[str, Feature], video: VideoEdit | None) -> dict:
+def _changes_video(video: VideoEdit | None) -> bool:
+    return video is not None and (video.vcodec is not None or video.crf is not None or video.size is not None)
+
+
+# encoder settings a re-encoded episode inherits from the source's info.json when its packets are otherwise copied
+_INHERITED = {"video.pix_fmt": "pix_fmt", "video.g": "g", "video.crf": "crf", "video.preset": "preset"}
+
+
+def _writer_options(fmt: str, sources: list[Dataset], features: dict[str, Feature], video: VideoEdit | None,
+                    copy: bool = False) -> dict:
     if fmt != "lerobot":
         return {}
     visual = [f for f in features.values() if f.is_visual]
@@ -123,14 +138,47 @@ def _writer_options(fmt: str, sources: list[Dataset], features: dict[str, Featur
     opts["vcodec"] = vcodec or "auto"
     if video is not None and video.crf is not None:
         opts["crf"] = video.crf
+    if copy:  # the fallback re-encodes like the source, and the copied packets match the pix_fmt
+        info = next((f.info or {} for k, f in sources[0].features.items() if f.dtype == "video" and k in features), {})
+        for name, option in _INHERITED.items():
+            value = info.get(name)
+            if isinstance(value, (int, str)) and not isinstance(value, bool):
+                opts.setdefault(option, value)
     return opts
 
 
+def _packet_sources(ds: Dataset, pos: int, features: dict[str, Feature], writer,
+                    refused: Callable[[str, int, str], None]) -> dict[str, PacketSource]:
+    """{output key: the packets of episode `pos`} for the video keys of `ds` whose packets `writer` can copy; each
+    other one goes to refused(key, episode index, why) and is re-encoded."""
+    sources = getattr(ds, "sources", None)
+    if ds.format != "lerobot_v3" or sources is None or not getattr(getattr(ds, "storage", None), "local", False):
+        return {}
+    ep, out = ds.episodes[pos], {}
+    for key, feat in features.items():
+        if ds.features[key].dtype != "video":
+            continue
+        seg = sources[pos].videos.get(key)
+        if seg is None:
+            refused(key, ep.index, "the episodes metadata gives no video location")
+            continue
+        to_s = seg.to_timestamp if seg.to_timestamp is not None else seg.from_timestamp + ep.length / float(ds.fps)
+        src = PacketSource(Path(seg.path), float(seg.from_timestamp), float(to_s), ep.length,
+                           float(getattr(ds, "tolerance_s", 1e-4)))
+        problem = writer.video_copy_problem(feat.name, src)
+        if problem is None:
+            out[feat.name] = src
+        else:
+            refused(key, ep.index, problem)
+    return out
+
+
 def write_episodes(parts: list[tuple[Dataset, list[int]]], dst: str | Path, features: dict[str, Feature], *,
-                   video: VideoEdit | None = None, overwrite: bool = False,
+                   video: VideoEdit | None = None, reencode_video: bool = False, overwrite: bool = False,
                    progress: Callable[[int], None] | None = None, log: Callable[[str], None] | None = None) -> Path:
     """Write the episodes `positions` of each dataset of `parts` (in that order) to the new dataset `dst`, each
-    source key as features[key]; the format of the first source. Staged and swapped in as convert does."""
+    source key as features[key]; the format of the first source. LeRobot video packets are copied unless
+    `reencode_video` or `video` changes them (see the module docstring). Staged and swapped in as convert does."""
     dst = Path(os.path.abspath(Path(dst).expanduser()))
     for ds, _ in parts:
         check_paths(ds.root, dst)
@@ -140,20 +188,35 @@ def write_episodes(parts: list[tuple[Dataset, list[int]]], dst: str | Path, feat
     if fps is None and fmt == "lerobot":
         raise DatasetError(f"{sources[0].root}: has no fps; a LeRobot dataset needs one")
     size = video.size if video is not None else None
-    opts = _writer_options(fmt, sources, features, video)
+    copy = fmt == "lerobot" and not reencode_video and not _changes_video(video)
+    opts = _writer_options(fmt, sources, features, video, copy)
+    note = log or (lambda m: warnings.warn(m, stacklevel=4))
+    refused: dict[str, int] = {}  # key -> episodes re-encoded because their packets could not be copied
+
+    def refuse(key: str, episode: int, why: str, root: Path) -> None:
+        if key not in refused:
+            note(f"{key}, episode {episode} of {root}: re-encoding its video, its packets cannot be copied: {why}"
+                 f" (other episodes of {key} that cannot be copied are re-encoded without another message)")
+        refused[key] = refused.get(key, 0) + 1
 
     def fill(new: Path) -> None:
         with create_writer(new, {f.name: f for f in features.values()}, fps, format=fmt, **opts) as writer:
             for ds, positions in parts:
                 success = ds.episode_success
                 for pos in positions:
+                    videos = _packet_sources(ds, pos, features, writer,
+                                             lambda k, e, why, root=ds.root: refuse(k, e, why, root)) if copy else None
                     n = copy_episode(ds, pos, features, writer, success=success,
-                                     visual=(lambda x: _resize(x, size)) if size else None)
+                                     visual=(lambda x: _resize(x, size)) if size else None, videos=videos)
                     if progress is not None:
                         progress(n)
 
-    write_staged(dst, ", ".join(str(ds.root) for ds in sources), fill, overwrite=overwrite,
-                 note=log or (lambda m: warnings.warn(m, stacklevel=3)))
+    write_staged(dst, ", ".join(str(ds.root) for ds in sources), fill, overwrite=overwrite, note=note)
+    total = sum(len(positions) for _, positions in parts)
+    for key, n in refused.items():
+        if n > 1:
+            note(f"{key}: {n} of {total} episodes re-encoded" + (", the others' video packets copied" if n < total
+                                                                   else ""))
     return dst
 
 
@@ -167,17 +230,19 @@ def _episode_list(ds: Dataset, episodes: Sequence[int], what: str) -> list[int]:
 
 
 def edit(src: str | Path, dst: str | Path, *, keep: Sequence[int] | None = None, remove: Sequence[str] = (),
-         rename: Mapping[str, str] | None = None, video: VideoEdit | None = None, overwrite: bool = False,
-         progress: Callable[[int], None] | None = None, log: Callable[[str], None] | None = None) -> Path:
+         rename: Mapping[str, str] | None = None, video: VideoEdit | None = None, reencode_video: bool = False,
+         overwrite: bool = False, progress: Callable[[int], None] | None = None,
+         log: Callable[[str], None] | None = None) -> Path:
     """A new dataset `dst` from `src`: only the episodes `keep` (default all, in order), without the features
-    `remove`, with the features renamed by `rename` ({old: new}), visual features written as `video` says."""
+    `remove`, with the features renamed by `rename` ({old: new}), visual features written as `video` says (video
+    packets copied unless `video` changes them or `reencode_video`)."""
     with open_dataset(src) as ds:
         positions = list(range(ds.num_episodes)) if keep is None else _episode_list(ds, keep, "episodes to keep")
         if not positions:
             raise DatasetError(f"{src}: no episode would be left; nothing written")
         features = edited_features(ds, remove, rename, video)
-        return write_episodes([(ds, positions)], dst, features, video=video, overwrite=overwrite, progress=progress,
-                              log=log)
+        return write_episodes([(ds, positions)], dst, features, video=video, reencode_video=reencode_video,
+                              overwrite=overwrite, progress=progress, log=log)
 
 
 def delete_episodes(src: str | Path, dst: str | Path, episodes: Sequence[int], **kwargs) -> Path:
@@ -269,8 +334,9 @@ def check_mergeable(datasets: list[Dataset], vcodec: str | None) -> None:
                                        "re-encode both to it")
 
 
-def merge(srcs: Sequence[str | Path], dst: str | Path, *, video: VideoEdit | None = None, overwrite: bool = False,
-          progress: Callable[[int], None] | None = None, log: Callable[[str], None] | None = None) -> Path:
+def merge(srcs: Sequence[str | Path], dst: str | Path, *, video: VideoEdit | None = None, reencode_video: bool = False,
+          overwrite: bool = False, progress: Callable[[int], None] | None = None,
+          log: Callable[[str], None] | None = None) -> Path:
     """One dataset `dst` with every episode of `srcs`, in order (see check_mergeable for what must match)."""
     if len(srcs) < 2:
         raise DatasetError("merge needs at least two datasets")
@@ -279,4 +345,5 @@ def merge(srcs: Sequence[str | Path], dst: str | Path, *, video: VideoEdit | Non
         check_mergeable(datasets, video.vcodec if video else None)
         features = edited_features(datasets[0], video=video)
         parts = [(ds, list(range(ds.num_episodes))) for ds in datasets]
-        return write_episodes(parts, dst, features, video=video, overwrite=overwrite, progress=progress, log=log)
+        return write_episodes(parts, dst, features, video=video, reencode_video=reencode_video, overwrite=overwrite,
+                              progress=progress, log=log)

@@ -7,6 +7,10 @@ data_files_size_in_mb / video_files_size_in_mb, and file_index rolls into chunk_
 
 Visual features are stored as video (AV1 via libsvtav1 when available, else H.264; the codec actually in
 the file is probed into info.json) or, with video=False, as lossless PNG `image` columns in the parquet.
+`save_episode(videos={key: PacketSource})` takes an episode's video packets from another mp4 instead of
+encoding its frames (lossless edits; the frames still feed the stats); `video_copy_problem` says beforehand why
+it could not. A video file holds packets of one stream signature (codec, size, pix_fmt, codec header): an episode
+whose packets differ starts the next file.
 
 Per-episode success flags go into an extra, nullable bool column `success` of the episodes metadata
 parquet: LeRobot loads that parquet with `datasets` and keeps unknown columns, while info.json's features
@@ -40,7 +44,19 @@ from robopolicy.data.errors import DatasetError
 from robopolicy.data.features import INDEX_KEYS, SUCCESS_COLUMN, Feature
 from robopolicy.data.journal import Journal
 from robopolicy.data.stats import DEFAULT_BINS, STAT_NAMES, RunningStats, array_stats, stats_to_json
-from robopolicy.data.video_encode import VideoOptions, append_video, choose_codec, encode_video, probe_video
+from robopolicy.data.video_encode import (
+    PacketSource,
+    StreamSignature,
+    VideoOptions,
+    append_video,
+    choose_codec,
+    copy_packets,
+    encode_video,
+    encoder_codec,
+    packet_problem,
+    probe_video,
+    stream_signature,
+)
 from robopolicy.data.writer import LOCK_FILE, MARKER_FILE, EpisodeWriter
 
 CODEBASE_VERSION = "v3.0"
@@ -272,6 +288,7 @@ class LeRobotWriter(EpisodeWriter):
         self._codecs: dict[str, str] = {}
         self._encoder = None  # a process that encodes the videos once background saving starts
         self._video_info: dict[str, dict] = {}
+        self._copy_next: dict[str, PacketSource] = {}  # video packets the episode being saved takes, per key
         continuing = self._open_root(overwrite=overwrite, append=append)
         try:
             if continuing and (self.root / "meta/info.json").exists():
@@ -536,6 +553,35 @@ class LeRobotWriter(EpisodeWriter):
                 out[key] = sketch
         return out
 
+    # ----- copied video packets ---------------------------------------------------------------------
+    def save_episode(self, task: str | None = None, success: bool | None = None, *,
+                     videos: Mapping[str, PacketSource] | None = None) -> int:
+        """EpisodeWriter.save_episode; `videos` ({video key: PacketSource}) gives keys whose packets are copied
+        from another file instead of encoding the buffered frames (which must be what those packets decode to:
+        they make the stats). ValueError when a packet copy is refused (see `video_copy_problem`)."""
+        if not videos:
+            return super().save_episode(task=task, success=success)
+        if unknown := sorted(set(videos) - set(self._video_keys)):
+            raise KeyError(f"{self.root}: save_episode: {unknown} are not video features; video keys: "
+                           f"{self._video_keys}")
+        self.wait_saves()  # background saves first, so the packets go to this episode only
+        self._copy_next = dict(videos)
+        try:
+            return super().save_episode(task=task, success=success)
+        finally:
+            self._copy_next = {}
+
+    def video_copy_problem(self, key: str, src: PacketSource) -> str | None:
+        """Why the packets of `src` cannot be episode video of `key` here (None: they can): the codec this
+        writer encodes `key` with, its pix_fmt and the feature's size must be the stream's; see packet_problem."""
+        if key not in self._video_keys:
+            return f"{key!r} is not stored as video here"
+        h, w = self.features[key].shape[:2]
+        if key not in self._codecs:
+            self._codecs[key] = choose_codec(self.video_options, w, h)
+        want = StreamSignature(encoder_codec(self._codecs[key]), int(w), int(h), self.video_options.pix_fmt, b"")
+        return packet_problem(src, float(self.fps), want)
+
     # ----- EpisodeWriter ----------------------------------------------------------------------------
     @property
     def num_episodes(self) -> int:
@@ -625,14 +671,22 @@ class LeRobotWriter(EpisodeWriter):
             cursor = self._video_cursors[key]
             # the episode alone first (its size decides the rollover), then appended to the shared file
             ep_file = self.root / "videos" / key / f".episode-{ep_index:06d}.mp4"
-            journal.write_with(
-                ep_file,
-                lambda tmp, frames=frames, codec=codec: self._encode(
-                    frames, tmp, self.fps, codec, self.video_options, scratch=journal.temp_path
-                ),
-            )
+            source = self._copy_next.get(key)
+            if source is not None:
+                if source.frames != n:
+                    raise ValueError(f"{key}: {n} frames buffered, the packets to copy hold {source.frames}")
+                journal.write_with(ep_file, lambda tmp, source=source: copy_packets(source, tmp, float(self.fps)))
+            else:
+                journal.write_with(
+                    ep_file,
+                    lambda tmp, frames=frames, codec=codec: self._encode(
+                        frames, tmp, self.fps, codec, self.video_options, scratch=journal.temp_path
+                    ),
+                )
             path = self.root / VIDEO_PATH.format(video_key=key, chunk_index=cursor.chunk, file_index=cursor.file)
-            if cursor.used > 0 and _size_mb(path) + _size_mb(ep_file) >= limit:
+            if cursor.used > 0 and (
+                _size_mb(path) + _size_mb(ep_file) >= limit or stream_signature(path) != stream_signature(ep_file)
+            ):
                 cursor.advance(int(self.info["chunks_size"]))
                 path = self.root / VIDEO_PATH.format(video_key=key, chunk_index=cursor.chunk, file_index=cursor.file)
             existing = path if cursor.used > 0 else None
