@@ -222,3 +222,49 @@ def test_lerobot_checkpoint_behind_the_policy_server_with_rtc():
         np.testing.assert_allclose(client.predict_chunk(np_obs, seed=7), local.numpy(), rtol=0, atol=1e-4)
         remote_rtc = client.predict_chunk(np_obs, seed=7, prev_actions=prev, delay=2, rtc=rtc)
         np.testing.assert_allclose(remote_rtc, local_rtc.numpy(), rtol=0, atol=1e-4)
+
+
+def _lerobot_layout_act(directory: Path, center) -> Path:
+    """An SO-101-shaped ACT checkpoint written in LeRobot 0.4's layout (random weights; stats centre the actions on
+    `center`): config.json, model.safetensors, and the processor files of the act_env fixture with these stats."""
+    from robopolicy.policies.base import FeatureSpec
+    from robopolicy.policies.lerobot_act.configuration import LeRobotACTConfig
+    from robopolicy.policies.lerobot_act.modeling import LeRobotACTHead
+
+    fixture, _, _ = reference("act_env")
+    shutil.copytree(fixture, directory, ignore=shutil.ignore_patterns("reference.safetensors"))
+    config = json.loads((directory / "config.json").read_text())
+    config["input_features"] = {"observation.state": {"type": "STATE", "shape": [6]}}
+    config["output_features"] = {"action": {"type": "ACTION", "shape": [6]}}
+    (directory / "config.json").write_text(json.dumps(config))
+    cfg = LeRobotACTConfig.for_tests({"observation.state": FeatureSpec((6,), "state")},
+                                     {"action": FeatureSpec((6,), "action")}, horizon=config["chunk_size"],
+                                     n_action_steps=config["n_action_steps"], dim_model=config["dim_model"],
+                                     n_heads=config["n_heads"], dim_feedforward=config["dim_feedforward"],
+                                     n_encoder_layers=config["n_encoder_layers"],
+                                     n_vae_encoder_layers=config["n_vae_encoder_layers"],
+                                     latent_dim=config["latent_dim"])
+    torch.manual_seed(0)
+    weights = {k: v for k, v in LeRobotACTHead(cfg).state_dict().items() if not k.startswith("image_norm.")}
+    save_file(weights, str(directory / "model.safetensors"))
+    center = torch.as_tensor(center, dtype=torch.float32)
+    stats = {f"{key}.{stat}": value.clone() for key in ("observation.state", "action") for stat, value in
+             (("mean", center), ("std", torch.full((6,), 0.5)), ("min", center - 2), ("max", center + 2))}
+    for name in ("policy_preprocessor_step_3_normalizer_processor.safetensors",
+                 "policy_postprocessor_step_0_unnormalizer_processor.safetensors"):
+        save_file(stats, str(directory / name))
+    return directory
+
+
+@pytest.mark.timeout(120)
+def test_lerobot_policy_deploys_on_the_emulated_arm_with_safety_limits(tmp_path, capsys):
+    """deploy takes a LeRobot checkpoint as it is: the emulated SO-101, robopolicy's safety limits and loop."""
+    repo = Path(__file__).resolve().parents[2]
+    checkpoint = _lerobot_layout_act(tmp_path / "lerobot_act", [0.0, 0.0, 0.0, 0.0, 0.0, 10.0])
+    rc = main(["deploy", "--checkpoint", str(checkpoint), "--robot", str(repo / "real" / "so101_follower.yaml"),
+               "--emulate", "--episodes", "1", "--episode-time", "1", "--reset-time", "0.5", "--watchdog", "30",
+               "--out", str(tmp_path / "report.json")])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["summary"]["episodes"] == 1 and not report["summary"]["stopped"]
+    assert report["episodes"][0]["ticks"] + report["episodes"][0]["bus_faults"] == 30
