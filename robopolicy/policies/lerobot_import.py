@@ -21,17 +21,25 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from robopolicy.config_parsing import ConfigError
 from robopolicy.data.normalize import Normalizer
 from robopolicy.policies.base import FeatureSpec, PolicyConfig
 from robopolicy.policies.common.lerobot_parts import ENV_STATE, LEROBOT_EPS
-from robopolicy.policies.policy import CheckpointError, CheckpointMismatchError, Policy, read_json, weights_mismatch
+from robopolicy.policies.policy import (
+    CheckpointError,
+    CheckpointMismatchError,
+    Policy,
+    read_json,
+    read_weights,
+    resolve_checkpoint,
+    weights_mismatch,
+)
 from robopolicy.policies.registry import from_plain, get_config_class
 
 SOURCE_FILE = "lerobot_source.json"  # provenance written next to an imported checkpoint
 HEADS = {"act": "lerobot_act", "diffusion": "lerobot_diffusion"}
+LEROBOT_TYPES = {head: kind for kind, head in HEADS.items()}
 MODES = {"MEAN_STD": "mean_std", "MIN_MAX": "min_max", "IDENTITY": "identity", "QUANTILES": "quantiles"}
 KINDS = {"VISUAL": "image", "STATE": "state", "ENV": "state", "ACTION": "action"}
 # LeRobot config fields that do not shape the network or its inference (training, hub and device settings)
@@ -70,7 +78,7 @@ def load_lerobot_policy(path: str | Path) -> Policy:
         raise CheckpointError(f"{path}: not a LeRobot checkpoint (no config.json with `normalization_mapping` here, "
                               "in pretrained_model/ or in checkpoints/last/pretrained_model/)")
     lr_config = read_json(directory / "config.json", "LeRobot policy config")
-    weights = _read_weights(directory / "model.safetensors")
+    weights = read_weights(directory / "model.safetensors")
     stats = _read_stats(directory, weights)
     config = convert_config(lr_config, directory / "config.json")
     stats = _feature_keys(stats, [*config.input_features, *config.output_features])
@@ -99,8 +107,6 @@ def load_lerobot_policy(path: str | Path) -> Policy:
 def import_lerobot(src: str | Path, out: str | Path) -> Path:
     """Write the robopolicy checkpoint (config.json, model.safetensors, stats.json) of a LeRobot checkpoint to
     `out`, with lerobot_source.json recording where it came from; returns `out`."""
-    from robopolicy.policies.policy import resolve_checkpoint
-
     local = resolve_checkpoint(src) if str(src).startswith("hf:/") else Path(src)
     directory = find_lerobot_checkpoint(local)
     policy = load_lerobot_policy(local)
@@ -108,11 +114,11 @@ def import_lerobot(src: str | Path, out: str | Path) -> Path:
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     policy.save(staging)
-    lr_config = json.loads((directory / "config.json").read_text())
     layout = "processor files (LeRobot >= 0.4)" if (directory / "policy_preprocessor.json").is_file() else \
         "normalization buffers in model.safetensors (LeRobot < 0.4)"
     (staging / SOURCE_FILE).write_text(json.dumps({"source": str(src), "directory": str(directory),
-                                                   "lerobot_type": lr_config["type"], "head": policy.config.name,
+                                                   "lerobot_type": LEROBOT_TYPES[policy.config.name],
+                                                   "head": policy.config.name,
                                                    "stats_from": layout}, indent=2))
     staging.rename(out)  # complete or absent
     return out
@@ -165,16 +171,6 @@ def _feature(path: Path, section: str, key: str, feat: Any) -> FeatureSpec:
     return FeatureSpec(tuple(int(d) for d in feat["shape"]), KINDS[feat["type"]])
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing; a LeRobot checkpoint holds config.json and model.safetensors") \
-            from None
-    except Exception as e:
-        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({' '.join(str(e).split())})") from None
-
-
 def _read_stats(directory: Path, weights: Mapping[str, torch.Tensor]) -> dict[str, dict[str, np.ndarray]]:
     """{feature: {stat: array}} from the processor files (>= 0.4) or the model's normalization buffers (< 0.4)."""
     pre = directory / "policy_preprocessor.json"
@@ -208,7 +204,7 @@ def _pipeline_stats(pipeline: Path, registry_name: str) -> dict[str, dict[str, n
                               "normalization stats")
     state_file = pipeline.parent / steps[0]["state_file"]
     stats: dict[str, dict[str, np.ndarray]] = {}
-    for name, value in _read_weights(state_file).items():
+    for name, value in read_weights(state_file, "normalizer stats").items():
         key, _, stat = name.rpartition(".")
         stats.setdefault(key, {})[stat] = value.numpy().astype(np.float64)
     return stats

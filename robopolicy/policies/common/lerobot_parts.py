@@ -70,8 +70,9 @@ class LeRobotHeadConfig(PolicyConfig):
         return ENV_STATE in self.input_features
 
     def norm_modes(self) -> dict[str, str]:
-        modes = {k: self.env_state_norm if k == ENV_STATE else self.state_norm for k in self.state_keys}
-        modes[self.action_key] = self.action_norm
+        modes = super().norm_modes()
+        if ENV_STATE in modes:
+            modes[ENV_STATE] = self.env_state_norm
         return modes
 
 

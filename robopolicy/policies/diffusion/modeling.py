@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
@@ -66,23 +67,34 @@ class DiffusionHead(PolicyHead):
         """Reverse diffusion from Gaussian noise (B, H, D) with the inference scheduler; with `guide`, its output
         replaces the network's at every step (see DenoisingStep)."""
         cfg = self.config
-        b = cond.shape[0]
-        x = torch.randn((b, cfg.horizon, cfg.action_dim), generator=generator, device=cond.device, dtype=cond.dtype)
-        sched = self.infer_scheduler
-        sched.set_timesteps(cfg.num_inference_steps)
-        for t in sched.timesteps:
-            steps = t.to(cond.device).expand(b)
-            if guide is None:
-                out = self.model(x, steps, cond)
-            else:
-                out = guide(lambda x_, steps=steps: self.model(x_, steps, cond), x, self.denoising_step(int(t)))
-            x = sched.step(out, t, x, generator=generator).prev_sample
-        return x
+        return reverse_diffusion(self.model, self.infer_scheduler, cfg.num_inference_steps,
+                                 (cfg.horizon, cfg.action_dim), cond, generator=generator, guide=guide,
+                                 step_of=self.denoising_step)
 
     def denoising_step(self, t: int) -> DenoisingStep:
         cfg = self.config
         clip = cfg.clip_sample_range if cfg.clip_sample else None
         return denoising_step(float(self.infer_scheduler.alphas_cumprod[t]), cfg.prediction_type, clip)
+
+
+def reverse_diffusion(net: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+                      scheduler: DDPMScheduler | DDIMScheduler, num_steps: int, chunk_shape: tuple[int, int],
+                      cond: torch.Tensor, *, generator: torch.Generator | None, guide: Guide | None,
+                      step_of: Callable[[int], DenoisingStep]) -> torch.Tensor:
+    """Reverse diffusion with a diffusers scheduler over `num_steps` timesteps, from Gaussian noise
+    (B, *chunk_shape) drawn from `generator` (so is the scheduler's step noise): net(x, timesteps (B,), cond) at
+    every step; with `guide`, its output replaces the network's (step_of(t) describes step t)."""
+    b = cond.shape[0]
+    x = torch.randn((b, *chunk_shape), generator=generator, device=cond.device, dtype=cond.dtype)
+    scheduler.set_timesteps(num_steps)
+    for t in scheduler.timesteps:
+        steps = t.to(cond.device).expand(b)
+        if guide is None:
+            out = net(x, steps, cond)
+        else:
+            out = guide(lambda x_, steps=steps: net(x_, steps, cond), x, step_of(int(t)))
+        x = scheduler.step(out, t, x, generator=generator).prev_sample
+    return x
 
 
 def denoising_step(abar: float, prediction_type: str, clip: float | None) -> DenoisingStep:

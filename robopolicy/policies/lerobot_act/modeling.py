@@ -15,20 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from robopolicy.policies.act.modeling import sinusoid_table
 from robopolicy.policies.base import LossOutput, PolicyHead
 from robopolicy.policies.common.lerobot_parts import ENV_STATE, ROBOT_STATE, ImageNormalizer, resnet, stack_cameras
 from robopolicy.policies.lerobot_act.configuration import LeRobotACTConfig
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "glu": F.glu}
-
-
-def sinusoid_positions(n: int, dim: int) -> torch.Tensor:
-    """(n, dim): position p, channel j -> sin (j even) / cos (j odd) of p / 10000^(2 floor(j/2) / dim)."""
-    pos = torch.arange(n, dtype=torch.float64)[:, None]
-    rate = 10_000.0 ** (2 * (torch.arange(dim, dtype=torch.float64) // 2) / dim)
-    angles = pos / rate
-    angles[:, 0::2], angles[:, 1::2] = angles[:, 0::2].sin(), angles[:, 1::2].cos()
-    return angles.float()
 
 
 def sinusoid_2d(feature_map: torch.Tensor, dim: int) -> torch.Tensor:
@@ -154,7 +146,7 @@ class ACTModel(nn.Module):
             self.vae_encoder_action_input_proj = nn.Linear(a, d)
             self.vae_encoder_latent_output_proj = nn.Linear(d, 2 * cfg.latent_dim)
             n_tokens = 1 + cfg.horizon + (1 if state_dim else 0)
-            self.register_buffer("vae_encoder_pos_enc", sinusoid_positions(n_tokens, d)[None])
+            self.register_buffer("vae_encoder_pos_enc", sinusoid_table(n_tokens, d)[None])
         if cfg.cameras:
             net = resnet(cfg.vision_backbone, FrozenBatchNorm2d, cfg.replace_final_stride_with_dilation)
             self.backbone = Trunk(net)

@@ -18,7 +18,7 @@ from torch import nn
 from robopolicy.policies.base import GUIDANCE, DenoisingStep, Guide, LossOutput, PolicyHead
 from robopolicy.policies.common.lerobot_parts import ENV_STATE, ROBOT_STATE, ImageNormalizer, resnet, stack_cameras
 from robopolicy.policies.common.unet1d import ConditionalUnet1D
-from robopolicy.policies.diffusion.modeling import denoising_step
+from robopolicy.policies.diffusion.modeling import denoising_step, reverse_diffusion
 from robopolicy.policies.lerobot_diffusion.configuration import LeRobotDiffusionConfig
 
 # LeRobot's UNet parameter names -> ConditionalUnet1D's, applied in order to `diffusion.unet.*` keys
@@ -166,17 +166,9 @@ class LeRobotDiffusionHead(PolicyHead):
                               guide: Guide | None = None) -> torch.Tensor:
         """Reverse diffusion from noise (B, H, D) drawn from `generator`; the scheduler's own noise too (DDPM)."""
         cfg = self.config
-        b = cond.shape[0]
-        x = torch.randn((b, cfg.horizon, cfg.action_dim), generator=generator, device=cond.device, dtype=cond.dtype)
-        self.scheduler.set_timesteps(self.inference_steps)
-        for t in self.scheduler.timesteps:
-            steps = torch.full((b,), int(t), dtype=torch.long, device=cond.device)
-            if guide is None:
-                out = self.diffusion.unet(x, steps, cond)
-            else:
-                out = guide(lambda x_, steps=steps: self.diffusion.unet(x_, steps, cond), x, self._step(int(t)))
-            x = self.scheduler.step(out, t, x, generator=generator).prev_sample
-        return x
+        return reverse_diffusion(self.diffusion.unet, self.scheduler, self.inference_steps,
+                                 (cfg.horizon, cfg.action_dim), cond, generator=generator, guide=guide,
+                                 step_of=self._step)
 
     def _step(self, t: int) -> DenoisingStep:
         cfg = self.config
