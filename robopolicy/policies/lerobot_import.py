@@ -75,6 +75,8 @@ def load_lerobot_policy(path: str | Path) -> Policy:
     file and field otherwise."""
     directory = find_lerobot_checkpoint(path)
     if directory is None:
+        if (Path(path) / "config.json").is_file():
+            read_json(Path(path) / "config.json", "LeRobot policy config")  # unreadable or not JSON: says which
         raise CheckpointError(f"{path}: not a LeRobot checkpoint (no config.json with `normalization_mapping` here, "
                               "in pretrained_model/ or in checkpoints/last/pretrained_model/)")
     lr_config = read_json(directory / "config.json", "LeRobot policy config")

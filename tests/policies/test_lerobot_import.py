@@ -162,6 +162,12 @@ def test_bad_lerobot_checkpoints_are_clear_errors(tmp_path, capsys):
     with pytest.raises(CheckpointError, match=r"unnormalizer's action.max differs"):
         Policy.load(bad)
 
+    bad = _copy(tmp_path / "g", "act_env")
+    (bad / "config.json").write_text((bad / "config.json").read_text()[:40])
+    assert main(["import-lerobot", str(bad), str(tmp_path / "never")]) == 2
+    err = capsys.readouterr().err
+    assert "config.json" in err and "not a LeRobot checkpoint" not in err and "Traceback" not in err
+
     bad = _copy(tmp_path / "f", "diffusion_env")
     _edit_config(bad, normalization_mapping={"STATE": "QUANTILE10", "ACTION": "MIN_MAX"})
     assert main(["import-lerobot", str(bad), str(tmp_path / "never")]) == 2
