@@ -13,6 +13,7 @@ import dataclasses
 
 import numpy as np
 
+from robopolicy.config_parsing import ConfigError
 from robopolicy.data.dataset import Dataset
 from robopolicy.rl.rewards import REWARD_KEY, Rewards, dataset_rewards
 
@@ -44,6 +45,27 @@ def monte_carlo_returns(
     return out.astype(np.float32)
 
 
+def check_success_not_penalised(rewards: Rewards, source: str, scale: float, bias: float) -> None:
+    """Refuse rewards under which finishing the task lowers the return.
+
+    A successful terminal step ends the return (nothing is bootstrapped past it), so if the steps that do not
+    end the episode earn positive rewards, a return-maximising critic learns that succeeding forfeits them and
+    steers away from success. gym-pusht's coverage reward in [0, 1] with termination at coverage > 0.95 is such
+    a reward: ~55 for hovering near the goal against ~1 for finishing. Shifting the rewards to at most 0
+    (r - 1) makes the success step the best one, as PA-RL and Cal-QL do for sparse tasks.
+    """
+    ends_in_success = rewards.terminal & rewards.success
+    positive = (rewards.reward > 0) & ~rewards.terminal
+    if ends_in_success.any() and positive.any():
+        raise ConfigError(
+            f"rl.reward={source!r} (scale {scale:g}, bias {bias:g}): {int(positive.sum())} frames that do not end "
+            f"the episode have positive rewards (up to {float(rewards.reward[positive].max()):.3g}) and "
+            f"{int(ends_in_success.sum())} frames end it in success; a terminal success step stops the return, so "
+            f"the critic would learn to avoid succeeding. Shift the rewards to at most 0, e.g. "
+            f"rl.reward_bias={-float(rewards.reward[positive].max()):.3g} (rl.reward_bias=-1 for rewards in [0, 1])"
+        )
+
+
 _REWARDS: dict[tuple, Rewards] = {}
 _RETURNS: dict[tuple, tuple[Rewards, np.ndarray]] = {}
 
@@ -63,6 +85,7 @@ def dataset_returns(
         raw = _REWARDS[data_key]
         rewards = raw if (scale, bias) == (1.0, 0.0) else dataclasses.replace(
             raw, reward=(raw.reward * scale + bias).astype(np.float32))
+        check_success_not_penalised(rewards, source, scale, bias)
         _RETURNS[key] = rewards, monte_carlo_returns(rewards.reward, rewards.terminal, dataset.episode_ends, gamma,
                                                      tail)
     return _RETURNS[key]

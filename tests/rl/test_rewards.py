@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from robopolicy.config_parsing import ConfigError
 from robopolicy.data.dataset import open_dataset
 from robopolicy.data.errors import DatasetError
 from robopolicy.data.features import Feature
@@ -71,6 +72,35 @@ def test_a_missing_reward_column_is_named(tmp_path):
     ds = _write(tmp_path / "d.zarr", [3], [True], with_reward=False)
     with pytest.raises(DatasetError, match="next.reward"):
         column_rewards(ds)
+
+
+def _write_dense(root, episodes):
+    """episodes: (rewards, success of the last frame) per episode, rewards dense as gym-pusht's coverage."""
+    feats = {"state": Feature("state", "float32", (2,), "state"), "action": Feature("action", "float32", (2,), "action"),
+             "next.reward": Feature("next.reward", "float32", (1,), "reward"),
+             "next.success": Feature("next.success", "bool", (1,), "done")}
+    with create_writer(root, feats, 10, format="zarr") as w:
+        for rewards, ok in episodes:
+            for t, r in enumerate(rewards):
+                w.add_frame({"state": np.zeros(2, np.float32), "action": np.zeros(2, np.float32),
+                             "next.reward": np.array([r], np.float32),
+                             "next.success": np.array([ok and t == len(rewards) - 1])})
+            w.save_episode(task="t", success=ok)
+    return open_dataset(root)
+
+
+def test_rewards_under_which_success_lowers_the_return_are_refused(tmp_path):
+    # one episode finishes (reward 1, terminal), one hovers near the goal at 0.9 without finishing
+    finish, hover = ([0.5, 0.9, 1.0], True), ([0.5, 0.9, 0.9, 0.9, 0.9, 0.9], False)
+    ds = _write_dense(tmp_path / "dense.zarr", [finish, hover])
+    with pytest.raises(ConfigError, match=r"rl.reward='next.reward'.*avoid succeeding.*rl.reward_bias=-0.9"):
+        dataset_returns(ds, 0.99, "next.reward")
+    rewards, g = dataset_returns(ds, 0.99, "next.reward", "repeat", bias=-1.0)  # shifted to [-1, 0]
+    np.testing.assert_allclose(rewards.reward, [-0.5, -0.1, 0.0, -0.5, -0.1, -0.1, -0.1, -0.1, -0.1], atol=1e-6)
+    assert g[1] > g[4]  # at the same reward, the state that goes on to finish is now worth more
+    # sparse 0 / 1 rewards (positive only where the episode ends in success) are accepted unshifted
+    sparse = _write_dense(tmp_path / "sparse.zarr", [([0.0, 0.0, 1.0], True), ([0.0, 0.0], False)])
+    assert dataset_returns(sparse, 0.99, "next.reward")[1][0] == pytest.approx(0.99 ** 2)
 
 
 # ----- PushT: gym-pusht's coverage from the recorded block pose of the real human demonstrations ---------------
