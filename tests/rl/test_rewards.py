@@ -76,7 +76,8 @@ def test_a_missing_reward_column_is_named(tmp_path):
 
 def _write_dense(root, episodes):
     """episodes: (rewards, success of the last frame) per episode, rewards dense as gym-pusht's coverage."""
-    feats = {"state": Feature("state", "float32", (2,), "state"), "action": Feature("action", "float32", (2,), "action"),
+    feats = {"state": Feature("state", "float32", (2,), "state"),
+             "action": Feature("action", "float32", (2,), "action"),
              "next.reward": Feature("next.reward", "float32", (1,), "reward"),
              "next.success": Feature("next.success", "bool", (1,), "done")}
     with create_writer(root, feats, 10, format="zarr") as w:
