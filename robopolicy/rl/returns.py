@@ -57,12 +57,13 @@ def check_success_not_penalised(rewards: Rewards, source: str, scale: float, bia
     ends_in_success = rewards.terminal & rewards.success
     positive = (rewards.reward > 0) & ~rewards.terminal
     if ends_in_success.any() and positive.any():
+        top = float(rewards.reward[positive].max())
         raise ConfigError(
             f"rl.reward={source!r} (scale {scale:g}, bias {bias:g}): {int(positive.sum())} frames that do not end "
-            f"the episode have positive rewards (up to {float(rewards.reward[positive].max()):.3g}) and "
-            f"{int(ends_in_success.sum())} frames end it in success; a terminal success step stops the return, so "
-            f"the critic would learn to avoid succeeding. Shift the rewards to at most 0, e.g. "
-            f"rl.reward_bias={-float(rewards.reward[positive].max()):.3g} (rl.reward_bias=-1 for rewards in [0, 1])"
+            f"the episode have positive rewards (up to {top:.3g}) and {int(ends_in_success.sum())} frames end it "
+            f"in success; a terminal success step stops the return, so the critic would learn to avoid succeeding. "
+            f"Shift the rewards to at most 0, e.g. rl.reward_bias={-top:.3g} (rl.reward_bias=-1 for rewards in "
+            f"[0, 1])"
         )
 
 
