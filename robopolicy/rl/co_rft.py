@@ -8,7 +8,7 @@ One update on chunk transitions (s_t, a_{t:t+k}, r_{t:t+k}), k = the executed ac
           (chunk_targets), plus alpha * Cal-QL's term on Q_k with `cql_samples` policy chunks at s_t and the
           Monte-Carlo return as floor; Polyak targets;
   actor   every `actor_every` updates after `critic_warmup_steps`:
-          L = -lambda * Q_k(s, pi(s)) / mean|Q| + |pi(s) - a_D|_1 over the valid steps (bc_term "l1"), or +
+          L = -lambda * Q_k(s, pi(s)) / mean|Q| + ||pi(s) - a_D||_1 over the valid steps (bc_term "l1"), or +
           the head's own loss on the data (bc_term "head_loss", Diffusion-QL's form), with pi(s) the head's
           reparameterised chunk (DIFFERENTIABLE_SAMPLING: flow, diffusion, ACT, MoE-ACT). A head without it
           (dd_vla's discrete tokens) takes the same critic direction another way:
@@ -17,7 +17,8 @@ One update on chunk transitions (s_t, a_{t:t+k}, r_{t:t+k}), k = the executed ac
   data    chunks that reach a success are drawn `success_oversample` times as often.
 Choices the sources leave open (the reconstruction's [R]): the critic sees the policy's pooled, detached
 `encode`; targets use the policy's fresh chunk at every prefix end (k policy samples per transition); the BC term
-is the L1 distance of TD3+BC's form; lambda = 2.5 as in TD3+BC.
+is the chunk's L1 norm (summed over its steps and dimensions, as the reconstruction writes it; TD3+BC's mean over
+a 6-D action would weaken it against the Q term as the chunk grows); lambda = 2.5 as in TD3+BC.
 """
 
 from __future__ import annotations
@@ -54,6 +55,14 @@ CRITIC = "critic"
 SAMPLES = "samples"  # the frozen policy's chunks per frame during the critic warm-up (warmup_sample_cache)
 
 
+def chunk_l1(chunk: torch.Tensor, data: torch.Tensor, is_pad: torch.Tensor | None) -> torch.Tensor:
+    """TD3+BC's behaviour term for chunks: ||chunk - data||_1 over each sample's valid steps, averaged over the
+    batch. chunk, data: (B, H, D); is_pad: (B, H) or None. A mean over the H x D elements instead would shrink
+    the term's pull against the Q term by H x D."""
+    valid = (~is_pad).to(chunk.dtype).unsqueeze(-1) if is_pad is not None else torch.ones_like(chunk[..., :1])
+    return ((chunk - data).abs() * valid).sum() / chunk.shape[0]
+
+
 @dataclass(frozen=True)
 class CORFTConfig:
     gamma: float = 0.99  # discount per environment step
@@ -67,7 +76,7 @@ class CORFTConfig:
     cql_alpha: float = 0.005  # Cal-QL weight on the full-chunk value
     cql_samples: int = 4  # policy chunks per state for the Cal-QL term
     bc_lambda: float = 2.5  # TD3+BC's lambda (the Q term's weight after normalising by mean |Q|)
-    # the actor's behaviour term: "l1", TD3+BC's L1 distance of the sampled chunk to the data; "head_loss", the
+    # the actor's behaviour term: "l1", the L1 norm of the sampled chunk's distance to the data; "head_loss", the
     # head's own training loss on the data batch (Diffusion-QL's form: it keeps the whole generative model on the
     # data, not only the sampled paths)
     bc_term: Literal["l1", "head_loss"] = "l1"
@@ -191,9 +200,7 @@ class CORFT(ChunkRule):
                 with learner.acc.autocast():
                     chunk = learner.modules[POLICY](batch, sample=True).float()  # (B, H, D) with gradients
                 q = critic(feat, chunk[:, sl]).min(dim=0).values[:, -1]
-                pad = obs.get(f"{pcfg.action_key}_is_pad")
-                valid = (~pad).float().unsqueeze(-1) if pad is not None else torch.ones_like(chunk[..., :1])
-                bc = ((chunk - obs[pcfg.action_key].float()).abs() * valid).sum() / (valid.sum() * chunk.shape[-1])
+                bc = chunk_l1(chunk, obs[pcfg.action_key].float(), obs.get(f"{pcfg.action_key}_is_pad"))
                 values = {"actor/bc_l1": bc.detach()}
                 if cfg.bc_term == "head_loss":
                     with learner.acc.autocast():

@@ -13,7 +13,7 @@ from robopolicy.data.features import Feature
 from robopolicy.data.writer import create_writer
 from robopolicy.policies.policy import load_policy
 from robopolicy.rl.chunked_critic import ChunkedCriticConfig
-from robopolicy.rl.co_rft import CORFT, CORFTConfig
+from robopolicy.rl.co_rft import CORFT, CORFTConfig, chunk_l1
 from robopolicy.train.config import load_config
 from robopolicy.train.trainer import Trainer, train
 from tests.rl.test_pa_rl import TINY
@@ -97,6 +97,15 @@ def test_the_head_loss_bc_term_trains_the_actor_on_the_heads_own_loss(sparse_rea
     assert after < again  # the head's own loss on a fixed data batch, the same noise
     with pytest.raises(ValueError, match="bc_term"):
         CORFTConfig(bc_term="mse")
+
+
+def test_the_l1_term_is_the_norm_of_each_chunks_error_over_its_valid_steps():
+    chunk = torch.tensor([[[0.5, -0.5], [1.0, 1.0]], [[0.0, 0.25], [0.0, 0.0]]])
+    data = torch.tensor([[[0.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [3.0, -3.0]]])
+    pad = torch.tensor([[False, False], [False, True]])  # the second sample's last step is past its episode
+    # sample 0: 0.5 + 0.5 + 1 + 1 = 3; sample 1: 0.25 (its padded step's 6 does not count); mean over samples
+    assert chunk_l1(chunk, data, pad).item() == pytest.approx((3.0 + 0.25) / 2)
+    assert chunk_l1(chunk, data, None).item() == pytest.approx((3.0 + 6.25) / 2)
 
 
 def test_critic_warmup_holds_the_actor(sparse_reach, bc_run, tmp_path):
