@@ -177,6 +177,8 @@ def main() -> int:
     p.add_argument("--online-rounds", type=int, default=0, help="PA-RL's online phase: act/fine-tune rounds")
     p.add_argument("--online-episodes", type=int, default=20, help="episodes acted per online round")
     p.add_argument("--online-steps", type=int, default=250, help="updates per online round")
+    p.add_argument("--online-actor", default="guided", choices=["guided", "policy"],
+                   help="who acts online: PA-RL's optimised actions, or the head itself (finetune --online-actor)")
     p.add_argument("--collect-episodes", type=int, default=250,
                    help="episodes stage 0 collects: ogbench, of 1001 steps (OGBench's datasets: 1000); *_mixed")
     p.add_argument("--out", type=Path, help="default outputs/offline_rl (pusht), else outputs/offline_rl_<bench>")
@@ -227,13 +229,14 @@ def main() -> int:
             results["runs"][f"{head}/{name}"] = eval_sets(ft, out / head / "eval" / name, args.seed_sets,
                                                           args.episodes, log, bench.env)
             if method == "pa_rl" and args.online_rounds:
-                online = ft / "online" / f"round_{args.online_rounds - 1}"
+                phase = "online" if args.online_actor == "guided" else f"online_{args.online_actor}"
+                online = ft / phase / f"round_{args.online_rounds - 1}"
                 if not (online / "DONE").exists():  # the offline run is complete: --resume goes straight online
                     run([*cmd, "--resume", "--online-env", bench.env, "--online-rounds", str(args.online_rounds),
                          "--online-episodes", str(args.online_episodes), "--online-steps", str(args.online_steps),
-                         "--online-n-envs", "2"], log)
-                results["runs"][f"{head}/{name}_online"] = eval_sets(online, out / head / "eval" / f"{name}_online",
-                                                                     args.seed_sets, args.episodes, log, bench.env)
+                         "--online-n-envs", "2", "--online-actor", args.online_actor], log)
+                results["runs"][f"{head}/{name}_{phase}"] = eval_sets(
+                    online, out / head / "eval" / f"{name}_{phase}", args.seed_sets, args.episodes, log, bench.env)
         if args.cost:
             results.setdefault("ms_per_update", {})[head] = cost(bc, args.cost, methods, args.batch_size, extra,
                                                               data, bench)

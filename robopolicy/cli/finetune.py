@@ -61,6 +61,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     online.add_argument("--online-fraction", type=float, default=0.5,
                         help="share of online windows in a batch (default: %(default)s)")
     online.add_argument("--online-n-envs", type=int, default=1, help="parallel simulations while acting")
+    online.add_argument("--online-actor", metavar="{guided,policy}", default="guided",
+                        help="who acts: 'guided', PA-RL's optimised actions (as published), or 'policy', the head "
+                        "itself as deployed; the rounds go to <output_dir>/online (guided) or online_policy "
+                        "(default: %(default)s)")
     p.add_argument("overrides", nargs="*", metavar="--section.field=value",
                    help="e.g. --rl.gamma=0.99 --rl.critic.ensemble_size=10 --train.steps=5000 --optim.lr=5e-5")
     p.epilog = ("Fields: rl (the method's, e.g. gamma, reward, critic.*, optimization.*, cql_alpha), optim (the "
@@ -118,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             online = OnlineConfig(env=args.online_env, rounds=args.online_rounds, episodes=args.online_episodes,
                                   steps=args.online_steps, online_fraction=args.online_fraction,
-                                  n_envs=args.online_n_envs)
+                                  n_envs=args.online_n_envs, actor=args.online_actor)
         except ValueError as e:
             raise ConfigError(f"--online-*: {e}") from e
     ckpt = train(cfg, rule=build_rule(cfg.rl), policy=policy, resume=args.resume)
@@ -126,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
                                                        "method": args.method, "dataset": args.dataset}, indent=2))
     print(f"checkpoint: {ckpt}")
     if args.online_env:
-        last = online_phase(run_dir, args.dataset, run_dir / "online", online, args.overrides)
+        where = run_dir / ("online" if online.actor == "guided" else f"online_{online.actor}")
+        last = online_phase(run_dir, args.dataset, where, online, args.overrides)
         print(f"online phase: {online.rounds} rounds of {online.episodes} episodes; checkpoint: {last}")
     return 0

@@ -1,7 +1,10 @@
 """PA-RL's online phase (algorithms.md section 6), in rounds after the offline phase:
 
   1. act in simulation with the *optimised* policy: at every chunk, N samples from the head, PA-RL's global and
-     local optimisation against the critic, the best chunk executed (`CriticGuidedPolicy`);
+     local optimisation against the critic, the best chunk executed (`CriticGuidedPolicy`); or, with
+     `actor="policy"`, with the distilled head itself, as it is deployed (where acting with the critic is far
+     worse than the head, as on PushT, its rollouts show the critic the successes and failures of the policy it
+     is meant to improve);
   2. append those episodes, with the environment's rewards, to a replay dataset that started as a copy of the
      offline data with its rewards written out (`replay_dataset`);
   3. fine-tune on the replay dataset with online windows drawn `online_fraction` of the time (PA-RL: 50/50),
@@ -30,6 +33,7 @@ from robopolicy.rl.critics import EnsembleQ
 from robopolicy.rl.rewards import DONE_KEY, REWARD_KEY, SUCCESS_KEY, dataset_rewards
 
 CRITIC_FILE = Path("train_state") / "modules" / "critic.safetensors"
+ACTORS = ("guided", "policy")  # who acts in an online round: PA-RL's optimised actions, or the head itself
 
 
 def load_critic(checkpoint: str | Path, policy: Policy, k: int, config) -> EnsembleQ:
@@ -147,6 +151,7 @@ class OnlineConfig:
     online_fraction: float = 0.5  # share of windows drawn from the online episodes (PA-RL: 50/50)
     seed: int = 500_000  # first environment seed of the online episodes (apart from evaluation seeds)
     n_envs: int = 1
+    actor: str = "guided"  # who acts: "guided" (PA-RL's optimised actions, as published) or "policy" (the head)
 
     def __post_init__(self):
         if self.rounds < 1 or self.episodes < 1 or self.steps < 1:
@@ -154,6 +159,8 @@ class OnlineConfig:
                              f"{self.steps}")
         if not 0.0 < self.online_fraction < 1.0:
             raise ValueError(f"online_fraction must be in (0, 1), got {self.online_fraction}")
+        if self.actor not in ACTORS:
+            raise ValueError(f"actor must be one of {ACTORS}, got {self.actor!r}")
 
 
 def round_rl(prev: Path, config: OnlineConfig, num_offline: int) -> dict:
@@ -195,7 +202,7 @@ def online_phase(offline_run: str | Path, offline_data: str | Path, out: str | P
             continue
         have = open_dataset(buffer).num_episodes - num_offline - r * config.episodes  # this round's, so far
         if have < config.episodes:
-            actor = guided_policy(prev)
+            actor = guided_policy(prev) if config.actor == "guided" else load_policy(prev)
             spec = env_spec_for_policy(config.env, actor.config.input_features)
             evaluate(actor, spec, config.episodes - have, seed=config.seed + r * config.episodes + have,
                      out_dir=out / f"round_{r}_eval", n_envs=config.n_envs, record=buffer, overwrite=True,

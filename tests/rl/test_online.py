@@ -112,6 +112,23 @@ def test_rounds_train_the_policy_whatever_warm_up_the_offline_command_asked_for(
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the round distilled into the policy
 
 
+def test_rounds_can_act_with_the_head_itself(pusht_like, pa_rl_run, tmp_path, monkeypatch):
+    import robopolicy.sim.evaluate as evaluate_module
+    from robopolicy.policies.policy import Policy
+
+    actors = []
+    real = evaluate_module.evaluate
+    monkeypatch.setattr(evaluate_module, "evaluate",
+                        lambda actor, *a, **k: actors.append(actor) or real(actor, *a, **k))
+    out = tmp_path / "online"
+    online_phase(pa_rl_run, pusht_like, out, OnlineConfig(env="pusht", rounds=1, episodes=1, steps=1, actor="policy"),
+                 progress=False)
+    assert len(actors) == 1 and isinstance(actors[0], Policy)  # the head itself, no critic in the loop
+    assert open_dataset(out / "replay.zarr").num_episodes == 4 + 1
+    with pytest.raises(ValueError, match="actor must be one of"):
+        OnlineConfig(env="pusht", actor="critic")
+
+
 def test_finetune_command_runs_the_online_phase(pusht_like, tmp_path, capsys):
     from robopolicy.cli.main import main
 
