@@ -184,6 +184,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, help="default outputs/offline_rl (pusht), else outputs/offline_rl_<bench>")
     p.epilog = "Any --rl.*, --train.* or --optim.* argument is passed on to finetune (e.g. --rl.cql_alpha=1)."
     args, overrides = p.parse_known_args()
+    from robopolicy.rl.online import phase_dir
     if unknown := [o for o in overrides if not o.startswith(("--rl.", "--train.", "--optim."))]:
         p.error(f"unrecognized arguments: {' '.join(unknown)}")
     bench = BENCHES[args.bench]
@@ -229,7 +230,7 @@ def main() -> int:
             results["runs"][f"{head}/{name}"] = eval_sets(ft, out / head / "eval" / name, args.seed_sets,
                                                           args.episodes, log, bench.env)
             if method == "pa_rl" and args.online_rounds:
-                phase = "online" if args.online_actor == "guided" else f"online_{args.online_actor}"
+                phase = phase_dir(args.online_actor)
                 online = ft / phase / f"round_{args.online_rounds - 1}"
                 if not (online / "DONE").exists():  # the offline run is complete: --resume goes straight online
                     run([*cmd, "--resume", "--online-env", bench.env, "--online-rounds", str(args.online_rounds),

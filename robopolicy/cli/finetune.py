@@ -93,7 +93,7 @@ def _plain(value):
 def run(args: argparse.Namespace) -> int:
     from robopolicy.config_parsing import ConfigError
     from robopolicy.policies.policy import load_policy, resolve_checkpoint
-    from robopolicy.rl.online import OnlineConfig, online_phase
+    from robopolicy.rl.online import OnlineConfig, online_phase, phase_dir
     from robopolicy.rl.registry import build_rule
     from robopolicy.train.config import load_config
     from robopolicy.train.trainer import train
@@ -130,7 +130,6 @@ def run(args: argparse.Namespace) -> int:
                                                        "method": args.method, "dataset": args.dataset}, indent=2))
     print(f"checkpoint: {ckpt}")
     if args.online_env:
-        where = run_dir / ("online" if online.actor == "guided" else f"online_{online.actor}")
-        last = online_phase(run_dir, args.dataset, where, online, args.overrides)
+        last = online_phase(run_dir, args.dataset, run_dir / phase_dir(online.actor), online, args.overrides)
         print(f"online phase: {online.rounds} rounds of {online.episodes} episodes; checkpoint: {last}")
     return 0

@@ -36,6 +36,12 @@ CRITIC_FILE = Path("train_state") / "modules" / "critic.safetensors"
 ACTORS = ("guided", "policy")  # who acts in an online round: PA-RL's optimised actions, or the head itself
 
 
+def phase_dir(actor: str) -> str:
+    """The folder of a run's online rounds acted by `actor`: "online" for PA-RL's optimised actions, else
+    "online_<actor>"."""
+    return "online" if actor == "guided" else f"online_{actor}"
+
+
 def load_critic(checkpoint: str | Path, policy: Policy, k: int, config) -> EnsembleQ:
     """The critic module saved with a PA-RL checkpoint (train_state/modules/critic.safetensors), on the policy's
     device; its observation size is read from the saved first layer."""
